@@ -1,0 +1,1 @@
+"""Torch modules: one parametrised module per block family, plus the shared network shell."""

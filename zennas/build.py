@@ -1,0 +1,76 @@
+"""ArchSpec -> nn.Module, through one registered builder per dialect."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from torch import nn
+
+from zennas.arch import ArchSpec
+from zennas.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    """Switches every builder honours.
+
+    num_classes: classifier outputs, 0 = backbone only (no pooling/classifier).
+    use_se: insert the family's SE modules where its reference places them.
+    bn: False drops every BatchNorm (plain networks for proxies).
+    residual: False removes every shortcut/add (the inner layers stay chained).
+    multi_scale: forward returns the stage features at strides 4, 8, 16, 32.
+    """
+
+    num_classes: int = 1000
+    use_se: bool = False
+    bn: bool = True
+    residual: bool = True
+    multi_scale: bool = False
+
+    def __post_init__(self) -> None:
+        if isinstance(self.num_classes, bool) or not isinstance(self.num_classes, int) or self.num_classes < 0:
+            raise ConfigError(
+                f"num_classes must be a non-negative integer (0 = backbone only), got {self.num_classes!r}"
+            )
+
+
+Builder = Callable[[ArchSpec, BuildOptions], nn.Module]
+_BUILDERS: dict[str, Builder] = {}
+
+
+def register_builder(dialect: str) -> Callable[[Builder], Builder]:
+    """Decorator: the torch builder of one dialect, called as fn(spec, options)."""
+
+    def decorator(fn: Builder) -> Builder:
+        if dialect in _BUILDERS:
+            raise ValueError(f"a builder for {dialect!r} is already registered")
+        _BUILDERS[dialect] = fn
+        return fn
+
+    return decorator
+
+
+def build(spec: ArchSpec, options: BuildOptions | None = None, **kwargs: object) -> nn.Module:
+    """Build the torch module of `spec` (options as a BuildOptions or keyword arguments)."""
+    _load_builtin_builders()
+    if options is None:
+        options = BuildOptions(**kwargs)  # type: ignore[arg-type]
+    elif kwargs:
+        raise ConfigError("pass either a BuildOptions or keyword options, not both")
+    try:
+        builder = _BUILDERS[spec.dialect]
+    except KeyError:
+        raise ConfigError(f"no builder for dialect {spec.dialect!r}") from None
+    return builder(spec, options)
+
+
+_LOADED = False
+
+
+def _load_builtin_builders() -> None:
+    global _LOADED
+    if _LOADED:
+        return
+    _LOADED = True
+    from zennas.blocks import binas, genet, nb201, tinynas, zennas_blocks  # noqa: F401

@@ -1,0 +1,145 @@
+"""Exact analytic complexity (params, MACs, shapes) from an ArchSpec, without building weights.
+
+Every family registers a counter; each is the analytic twin of the family's torch builder and is
+tested against the built module (parameter count) and a hook-based MAC count of a real forward.
+Conventions (REFERENCE.md section 2.1): params = every learnable element (BN gamma/beta included);
+MACs = convolutions and linear layers only, bias MACs not counted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from zennas.arch import ArchSpec
+from zennas.errors import ConfigError
+
+
+def conv_out(size: int, kernel: int, stride: int, padding: int | None = None) -> int:
+    """Output side of a convolution (default 'same' padding (k-1)//2)."""
+    if padding is None:
+        padding = (kernel - 1) // 2
+    return (size + 2 * padding - kernel) // stride + 1
+
+
+def conv_params(c_in: int, c_out: int, kernel: int, groups: int = 1, bias: bool = False) -> int:
+    """Weights (+ bias) of a k x k convolution."""
+    return c_in * c_out * kernel * kernel // groups + (c_out if bias else 0)
+
+
+def conv_macs(c_in: int, c_out: int, kernel: int, out_size: int, groups: int = 1) -> int:
+    """Multiply-accumulates of a k x k convolution on an out_size x out_size output."""
+    return c_in * c_out * kernel * kernel // groups * out_size * out_size
+
+
+@dataclass(frozen=True)
+class BlockCount:
+    """Analytic figures of one block."""
+
+    name: str
+    params: int
+    macs: int
+    out_channels: int
+    out_size: int
+    stride: int  # cumulative stride of the block's output w.r.t. the input image
+
+
+@dataclass(frozen=True)
+class StageShape:
+    """Output of a stage: the last block at one cumulative stride."""
+
+    stride: int
+    channels: int
+    size: int
+    last_block: int
+
+
+@dataclass(frozen=True)
+class ModelComplexity:
+    """Exact analytic figures of a whole network."""
+
+    dialect: str
+    params: int
+    macs: int
+    layers: int
+    resolution: int
+    num_classes: int
+    use_se: bool
+    blocks: tuple[BlockCount, ...]
+    head_params: int
+    head_macs: int
+    convention: str = "correct"
+    flops: float | None = None  # set for compatibility conventions (e.g. ZenNAS get_FLOPs)
+    convention_params: float | None = None  # params in that convention
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def stages(self) -> tuple[StageShape, ...]:
+        """One entry per cumulative stride: the last block's output shape at that stride."""
+        return stages_of(self.blocks)
+
+
+def stages_of(blocks: tuple[BlockCount, ...]) -> tuple[StageShape, ...]:
+    """Group blocks by cumulative stride; a stage ends at the last block of each stride."""
+    stages: list[StageShape] = []
+    for index, block in enumerate(blocks):
+        stage = StageShape(block.stride, block.out_channels, block.out_size, index)
+        if stages and stages[-1].stride == block.stride:
+            stages[-1] = stage
+        else:
+            stages.append(stage)
+    return tuple(stages)
+
+
+Counter = Callable[..., ModelComplexity]
+_COUNTERS: dict[str, Counter] = {}
+CONVENTIONS = ("correct", "zennas", "tinynas")
+
+
+def register_counter(dialect: str) -> Callable[[Counter], Counter]:
+    """Decorator: the analytic counter of one dialect.
+
+    The function is called as fn(spec, resolution=R, num_classes=K, use_se=bool, convention=str).
+    """
+
+    def decorator(fn: Counter) -> Counter:
+        if dialect in _COUNTERS:
+            raise ValueError(f"a counter for {dialect!r} is already registered")
+        _COUNTERS[dialect] = fn
+        return fn
+
+    return decorator
+
+
+def count(
+    spec: ArchSpec,
+    *,
+    resolution: int,
+    num_classes: int,
+    use_se: bool = False,
+    convention: str = "correct",
+) -> ModelComplexity:
+    """Analytic params/MACs/shapes of `spec` at `resolution` with a `num_classes` head (0: none)."""
+    _load_builtin_counters()
+    if convention not in CONVENTIONS:
+        raise ConfigError(f"unknown counting convention {convention!r}; choose one of {', '.join(CONVENTIONS)}")
+    if isinstance(resolution, bool) or not isinstance(resolution, int) or resolution < 1:
+        raise ConfigError(f"resolution must be a positive integer, got {resolution!r}")
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 0:
+        raise ConfigError(f"num_classes must be a non-negative integer (0 = backbone only), got {num_classes!r}")
+    try:
+        counter = _COUNTERS[spec.dialect]
+    except KeyError:
+        raise ConfigError(f"no analytic counter for dialect {spec.dialect!r}") from None
+    return counter(spec, resolution=resolution, num_classes=num_classes, use_se=use_se, convention=convention)
+
+
+_LOADED = False
+
+
+def _load_builtin_counters() -> None:
+    global _LOADED
+    if _LOADED:
+        return
+    _LOADED = True
+    from zennas.counting import binas, genet, nb201, tinynas, zennas_count  # noqa: F401

@@ -1,0 +1,51 @@
+"""One exception hierarchy for everything zennas raises on bad input.
+
+Every message says what is wrong and how to fix it; the CLI prints it on one line.
+"""
+
+from __future__ import annotations
+
+
+class ZennasError(Exception):
+    """Base class of every error zennas raises on purpose."""
+
+
+class ArchSyntaxError(ZennasError, ValueError):
+    """An architecture text does not follow its dialect's grammar."""
+
+    def __init__(self, message: str, *, position: int | None = None, token: str | None = None):
+        self.position = position
+        self.token = token
+        where = ""
+        if position is not None:
+            where = f" at position {position}"
+        if token is not None:
+            where += f" (near {token!r})"
+        super().__init__(f"{message}{where}")
+
+
+class ArchValueError(ArchSyntaxError):
+    """An architecture text parses but describes an impossible network (bad stride, kernel, width)."""
+
+
+class ChannelMismatchError(ArchValueError):
+    """A block's input channels differ from the previous block's output channels."""
+
+
+class UnknownDialectError(ZennasError, ValueError):
+    """A dialect name is not registered, or no dialect accepts the text."""
+
+
+class UnknownModelError(ZennasError, LookupError):
+    """A model name is not in the registry."""
+
+    def __str__(self) -> str:  # LookupError would quote the message like a dict key
+        return str(self.args[0])
+
+
+class SearchSpaceError(ZennasError, ValueError):
+    """A search space cannot be built or an architecture is not a member of it."""
+
+
+class ConfigError(ZennasError, ValueError):
+    """An option or argument has an invalid value."""

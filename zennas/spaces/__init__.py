@@ -1,0 +1,113 @@
+"""Search spaces: membership, uniform sampling and mutation over architectures of one dialect.
+
+Definitions (choices, seeds, constraints) are TOML files in the top-level `search_spaces/`
+package; the classes here hold the logic of each family. Randomness is always injected as a
+`numpy.random.Generator`; no global RNG is used. This package never imports torch.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from importlib import resources
+from typing import Any
+
+import numpy as np
+
+from zennas.arch import ArchSpec
+from zennas.errors import SearchSpaceError
+
+
+class SearchSpace(ABC):
+    """One search space; subclasses implement the family's rules from a TOML definition."""
+
+    def __init__(self, name: str, definition: dict[str, Any]):
+        self.name = name
+        self.definition = definition
+        self.description: str = definition.get("description", "")
+        self.dialect: str = definition["dialect"]
+        self.constraints: dict[str, Any] = dict(definition.get("constraints", {}))
+
+    @abstractmethod
+    def why_not(self, arch: ArchSpec) -> str | None:
+        """None if `arch` is a member, else a one-line reason."""
+
+    def contains(self, arch: ArchSpec) -> bool:
+        """True if `arch` is a member of this space."""
+        return self.why_not(arch) is None
+
+    def check(self, arch: ArchSpec) -> None:
+        """Raise SearchSpaceError naming the reason if `arch` is not a member."""
+        reason = self.why_not(arch)
+        if reason is not None:
+            raise SearchSpaceError(f"architecture is not in search space {self.name!r}: {reason}")
+
+    @abstractmethod
+    def sample(self, rng: np.random.Generator) -> ArchSpec:
+        """A random member."""
+
+    @abstractmethod
+    def mutate(self, arch: ArchSpec, rng: np.random.Generator) -> ArchSpec:
+        """A random member one mutation away from `arch` (which must be a member)."""
+
+    @abstractmethod
+    def initial(self) -> tuple[ArchSpec, ...]:
+        """Seed architectures (members) to start a search from."""
+
+    def __repr__(self) -> str:
+        return f"<SearchSpace {self.name} ({self.dialect})>"
+
+
+SpaceFactory = Callable[[str, dict[str, Any]], SearchSpace]
+_FAMILIES: dict[str, SpaceFactory] = {}
+
+
+def register_family(family: str) -> Callable[[SpaceFactory], SpaceFactory]:
+    """Decorator: the class implementing the `family = "..."` named in space TOML files."""
+
+    def decorator(factory: SpaceFactory) -> SpaceFactory:
+        if family in _FAMILIES:
+            raise ValueError(f"search-space family {family!r} is already registered")
+        _FAMILIES[family] = factory
+        return factory
+
+    return decorator
+
+
+def _definitions() -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    for entry in resources.files("search_spaces").iterdir():
+        if entry.name.endswith(".toml"):
+            with entry.open("rb") as handle:
+                out[entry.name[: -len(".toml")]] = tomllib.load(handle)
+    return out
+
+
+def list_spaces() -> list[str]:
+    """Names of the shipped search spaces."""
+    return sorted(_definitions())
+
+
+def get_space(name: str) -> SearchSpace:
+    """Build the named search space from its definition in `search_spaces/`."""
+    _load_builtin_families()
+    definitions = _definitions()
+    if name not in definitions:
+        raise SearchSpaceError(f"unknown search space {name!r}; choose one of: {', '.join(sorted(definitions))}")
+    definition = definitions[name]
+    family = definition.get("family")
+    if family not in _FAMILIES:
+        raise SearchSpaceError(f"search space {name!r} names unknown family {family!r}")
+    return _FAMILIES[family](name, definition)
+
+
+_LOADED = False
+
+
+def _load_builtin_families() -> None:
+    global _LOADED
+    if _LOADED:
+        return
+    _LOADED = True
+    from zennas.spaces import binas, nb201, tinynas, zennas_space  # noqa: F401
