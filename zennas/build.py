@@ -16,14 +16,15 @@ class BuildOptions:
     """Switches every builder honours.
 
     num_classes: classifier outputs, 0 = backbone only (no pooling/classifier).
-    use_se: insert the family's SE modules where its reference places them.
+    use_se: None = the family's default (ZenNAS: off; TinyNAS SE blocks and BINAS `se0.25` blocks:
+        on); True = SE where the family places it; False = no SE anywhere (plain nets for proxies).
     bn: False drops every BatchNorm (plain networks for proxies).
     residual: False removes every shortcut/add (the inner layers stay chained).
     multi_scale: forward returns the stage features at strides 4, 8, 16, 32.
     """
 
     num_classes: int = 1000
-    use_se: bool = False
+    use_se: bool | None = None
     bn: bool = True
     residual: bool = True
     multi_scale: bool = False

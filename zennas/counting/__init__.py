@@ -99,7 +99,9 @@ CONVENTIONS = ("correct", "zennas", "tinynas")
 def register_counter(dialect: str) -> Callable[[Counter], Counter]:
     """Decorator: the analytic counter of one dialect.
 
-    The function is called as fn(spec, resolution=R, num_classes=K, use_se=bool, convention=str).
+    The function is called as fn(spec, resolution=R, num_classes=K, use_se=None|bool, convention=str);
+    use_se has the meaning of BuildOptions.use_se, and the result records the effective value.
+    A counter raises ConfigError for a convention it does not implement.
     """
 
     def decorator(fn: Counter) -> Counter:
@@ -116,7 +118,7 @@ def count(
     *,
     resolution: int,
     num_classes: int,
-    use_se: bool = False,
+    use_se: bool | None = None,
     convention: str = "correct",
 ) -> ModelComplexity:
     """Analytic params/MACs/shapes of `spec` at `resolution` with a `num_classes` head (0: none)."""
