@@ -74,4 +74,4 @@ def _load_builtin_builders() -> None:
     if _LOADED:
         return
     _LOADED = True
-    from zennas.blocks import binas, genet, nb201, tinynas, zennas_blocks  # noqa: F401
+    from zennas.blocks import binas, nb201, tinynas, zennas_blocks  # noqa: F401

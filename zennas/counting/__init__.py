@@ -144,4 +144,4 @@ def _load_builtin_counters() -> None:
     if _LOADED:
         return
     _LOADED = True
-    from zennas.counting import binas, genet, nb201, tinynas, zennas_count  # noqa: F401
+    from zennas.counting import binas, nb201, tinynas, zennas_count  # noqa: F401

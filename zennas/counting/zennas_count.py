@@ -1,0 +1,276 @@
+"""Analytic counts of the ZenNAS (`zennas-v1`) and GENet dialects, in two conventions.
+
+Each block is expanded into a list of layer records (conv, BN, projection, SE) at known spatial
+sides; the correct count (REFERENCE 2.1) and the ZenNAS repository's get_FLOPs/get_model_size
+convention (REFERENCE 2.2, for reproducing published budgets) are both sums over those records.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from zennas.arch import ArchSpec
+from zennas.arch.genet import GenBN, GenConv, GenPool, GenReLU, GenSuperRes
+from zennas.arch.zennas_dialect import ZenConv, ZenRes
+from zennas.counting import BlockCount, ModelComplexity, conv_out, register_counter
+from zennas.errors import ConfigError
+
+
+def smart_round(x: float, base: int | None = None) -> int:
+    """ZenNAS `smart_round`: nearest multiple of `base` (half-to-even), at least `base`."""
+    if base is None:
+        base = 32 if x > 256 else 16 if x > 128 else 8
+    return max(base, round(x / base) * base)
+
+
+@dataclass(frozen=True)
+class Conv:
+    """A convolution record: sides are the input side and the output side."""
+
+    c_in: int
+    c_out: int
+    kernel: int
+    stride: int
+    in_side: int
+    groups: int = 1
+    bias: bool = False
+
+    @property
+    def out_side(self) -> int:
+        return conv_out(self.in_side, self.kernel, self.stride)
+
+    @property
+    def params(self) -> int:
+        return self.c_in * self.c_out * self.kernel**2 // self.groups + (self.c_out if self.bias else 0)
+
+    @property
+    def macs(self) -> int:
+        return self.c_in * self.c_out * self.kernel**2 // self.groups * self.out_side**2
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One residual unit (or a plain conv stack): main-path convs, projection, SE records."""
+
+    convs: tuple[Conv, ...]
+    projection: Conv | None = None
+    se_channels: tuple[int, ...] = ()  # channels c of every SE(c) in the unit
+    se_side: int = 1  # spatial side where the SE's input lives (for the repo FLOPs convention)
+
+    @property
+    def out_side(self) -> int:
+        return self.convs[-1].out_side
+
+
+def se_mid(channels: int) -> int:
+    """Squeeze width of a ZenNAS SE: max(1, round(c/4))."""
+    return max(1, round(channels / 4))
+
+
+def zen_units(block: ZenConv | ZenRes, side: int, use_se: bool) -> list[Unit]:
+    """Expand a ZenNAS super-block into its residual units at input side `side`."""
+    units: list[Unit] = []
+    if isinstance(block, ZenConv):
+        c, convs = block.in_channels, []
+        for i in range(block.sub_layers):
+            conv = Conv(c, block.out_channels, block.kernel, block.stride if i == 0 else 1, side)
+            convs.append(conv)
+            c, side = block.out_channels, conv.out_side
+        # A SuperConv is one plain stack (no residual, never SE).
+        return [Unit(tuple(convs))]
+    k, b, out = block.kernel, block.bottleneck, block.out_channels
+    for i in range(block.sub_layers):
+        first = i == 0
+        c, s = (block.in_channels, block.stride) if first else (out, 1)
+        if block.kind == "KXKX":
+            pairs = [(c, b, out, s)]
+        elif block.kind == "K1KXK1":
+            pairs = [(c, b, out, s), (out, b, out, 1)]
+        else:
+            pairs = [(c, b, b, s), (b, out, out, 1)]  # IDW: A ends at b, B at out
+        for j, (c_in, width, c_out, stride) in enumerate(pairs):
+            unit_first = first and j == 0
+            if block.kind == "KXKX":
+                c1 = Conv(c_in, width, k, stride, side)
+                convs = (c1, Conv(width, c_out, k, 1, c1.out_side))
+                se = width
+            elif block.kind == "K1KXK1":
+                c1 = Conv(c_in, width, 1, 1, side)
+                c2 = Conv(width, width, k, stride, side)
+                convs = (c1, c2, Conv(width, c_out, 1, 1, c2.out_side))
+                se = width
+            else:
+                # IDW: expanded width from the unit's output width (A: b, B: out) times E.
+                d = smart_round((b if j == 0 else out) * block.expansion, 8)
+                c1 = Conv(c_in, d, 1, 1, side)
+                c2 = Conv(d, d, k, stride, side, groups=d)
+                convs = (c1, c2, Conv(d, c_out, 1, 1, c2.out_side))
+                se = d
+            # The first unit of a super-block always projects (biased 1x1 + BN), later ones only on a change.
+            projection = None
+            if unit_first or stride > 1 or c_in != c_out:
+                projection = Conv(c_in, c_out, 1, stride, side, bias=True)
+            se_side = convs[-2].out_side if len(convs) == 3 else convs[0].out_side
+            units.append(Unit(convs, projection, (se,) if use_se else (), se_side))
+            side = convs[-1].out_side
+    return units
+
+
+def genet_units(block: GenSuperRes, side: int) -> list[Unit]:
+    """Expand a GENet super-block into its residual units at input side `side`."""
+    units: list[Unit] = []
+    e, k, out = block.inner_channels, block.kernel, block.out_channels
+    for i in range(block.sub_layers):
+        c, s = (block.in_channels, block.stride) if i == 0 else (out, 1)
+        if block.kind == "KXKX":
+            c1 = Conv(c, e, k, s, side)
+            convs = (c1, Conv(e, out, k, 1, c1.out_side))
+        elif block.kind == "K1KX":
+            convs = (Conv(c, e, 1, 1, side), Conv(e, out, k, s, side))
+        elif block.kind == "K1DW":
+            convs = (Conv(c, e, 1, 1, side), Conv(e, e, k, s, side, groups=e))
+        else:
+            groups = e if block.kind == "K1DWK1" else 1
+            c2 = Conv(e, e, k, s, side, groups=groups)
+            convs = (Conv(c, e, 1, 1, side), c2, Conv(e, out, 1, 1, c2.out_side))
+        c_last = convs[-1].c_out
+        projection = None if (s == 1 and c == c_last) else Conv(c, c_last, 1, s, side)
+        units.append(Unit(convs, projection))
+        side = convs[-1].out_side
+    return units
+
+
+def unit_params(unit: Unit, bn: int = 2) -> int:
+    """Learnable parameters of a unit (`bn` = params per BN channel)."""
+    total = sum(conv.params + bn * conv.c_out for conv in unit.convs)
+    if unit.projection is not None:
+        total += unit.projection.params + bn * unit.projection.c_out
+    for c in unit.se_channels:
+        m = se_mid(c)
+        total += c * m + bn * m + m * c + bn * c
+    return total
+
+
+def unit_macs(unit: Unit) -> int:
+    """Conv multiply-accumulates of a unit (SE convs act on a 1x1 map)."""
+    total = sum(conv.macs for conv in unit.convs)
+    if unit.projection is not None:
+        total += unit.projection.macs
+    return total + sum(2 * c * se_mid(c) for c in unit.se_channels)
+
+
+def unit_repo_flops(unit: Unit) -> float:
+    """ZenNAS get_FLOPs of a unit: convs + 1 per BN output element + the buggy projection term."""
+    flops = 0.0
+    for conv in unit.convs:
+        flops += conv.c_in * conv.c_out * conv.kernel**2 * conv.in_side**2 / conv.stride**2 / conv.groups
+        flops += conv.c_out * conv.out_side**2
+    if unit.projection is not None:
+        p = unit.projection
+        # Bug reproduced on purpose: the output side is divided by the stride a second time.
+        side = unit.out_side / p.stride
+        flops += p.c_in * p.c_out * side**2 + p.c_out * side**2
+    for c in unit.se_channels:
+        m = se_mid(c)
+        flops += c * m + m * c + c + c * unit.se_side**2
+    return flops
+
+
+def unit_repo_params(unit: Unit) -> int:
+    """ZenNAS get_model_size of a unit: BN counts c, the projection's BN is not counted."""
+    total = sum(conv.params + conv.c_out for conv in unit.convs)
+    if unit.projection is not None:
+        total += unit.projection.c_in * unit.projection.c_out + unit.projection.c_out
+    for c in unit.se_channels:
+        m = se_mid(c)
+        total += c * m + 2 * m + m * c + 2 * c
+    return total
+
+
+def _se_flag(use_se: bool | None) -> bool:
+    return bool(use_se)
+
+
+@register_counter("zennas-v1")
+def count_zennas(
+    spec: ArchSpec, *, resolution: int, num_classes: int, use_se: bool | None, convention: str
+) -> ModelComplexity:
+    """Exact counts of a ZenNAS network (body + global pool + Linear head)."""
+    if convention not in ("correct", "zennas"):
+        raise ConfigError(f"convention {convention!r} does not apply to zennas-v1; use 'correct' or 'zennas'")
+    se = _se_flag(use_se)
+    side, stride = resolution, 1
+    blocks: list[BlockCount] = []
+    repo_flops, repo_params = 0.0, 0
+    for block in spec.blocks:
+        units = zen_units(block, side, se)
+        params = sum(unit_params(u) for u in units)
+        macs = sum(unit_macs(u) for u in units)
+        repo_flops += sum(unit_repo_flops(u) for u in units)
+        repo_params += sum(unit_repo_params(u) for u in units)
+        side, stride = units[-1].out_side, stride * block.stride
+        blocks.append(BlockCount(block.name, params, macs, block.out_channels, side, stride))
+    c_last = spec.blocks[-1].out_channels
+    head_params = c_last * num_classes + num_classes
+    head_macs = c_last * num_classes
+    if num_classes:
+        repo_flops += c_last * num_classes
+        repo_params += c_last * num_classes + 1  # the repo counts the bias vector as one parameter
+    return ModelComplexity(
+        dialect=spec.dialect,
+        params=sum(b.params for b in blocks) + head_params,
+        macs=sum(b.macs for b in blocks) + head_macs,
+        layers=spec.layers,
+        resolution=resolution,
+        num_classes=num_classes,
+        use_se=se,
+        blocks=tuple(blocks),
+        head_params=head_params,
+        head_macs=head_macs,
+        convention=convention,
+        flops=repo_flops if convention == "zennas" else None,
+        convention_params=repo_params if convention == "zennas" else None,
+    )
+
+
+@register_counter("genet")
+def count_genet(
+    spec: ArchSpec, *, resolution: int, num_classes: int, use_se: bool | None, convention: str
+) -> ModelComplexity:
+    """Exact counts of a GENet network (the trailing AdaptiveAvgPool becomes the global pool)."""
+    if convention != "correct":
+        raise ConfigError(f"convention {convention!r} does not apply to genet; use 'correct'")
+    if use_se:
+        raise ConfigError("GENet networks have no SE modules; drop use_se")
+    side, stride = resolution, 1
+    blocks: list[BlockCount] = []
+    for block in spec.blocks:
+        if isinstance(block, GenConv):
+            conv = Conv(block.in_channels, block.out_channels, block.kernel, block.stride, side)
+            params, macs, side = conv.params, conv.macs, conv.out_side
+        elif isinstance(block, GenBN):
+            params, macs = 2 * block.out_channels, 0
+        elif isinstance(block, GenReLU | GenPool):
+            params, macs = 0, 0
+        else:
+            units = genet_units(block, side)
+            params = sum(unit_params(u) for u in units)
+            macs = sum(unit_macs(u) for u in units)
+            side = units[-1].out_side
+        stride *= block.stride
+        blocks.append(BlockCount(block.name, params, macs, block.out_channels, side, stride))
+    c_last = spec.blocks[-1].out_channels
+    head_params = c_last * num_classes + num_classes
+    head_macs = c_last * num_classes
+    return ModelComplexity(
+        dialect=spec.dialect,
+        params=sum(b.params for b in blocks) + head_params,
+        macs=sum(b.macs for b in blocks) + head_macs,
+        layers=spec.layers,
+        resolution=resolution,
+        num_classes=num_classes,
+        use_se=False,
+        blocks=tuple(blocks),
+        head_params=head_params,
+        head_macs=head_macs,
+    )

@@ -1,0 +1,138 @@
+"""Registry of named published networks (ZenNet, GENet) and resolution of ARCH arguments.
+
+Torch-free: it maps names to architecture text and metadata; `zennas.create_model` builds them.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+from zennas.arch import ArchSpec, parse
+from zennas.errors import UnknownModelError
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """A named published network: its architecture text and the settings it was published with."""
+
+    name: str
+    arch: str
+    resolution: int
+    num_classes: int
+    use_se: bool
+    family: str
+    dataset: str
+    status: str
+    source_name: str  # name in the zoo file / original repository
+    published: dict = field(default_factory=dict, compare=False)  # params/flops/top1 as printed
+
+    def spec(self) -> ArchSpec:
+        """Parsed architecture."""
+        return parse(self.arch)
+
+
+_MODELS: dict[str, ModelEntry] = {}
+
+# Defaults for architectures given as text rather than by name: (resolution, num_classes).
+DIALECT_DEFAULTS: dict[str, tuple[int, int]] = {
+    "zennas-v1": (224, 1000),
+    "genet": (224, 1000),
+    "binas": (224, 1000),
+    "tinynas": (224, 0),  # TinyNAS structures are backbones
+    "nb201": (32, 10),
+}
+
+
+def register_model(entry: ModelEntry) -> ModelEntry:
+    """Add a named model; duplicate names are an error."""
+    if entry.name in _MODELS:
+        raise ValueError(f"model {entry.name!r} is already registered")
+    _MODELS[entry.name] = entry
+    return entry
+
+
+def list_models(pattern: str = "*") -> list[str]:
+    """Registered names matching a shell-style wildcard pattern (case-insensitive)."""
+    _load_zoo()
+    pattern = pattern.lower()
+    return sorted(name for name in _MODELS if fnmatch.fnmatchcase(name, pattern))
+
+
+def get_model_entry(name: str) -> ModelEntry:
+    """Look up a registered model by name (case-insensitive)."""
+    _load_zoo()
+    key = name.strip().lower()
+    if key in _MODELS:
+        return _MODELS[key]
+    close = [n for n in _MODELS if key.split("-")[0] in n][:6]
+    hint = f"; similar: {', '.join(close)}" if close else ""
+    raise UnknownModelError(f"no model named {name!r}; run `zennas models` to list them{hint}")
+
+
+def is_model_name(name: str) -> bool:
+    """True if `name` is a registered model name."""
+    _load_zoo()
+    return name.strip().lower() in _MODELS
+
+
+def resolve_arch(text: str, dialect: str | None = None) -> tuple[ArchSpec, ModelEntry | None]:
+    """An ARCH argument -> (spec, entry): a registered name, a file holding a string, or the string itself."""
+    candidate = text.strip()
+    if dialect is None and is_model_name(candidate):
+        entry = get_model_entry(candidate)
+        return entry.spec(), entry
+    path = Path(candidate)
+    if candidate and "\n" not in candidate and len(candidate) < 4096 and path.is_file():
+        return parse(path.read_text(), dialect), None
+    return parse(text, dialect), None
+
+
+def _zennet_name(zoo_name: str, status: str) -> str:
+    """Readable lower-case name of a ZenNet zoo entry, e.g. zennet-400m-se, zennet-0.8ms, zennet-cifar10-1m."""
+    rest = zoo_name.removeprefix("zennet_")
+    prefix = "zennet-v1-" if status.startswith("superseded") else "zennet-"
+    if rest.startswith("cifar"):
+        dataset, _, size = rest.partition("_model_size")
+        size = size.split("_")[0].lower()  # '05m', '1m', '2m'
+        size = "0.5m" if size == "05m" else size
+        return f"zennet-{dataset}-{size}"
+    kind = rest.removeprefix("imagenet1k_").split("_")[0]  # flops400M / latency08ms
+    se = "-se" if "_SE_" in rest else ""
+    if kind.startswith("flops"):
+        return f"{prefix}{kind.removeprefix('flops').lower()}{se}"
+    digits = kind.removeprefix("latency").removesuffix("ms")  # '08' -> 0.8 ms, '12' -> 1.2 ms
+    return f"{prefix}{int(digits) / 10:g}ms{se}"
+
+
+_LOADED = False
+
+
+def _load_zoo() -> None:
+    global _LOADED
+    if _LOADED:
+        return
+    _LOADED = True
+    data = json.loads(resources.files("zennas").joinpath("data/zoo.json").read_text())
+    for item in data:
+        if item["family"] == "GENet":
+            name = item["published_name"].lower()
+        else:
+            name = _zennet_name(item["name"], item["status"])
+        register_model(
+            ModelEntry(
+                name=name,
+                arch=item["arch_string"],
+                resolution=item["resolution"],
+                num_classes=item["num_classes"],
+                use_se=item["use_se"],
+                family=item["family"],
+                dataset=item["dataset"],
+                status=item["status"].split(" ")[0],
+                source_name=item["name"],
+                published={k: item.get(k) for k in ("params", "flops", "top1", "figures_source", "latency")},
+            )
+        )
