@@ -13,12 +13,12 @@ if TYPE_CHECKING:
     from torch import nn
 
 
-def _resolve(arch: str | ArchSpec, dialect: str | None) -> tuple[ArchSpec, ModelEntry | None]:
+def _resolve(arch: str | ArchSpec, dialect: str | None, rechain: bool = False) -> tuple[ArchSpec, ModelEntry | None]:
     if isinstance(arch, ArchSpec):
         return arch, None
     if not isinstance(arch, str):
         raise ConfigError(f"an architecture must be a name, a string or an ArchSpec, got {type(arch).__name__}")
-    return resolve_arch(arch, dialect)
+    return resolve_arch(arch, dialect, rechain=rechain)
 
 
 def settings_for(
@@ -49,9 +49,10 @@ def info(
     use_se: bool | None = None,
     convention: str = "correct",
     dialect: str | None = None,
+    rechain: bool = False,
 ) -> dict[str, Any]:
     """Everything `zennas info` reports about an architecture, computed analytically (no weights)."""
-    spec, entry = _resolve(arch, dialect)
+    spec, entry = _resolve(arch, dialect, rechain)
     resolution, num_classes, use_se = settings_for(spec, entry, resolution, num_classes, use_se)
     cx = count(spec, resolution=resolution, num_classes=num_classes, use_se=use_se)
     out: dict[str, Any] = {
@@ -68,8 +69,7 @@ def info(
         "head_params": cx.head_params,
         "head_macs": cx.head_macs,
         "stages": [
-            {"stride": s.stride, "shape": [s.channels, s.size, s.size], "last_block": s.last_block}
-            for s in cx.stages
+            {"stride": s.stride, "shape": [s.channels, s.size, s.size], "last_block": s.last_block} for s in cx.stages
         ],
         "blocks": [
             {"name": b.name, "params": b.params, "macs": b.macs, "shape": [b.out_channels, b.out_size, b.out_size]}

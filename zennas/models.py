@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import fnmatch
 import json
+import re
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -70,7 +71,9 @@ def get_model_entry(name: str) -> ModelEntry:
         return _MODELS[key]
     close = [n for n in _MODELS if key.split("-")[0] in n][:6]
     hint = f"; similar: {', '.join(close)}" if close else ""
-    raise UnknownModelError(f"no model named {name!r}; run `zennas models` to list them{hint}")
+    raise UnknownModelError(
+        f"{name!r} is neither a registered model nor an architecture string; run `zennas models` to list models{hint}"
+    )
 
 
 def is_model_name(name: str) -> bool:
@@ -79,16 +82,21 @@ def is_model_name(name: str) -> bool:
     return name.strip().lower() in _MODELS
 
 
-def resolve_arch(text: str, dialect: str | None = None) -> tuple[ArchSpec, ModelEntry | None]:
+_BARE_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_.\-]*")
+
+
+def resolve_arch(text: str, dialect: str | None = None, *, rechain: bool = False) -> tuple[ArchSpec, ModelEntry | None]:
     """An ARCH argument -> (spec, entry): a registered name, a file holding a string, or the string itself."""
     candidate = text.strip()
     if dialect is None and is_model_name(candidate):
         entry = get_model_entry(candidate)
         return entry.spec(), entry
+    if dialect is None and _BARE_NAME.fullmatch(candidate):
+        get_model_entry(candidate)  # raises UnknownModelError with suggestions
     path = Path(candidate)
     if candidate and "\n" not in candidate and len(candidate) < 4096 and path.is_file():
-        return parse(path.read_text(), dialect), None
-    return parse(text, dialect), None
+        return parse(path.read_text(), dialect, rechain=rechain), None
+    return parse(text, dialect, rechain=rechain), None
 
 
 def _zennet_name(zoo_name: str, status: str) -> str:

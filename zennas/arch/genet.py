@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from zennas.arch import register_dialect
 from zennas.arch.ir import ArchSpec, BlockSpec, check_channel_chain, check_choice, check_positive
 from zennas.arch.tokens import RawToken, check_no_stray_close, tokenize
-from zennas.errors import ArchSyntaxError, ArchValueError, ConfigError
+from zennas.errors import ArchSyntaxError, ArchValueError
 
 DIALECT = "genet"
 KERNELS = (1, 3, 5, 7)
@@ -181,7 +181,7 @@ class GENetDialect:
 
     def parse(self, text: str, *, rechain: bool = False) -> ArchSpec:
         if rechain:
-            raise ConfigError("rechain repair is only offered for the zennas-v1 dialect")
+            raise ArchValueError("rechain repair is only offered for the zennas-v1 dialect; drop --rechain")
         check_no_stray_close(text)
         tokens = tokenize(text)
         blocks = tuple(_block_from_token(tok) for tok in tokens)
@@ -204,7 +204,7 @@ class GENetDialect:
         return "".join(parts)
 
     def looks_like(self, text: str) -> bool:
-        return re.match(r"\s*[A-Za-z_][A-Za-z0-9_]*\s*\(", text) is not None
+        return re.match(r"\s*[A-Za-z_]", text) is not None
 
 
 register_dialect(GENetDialect())

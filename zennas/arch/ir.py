@@ -96,7 +96,7 @@ def check_channel_chain(
             where = "the image" if index == 0 else f"block {index - 1} ({blocks[index - 1].name})"
             raise ChannelMismatchError(
                 f"block {index} ({block.name}) takes {block.in_channels} input channels but {where} gives "
-                f"{expected}; make them equal (or import with rechain=True to repair legacy strings)",
+                f"{expected}; make them equal (or pass rechain=True / --rechain to repair a legacy string)",
                 position=None if positions is None else positions[index],
                 token=block.name,
             )

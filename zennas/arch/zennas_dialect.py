@@ -169,7 +169,7 @@ class ZenNASDialect:
         return "".join(parts)
 
     def looks_like(self, text: str) -> bool:
-        return re.match(r"\s*[A-Za-z_][A-Za-z0-9_]*\s*\(", text) is not None
+        return re.match(r"\s*[A-Za-z_]", text) is not None
 
 
 def split_deep_blocks(spec: ArchSpec, threshold: int = 6) -> ArchSpec:
