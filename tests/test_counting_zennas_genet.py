@@ -243,7 +243,12 @@ def test_multi_scale_outputs_at_strides_4_to_32():
     outs = net(torch.zeros(1, 3, 64, 64))
     assert [tuple(o.shape) for o in outs] == [(1, 16, 16, 16), (1, 24, 8, 8), (1, 32, 4, 4), (1, 64, 2, 2)]
     cx = count(parse(next_zennet), resolution=64, num_classes=0)
-    assert [(s.stride, s.channels, s.size) for s in cx.stages][1:] == [(4, 16, 16), (8, 24, 8), (16, 32, 4), (32, 64, 2)]
+    assert [(s.stride, s.channels, s.size) for s in cx.stages][1:] == [
+        (4, 16, 16),
+        (8, 24, 8),
+        (16, 32, 4),
+        (32, 64, 2),
+    ]
 
 
 def test_backbone_only_has_no_head():

@@ -14,7 +14,9 @@ from zennas.errors import (
     ZennasError,
 )
 
-SMALL = "SuperConvK3BNRELU(3,16,2,1)SuperResK1K5K1(16,32,2,8,2)SuperResIDWE4K3(32,40,1,24,1)SuperConvK1BNRELU(40,64,1,1)"
+SMALL = (
+    "SuperConvK3BNRELU(3,16,2,1)SuperResK1K5K1(16,32,2,8,2)SuperResIDWE4K3(32,40,1,24,1)SuperConvK1BNRELU(40,64,1,1)"
+)
 
 
 def test_zoo_strings_round_trip_exactly_in_their_own_dialect(zoo):

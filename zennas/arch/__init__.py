@@ -49,9 +49,7 @@ def get_dialect(name: str) -> Dialect:
     try:
         return _DIALECTS[name]
     except KeyError:
-        raise UnknownDialectError(
-            f"unknown dialect {name!r}; choose one of: {', '.join(sorted(_DIALECTS))}"
-        ) from None
+        raise UnknownDialectError(f"unknown dialect {name!r}; choose one of: {', '.join(sorted(_DIALECTS))}") from None
 
 
 def list_dialects() -> list[str]:

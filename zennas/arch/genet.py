@@ -105,7 +105,7 @@ class GenSuperRes(BlockSpec):
     @property
     def inner_channels(self) -> int:
         """Inner width e = int(round(out * expansion)), from `out` also for the first block."""
-        return int(round(self.out_channels * self.expansion))
+        return round(self.out_channels * self.expansion)
 
     def args(self) -> tuple:
         return (self.in_channels, self.out_channels, self.kernel, self.stride, self.expansion, self.sub_layers)

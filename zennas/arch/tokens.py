@@ -100,7 +100,9 @@ def _matching_paren(s: str, open_index: int) -> int:
             depth -= 1
             if depth == 0:
                 return j
-    raise ArchSyntaxError("unbalanced parentheses: '(' is never closed", position=open_index, token=s[:open_index][-20:])
+    raise ArchSyntaxError(
+        "unbalanced parentheses: '(' is never closed", position=open_index, token=s[:open_index][-20:]
+    )
 
 
 def _split_args(inner: str, offset: int, name: str) -> tuple[list[str], list[int]]:
