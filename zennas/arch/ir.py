@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 from zennas.errors import ArchValueError, ChannelMismatchError
@@ -47,14 +48,14 @@ class ArchSpec:
 
         return get_dialect(self.dialect).format(self, canonical=False)
 
-    @property
+    @cached_property
     def canonical(self) -> str:
         """Label-free normalised text: equal for equal networks."""
         from zennas.arch import get_dialect
 
         return get_dialect(self.dialect).format(self, canonical=True)
 
-    @property
+    @cached_property
     def hash(self) -> str:
         """Stable 16-hex-digit identity of the network (dialect + canonical text)."""
         digest = hashlib.sha256(f"{self.dialect}\n{self.canonical}".encode())
