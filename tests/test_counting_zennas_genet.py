@@ -11,11 +11,10 @@ from torch import nn
 
 from zennas.arch import ArchSpec, parse
 from zennas.arch.genet import GenSuperRes
-from zennas.arch.zennas_dialect import ZenConv, ZenRes
+from zennas.arch.zennas_dialect import ZenConv, ZenRes, smart_round
 from zennas.blocks.common import ResidualUnit, SqueezeExcite
 from zennas.build import BuildOptions, build
 from zennas.counting import count
-from zennas.counting.zennas_count import smart_round
 from zennas.errors import ConfigError
 
 # REFERENCE.md 1.1.7: per-token golden values (R = input side of the token).

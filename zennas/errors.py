@@ -24,6 +24,10 @@ class ArchSyntaxError(ZennasError, ValueError):
         super().__init__(f"{message}{where}")
 
 
+class UnknownTokenError(ArchSyntaxError):
+    """A block/op/class name is not in the dialect's vocabulary."""
+
+
 class ArchValueError(ArchSyntaxError):
     """An architecture text parses but describes an impossible network (bad stride, kernel, width)."""
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Protocol
 
 from zennas.arch.ir import ArchSpec, BlockSpec
-from zennas.errors import ArchSyntaxError, UnknownDialectError
+from zennas.errors import ArchSyntaxError, UnknownDialectError, UnknownTokenError
 
 
 class Dialect(Protocol):
@@ -85,9 +85,10 @@ def parse(text: str, dialect: str | None = None, *, rechain: bool = False) -> Ar
     if len(parsed) > 1:
         names = ", ".join(spec.dialect for spec in parsed)
         raise UnknownDialectError(f"text is valid in several dialects ({names}); pass dialect= to choose one")
-    # No dialect accepted it: report the error of the parser that got furthest.
-    return_error = max(errors, key=lambda e: -1 if e.position is None else e.position)
-    raise return_error
+    # No dialect accepted it: report the error of the parser that got furthest; at equal
+    # positions prefer a dialect that knew the token over one that did not.
+    best = max(errors, key=lambda e: (-1 if e.position is None else e.position, not isinstance(e, UnknownTokenError)))
+    raise best
 
 
 def _load_builtin_dialects() -> None:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from zennas.arch import register_dialect
 from zennas.arch.ir import ArchSpec, BlockSpec, check_channel_chain, check_choice, check_positive
 from zennas.arch.tokens import RawToken, check_no_stray_close, tokenize
-from zennas.errors import ArchSyntaxError, ArchValueError
+from zennas.errors import ArchValueError, UnknownTokenError
 
 DIALECT = "genet"
 KERNELS = (1, 3, 5, 7)
@@ -158,7 +158,7 @@ def _block_from_token(tok: RawToken) -> GenBlock:
         if block.inner_channels < 1:
             raise ArchValueError(f"{name}: round(out*expansion) must be >= 1", position=pos, token=name)
     else:
-        raise ArchSyntaxError(
+        raise UnknownTokenError(
             f"unknown block {name!r} in the {DIALECT} dialect; expected one of: {'; '.join(TOKEN_FAMILIES)}",
             position=pos,
             token=name,

@@ -13,7 +13,7 @@ from zennas.arch import register_dialect
 from zennas.arch.ir import ArchSpec, BlockSpec, check_channel_chain, check_choice, check_positive
 from zennas.arch.ir import rechain as rechain_blocks
 from zennas.arch.tokens import RawToken, check_no_stray_close, tokenize
-from zennas.errors import ArchSyntaxError
+from zennas.errors import ArchSyntaxError, UnknownTokenError
 
 DIALECT = "zennas-v1"
 CONV_KERNELS = (1, 3, 5, 7)
@@ -70,6 +70,15 @@ class ZenRes(BlockSpec):
 
 ZenBlock = ZenConv | ZenRes
 
+
+def smart_round(x: float, base: int | None = None) -> int:
+    """ZenNAS `smart_round`: nearest multiple of `base` with Python round (half-to-even), at least `base`."""
+    if base is None:
+        base = 32 if x > 256 else 16 if x > 128 else 8
+    # round() on an exact .5 goes to the even neighbour: 20/8 = 2.5 -> 16, 28/8 = 3.5 -> 32.
+    return max(base, round(x / base) * base)
+
+
 _CONV = re.compile(r"SuperConvK([0-9]+)BNRELU")
 _KXKX = re.compile(r"SuperResK([0-9]+)K([0-9]+)")
 _K1KXK1 = re.compile(r"SuperResK1K([0-9]+)K1")
@@ -108,7 +117,7 @@ def _block_from_token(tok: RawToken) -> ZenBlock:
                     token=name,
                 )
         else:
-            raise ArchSyntaxError(
+            raise UnknownTokenError(
                 f"unknown block {name!r} in the {DIALECT} dialect; expected one of: {'; '.join(TOKEN_FAMILIES)}",
                 position=pos,
                 token=name,

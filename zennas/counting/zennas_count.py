@@ -11,16 +11,9 @@ from dataclasses import dataclass
 
 from zennas.arch import ArchSpec
 from zennas.arch.genet import GenBN, GenConv, GenPool, GenReLU, GenSuperRes
-from zennas.arch.zennas_dialect import ZenConv, ZenRes
+from zennas.arch.zennas_dialect import ZenConv, ZenRes, smart_round
 from zennas.counting import BlockCount, ModelComplexity, conv_out, register_counter
 from zennas.errors import ConfigError
-
-
-def smart_round(x: float, base: int | None = None) -> int:
-    """ZenNAS `smart_round`: nearest multiple of `base` (half-to-even), at least `base`."""
-    if base is None:
-        base = 32 if x > 256 else 16 if x > 128 else 8
-    return max(base, round(x / base) * base)
 
 
 @dataclass(frozen=True)
