@@ -173,16 +173,29 @@ def test_every_genet_block_built_equals_analytic(token):
     _check_built_equals_analytic(ArchSpec("genet", (block,)), 13, 0, False)
 
 
-def test_whole_zoo_built_equals_golden_at_full_resolution(zoo):
+def test_whole_zoo_built_equals_golden_and_analytic(zoo):
+    """Params of every built zoo model equal the golden figure; MACs of a real forward equal the count.
+
+    Models up to ~1 GMAC run at their own resolution against the golden MACs directly; larger ones
+    run at 64x64 against the analytic count there (the analytic count equals the golden MACs at
+    full resolution in test_zoo_params_and_macs_equal_the_independent_count), keeping the suite fast.
+    """
     for entry in zoo:
         spec = parse(entry["arch_string"])
         with torch.device("meta"):  # skip weight initialisation: we only need shapes
             net = build(spec, BuildOptions(num_classes=entry["num_classes"], use_se=entry["use_se"]))
-        net = net.to_empty(device="cpu")  # real (uninitialised) CPU tensors for a real forward
+        net = net.to_empty(device="cpu")  # real CPU tensors for a real forward
+        with torch.no_grad():  # uninitialised memory can hold denormals, which make CPU convs crawl
+            for tensor in itertools.chain(net.parameters(), net.buffers()):
+                tensor.zero_()
         golden = entry["computed_for_this_report"]
         assert param_count(net) == golden["learnable_params_incl_BN_affine"], entry["name"]
-        r = entry["resolution"]
-        assert hook_macs(net, (1, 3, r, r)) == golden["conv_linear_MACs"], entry["name"]
+        if golden["conv_linear_MACs"] <= 1e9:
+            side, expected = entry["resolution"], golden["conv_linear_MACs"]
+        else:
+            side = 64
+            expected = count(spec, resolution=side, num_classes=entry["num_classes"], use_se=entry["use_se"]).macs
+        assert hook_macs(net, (1, 3, side, side)) == expected, entry["name"]
 
 
 def _layer_types(module: nn.Module) -> list[str]:
