@@ -1,1 +1,165 @@
-"""Placeholder: filled in by the family implementation."""
+"""Analytic counts of the BINAS dialect (timm MobileNetV3 rules), without building weights.
+
+Each block string is unrolled into one `Layer` per repeat (channels, expanded width, SE width,
+shortcut); the torch builder in `zennas.blocks.binas` builds exactly these records, and the tests
+compare both with a built module's parameters, hook-counted MACs and torchvision's MobileNetV3.
+
+Rules (timm `_efficientnet_blocks`, `mobilenetv3.py`; torchvision's mobilenet_v3_large agrees):
+- widths round with timm `make_divisible(v, 8)`: nearest multiple of 8, at least 8, bumped by 8
+  when rounding lost more than 10 %; `ir` expands to make_divisible(in * e);
+- SE: 1x1 conv (c -> make_divisible(c * ratio)) with bias, ReLU, 1x1 conv back with bias,
+  hard-sigmoid gate; c is the expanded width in `ir` and the input width in `ds` (timm's
+  mobilenetv3 uses se_from_exp=True, so the ratio is not divided by the expansion);
+- identity shortcut in `ds`/`ir` iff stride 1 and in == out; `cn` never has one;
+- stem conv 3x3 stride 2 (3 -> stem width) + BN; head: global pool, 1x1 conv to 1280 WITH bias
+  (no BN), hard-swish, Linear(1280, classes). Params include BN gamma/beta; MACs count conv and
+  linear multiplies only (SE convs on a 1x1 map).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from zennas.arch import ArchSpec
+from zennas.arch.binas import BinasBlock, BinasConv, BinasDS, BinasIR, check_spec, stem_width
+from zennas.counting import BlockCount, ModelComplexity, conv_macs, conv_out, conv_params, register_counter
+from zennas.errors import ConfigError
+
+STEM_KERNEL = 3
+STEM_STRIDE = 2
+HEAD_WIDTH = 1280  # timm MobileNetV3 num_features, BINAS and HardCoRe-NAS alike
+DEFAULT_SE_RATIO = 0.25  # what use_se=True puts on an ir block whose string has no se
+
+
+def make_divisible(value: float, divisor: int = 8, min_value: int | None = None, round_limit: float = 0.9) -> int:
+    """timm `make_divisible`: nearest multiple of `divisor` (>= min_value), never below 90 % of `value`."""
+    min_value = min_value or divisor
+    rounded = max(min_value, int(value + divisor / 2) // divisor * divisor)
+    if rounded < round_limit * value:
+        rounded += divisor
+    return rounded
+
+
+@dataclass(frozen=True)
+class Layer:
+    """One physical block (one repeat of a block string) with every width resolved."""
+
+    kind: str  # 'ds', 'ir' or 'cn'
+    in_channels: int
+    out_channels: int
+    kernel: int
+    stride: int
+    mid_channels: int  # ir: expanded width; ds/cn: in_channels (the depthwise width of ds)
+    se_channels: int  # squeeze width, 0 = no SE
+    relu: bool
+    shortcut: bool  # identity add (before the `residual` build switch)
+
+    @property
+    def params(self) -> int:
+        """Learnable elements: convs, BN gamma/beta, SE convs with their biases."""
+        c_in, mid, c_out, k = self.in_channels, self.mid_channels, self.out_channels, self.kernel
+        if self.kind == "cn":
+            return conv_params(c_in, c_out, k) + 2 * c_out
+        total = conv_params(mid, mid, k, groups=mid) + 2 * mid  # depthwise + BN
+        if self.kind == "ir":
+            total += conv_params(c_in, mid, 1) + 2 * mid  # expansion + BN
+        if self.se_channels:
+            total += conv_params(mid, self.se_channels, 1, bias=True) + conv_params(self.se_channels, mid, 1, bias=True)
+        return total + conv_params(mid, c_out, 1) + 2 * c_out  # projection + BN
+
+    def macs(self, in_side: int) -> int:
+        """Conv multiply-accumulates on an `in_side` x `in_side` input."""
+        out_side = self.out_side(in_side)
+        c_in, mid, c_out, k = self.in_channels, self.mid_channels, self.out_channels, self.kernel
+        if self.kind == "cn":
+            return conv_macs(c_in, c_out, k, out_side)
+        total = conv_macs(mid, mid, k, out_side, groups=mid)
+        if self.kind == "ir":
+            total += conv_macs(c_in, mid, 1, in_side)
+        if self.se_channels:
+            total += 2 * mid * self.se_channels  # both SE convs act on the pooled 1x1 map
+        return total + conv_macs(mid, c_out, 1, out_side)
+
+    def out_side(self, in_side: int) -> int:
+        """Output side: only the k x k conv strides (timm pads k // 2 for odd k)."""
+        return conv_out(in_side, self.kernel, self.stride)
+
+
+def effective_se_ratio(block: BinasBlock, use_se: bool | None) -> float:
+    """SE ratio a block gets under BuildOptions.use_se (None: as written; False: none; True: ir blocks on)."""
+    written = float(getattr(block, "se_ratio", 0.0))
+    if use_se is False:
+        return 0.0
+    if use_se is True and isinstance(block, BinasIR):
+        return written or DEFAULT_SE_RATIO
+    return written
+
+
+def unroll(block: BinasBlock, use_se: bool | None = None) -> tuple[Layer, ...]:
+    """One Layer per repeat: the first takes the block's input and stride, the rest are stride 1."""
+    ratio = effective_se_ratio(block, use_se)
+    layers: list[Layer] = []
+    c_in, stride = block.in_channels, block.stride
+    for _ in range(block.repeats):
+        c_out = block.out_channels
+        mid = make_divisible(c_in * block.expansion) if isinstance(block, BinasIR) else c_in
+        se = make_divisible(mid * ratio) if ratio and not isinstance(block, BinasConv) else 0
+        shortcut = isinstance(block, BinasDS | BinasIR) and stride == 1 and c_in == c_out
+        layers.append(Layer(block.kind, c_in, c_out, block.kernel, stride, mid, se, block.relu, shortcut))
+        c_in, stride = c_out, 1
+    return tuple(layers)
+
+
+def stem_counts(width: int, resolution: int) -> tuple[int, int, int]:
+    """(params, MACs, out side) of the stem: conv 3x3 s2 (3 -> width) + BN."""
+    side = conv_out(resolution, STEM_KERNEL, STEM_STRIDE)
+    params = conv_params(3, width, STEM_KERNEL) + 2 * width
+    return params, conv_macs(3, width, STEM_KERNEL, side), side
+
+
+def head_counts(channels: int, num_classes: int) -> tuple[int, int]:
+    """(params, MACs) of the head: 1x1 conv with bias to 1280 + Linear; nothing when num_classes == 0."""
+    if num_classes == 0:
+        return 0, 0
+    params = conv_params(channels, HEAD_WIDTH, 1, bias=True) + HEAD_WIDTH * num_classes + num_classes
+    return params, channels * HEAD_WIDTH + HEAD_WIDTH * num_classes
+
+
+@register_counter("binas")
+def count_binas(
+    spec: ArchSpec, *, resolution: int, num_classes: int, use_se: bool | None, convention: str
+) -> ModelComplexity:
+    """Exact counts of a BINAS network; `blocks[0]` is the stem, then one entry per block string."""
+    if convention != "correct":
+        raise ConfigError(f"convention {convention!r} does not apply to binas; use 'correct'")
+    if use_se is not None and not isinstance(use_se, bool):
+        raise ConfigError(f"use_se must be None, True or False, got {use_se!r}")
+    check_spec(spec)
+    width = stem_width(spec)
+    params, macs, side = stem_counts(width, resolution)
+    stride = STEM_STRIDE
+    counts = [BlockCount("stem", params, macs, width, side, stride)]
+    any_se = False
+    for block in spec.blocks:
+        assert isinstance(block, BinasBlock)  # guaranteed by check_spec; narrows the type
+        params = macs = 0
+        for layer in unroll(block, use_se):
+            params += layer.params
+            macs += layer.macs(side)
+            side = layer.out_side(side)
+            any_se = any_se or layer.se_channels > 0
+        stride *= block.stride
+        counts.append(BlockCount(block.name, params, macs, block.out_channels, side, stride))
+    head_params, head_macs = head_counts(spec.blocks[-1].out_channels, num_classes)
+    return ModelComplexity(
+        dialect=spec.dialect,
+        params=sum(c.params for c in counts) + head_params,
+        macs=sum(c.macs for c in counts) + head_macs,
+        layers=spec.layers,
+        resolution=resolution,
+        num_classes=num_classes,
+        use_se=any_se,
+        blocks=tuple(counts),
+        head_params=head_params,
+        head_macs=head_macs,
+    )
