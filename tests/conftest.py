@@ -50,6 +50,15 @@ def hook_macs(model: nn.Module, input_shape: tuple[int, ...]) -> int:
     return total
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _one_torch_thread():
+    """Test networks are tiny: one intra-op thread is faster and immune to a busy 2-core runner; restored after."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def zoo() -> list[dict]:
     """The published model zoo with independently computed figures."""

@@ -166,15 +166,6 @@ TORCHVISION_MBV3_LARGE_PARAMS = 5_483_032
 TORCHVISION_MBV3_LARGE_MACS_224 = 216_589_760
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny forwards gain nothing from threads, and on a busy 2-core runner threads spin; restored after."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 # --------------------------------------------------------------------------------------------
 # Dialect
 

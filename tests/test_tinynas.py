@@ -44,15 +44,6 @@ from zennas.spaces import tinynas as tinynas_spaces
 DIALECT = get_dialect("tinynas")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """The modules here are tiny: one intra-op thread is faster and immune to a busy machine; restored after."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 R50_SEED = (
     "{'space_arch': 'CnnNet', 'best_structures': [[{'class': 'ConvKXBNRELU', 'in': 3, 'out': 32, 's': 2, 'k': 3}, "
     "{'class': 'SuperResK1KXK1', 'in': 32, 'out': 256, 's': 2, 'k': 3, 'L': 1, 'btn': 64}, "
