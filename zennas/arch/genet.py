@@ -7,12 +7,11 @@ Labels (`uuid...|`) are kept as side data. See REFERENCE.md section 1.2.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 from zennas.arch import register_dialect
 from zennas.arch.ir import ArchSpec, BlockSpec, check_channel_chain, check_choice, check_positive
-from zennas.arch.tokens import RawToken, check_no_stray_close, tokenize
+from zennas.arch.tokens import RawToken, check_no_stray_close, format_tokens, looks_like_tokens, tokenize
 from zennas.errors import ArchValueError, UnknownTokenError
 
 DIALECT = "genet"
@@ -196,15 +195,10 @@ class GENetDialect:
         return ArchSpec(DIALECT, blocks, source)
 
     def format(self, spec: ArchSpec, *, canonical: bool = False) -> str:
-        labels = spec.source if (spec.source is not None and not canonical) else (None,) * len(spec.blocks)
-        parts = []
-        for block, label in zip(spec.blocks, labels, strict=True):
-            prefix = "" if label is None else f"{label}|"
-            parts.append(f"{block.name}({prefix}{','.join(_format_arg(a) for a in block.args())})")
-        return "".join(parts)
+        return format_tokens(spec, canonical=canonical, format_arg=_format_arg)
 
     def looks_like(self, text: str) -> bool:
-        return re.match(r"\s*[A-Za-z_]", text) is not None
+        return looks_like_tokens(text)
 
 
 register_dialect(GENetDialect())

@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from zennas.errors import ArchSyntaxError
+
+if TYPE_CHECKING:
+    from zennas.arch.ir import ArchSpec
 
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _INT = re.compile(r"[+-]?[0-9]+")
@@ -119,6 +124,21 @@ def _split_args(inner: str, offset: int, name: str) -> tuple[list[str], list[int
         positions.append(pos + (len(part) - len(part.lstrip())))
         pos += len(part) + 1
     return args, positions
+
+
+def format_tokens(spec: ArchSpec, *, canonical: bool, format_arg: Callable[[object], str] = str) -> str:
+    """`NAME(label|a,b,c)...` for blocks with `name` and `args()`; labels only when not canonical."""
+    labels = spec.source if (spec.source is not None and not canonical) else (None,) * len(spec.blocks)
+    parts = []
+    for block, label in zip(spec.blocks, labels, strict=True):
+        prefix = "" if label is None else f"{label}|"
+        parts.append(f"{block.name}({prefix}{','.join(format_arg(a) for a in block.args())})")
+    return "".join(parts)
+
+
+def looks_like_tokens(text: str) -> bool:
+    """Syntactic sniff for token-stream dialects: the text starts with an identifier."""
+    return re.match(r"\s*[A-Za-z_]", text) is not None
 
 
 def check_no_stray_close(text: str) -> None:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, replace
 from zennas.arch import register_dialect
 from zennas.arch.ir import ArchSpec, BlockSpec, check_channel_chain, check_choice, check_positive
 from zennas.arch.ir import rechain as rechain_blocks
-from zennas.arch.tokens import RawToken, check_no_stray_close, tokenize
+from zennas.arch.tokens import RawToken, check_no_stray_close, format_tokens, looks_like_tokens, tokenize
 from zennas.errors import ArchSyntaxError, UnknownTokenError
 
 DIALECT = "zennas-v1"
@@ -170,15 +170,10 @@ class ZenNASDialect:
         return ArchSpec(DIALECT, blocks, source)
 
     def format(self, spec: ArchSpec, *, canonical: bool = False) -> str:
-        labels = spec.source if (spec.source is not None and not canonical) else (None,) * len(spec.blocks)
-        parts = []
-        for block, label in zip(spec.blocks, labels, strict=True):
-            prefix = "" if label is None else f"{label}|"
-            parts.append(f"{block.name}({prefix}{','.join(map(str, block.args()))})")
-        return "".join(parts)
+        return format_tokens(spec, canonical=canonical)
 
     def looks_like(self, text: str) -> bool:
-        return re.match(r"\s*[A-Za-z_]", text) is not None
+        return looks_like_tokens(text)
 
 
 def split_deep_blocks(spec: ArchSpec, threshold: int = 6) -> ArchSpec:

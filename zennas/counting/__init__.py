@@ -32,6 +32,11 @@ def conv_macs(c_in: int, c_out: int, kernel: int, out_size: int, groups: int = 1
     return c_in * c_out * kernel * kernel // groups * out_size * out_size
 
 
+def linear_head(channels: int, num_classes: int) -> tuple[int, int]:
+    """(params, MACs) of global pooling + Linear(channels, num_classes, bias); (0, 0) for no head."""
+    return channels * num_classes + num_classes, channels * num_classes
+
+
 @dataclass(frozen=True)
 class BlockCount:
     """Analytic figures of one block."""
@@ -72,6 +77,35 @@ class ModelComplexity:
     flops: float | None = None  # set for compatibility conventions (e.g. ZenNAS get_FLOPs)
     convention_params: float | None = None  # params in that convention
     extra: dict = field(default_factory=dict)
+
+    @classmethod
+    def summed(
+        cls,
+        spec: ArchSpec,
+        blocks: list[BlockCount] | tuple[BlockCount, ...],
+        *,
+        head_params: int,
+        head_macs: int,
+        resolution: int,
+        num_classes: int,
+        use_se: bool,
+        layers: int | None = None,
+        **fields: object,
+    ) -> ModelComplexity:
+        """Totals = per-block figures + head; the one place where a network's sums are formed."""
+        return cls(
+            dialect=spec.dialect,
+            params=sum(b.params for b in blocks) + head_params,
+            macs=sum(b.macs for b in blocks) + head_macs,
+            layers=spec.layers if layers is None else layers,
+            resolution=resolution,
+            num_classes=num_classes,
+            use_se=use_se,
+            blocks=tuple(blocks),
+            head_params=head_params,
+            head_macs=head_macs,
+            **fields,  # type: ignore[arg-type]
+        )
 
     @property
     def stages(self) -> tuple[StageShape, ...]:

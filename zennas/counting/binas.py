@@ -151,15 +151,12 @@ def count_binas(
         stride *= block.stride
         counts.append(BlockCount(block.name, params, macs, block.out_channels, side, stride))
     head_params, head_macs = head_counts(spec.blocks[-1].out_channels, num_classes)
-    return ModelComplexity(
-        dialect=spec.dialect,
-        params=sum(c.params for c in counts) + head_params,
-        macs=sum(c.macs for c in counts) + head_macs,
-        layers=spec.layers,
+    return ModelComplexity.summed(
+        spec,
+        counts,
+        head_params=head_params,
+        head_macs=head_macs,
         resolution=resolution,
         num_classes=num_classes,
         use_se=any_se,
-        blocks=tuple(counts),
-        head_params=head_params,
-        head_macs=head_macs,
     )

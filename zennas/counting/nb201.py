@@ -10,7 +10,15 @@ from __future__ import annotations
 
 from zennas.arch import ArchSpec
 from zennas.arch.nb201 import CELLS_PER_STAGE, DIALECT, LAYERS, WIDTH, cell_of
-from zennas.counting import BlockCount, ModelComplexity, conv_macs, conv_out, conv_params, register_counter
+from zennas.counting import (
+    BlockCount,
+    ModelComplexity,
+    conv_macs,
+    conv_out,
+    conv_params,
+    linear_head,
+    register_counter,
+)
 from zennas.errors import ConfigError
 
 # dataset -> (input side, classes) of the benchmark's three training sets
@@ -86,23 +94,20 @@ def count_nb201(
     last = STAGE_WIDTHS[-1]
     blocks.append(BlockCount("lastact", 2 * last if bn else 0, 0, last, side, stride))
 
-    head_params = last * num_classes + num_classes if num_classes else 0
-    head_macs = last * num_classes
+    head_params, head_macs = linear_head(last, num_classes)
     params = sum(b.params for b in blocks) + head_params
     conv_total = sum(b.macs for b in blocks)
     # The benchmark charges the classifier's bias as one FLOP per output.
     nb201_flops = conv_total + head_macs + num_classes
-    return ModelComplexity(
-        dialect=DIALECT,
-        params=params,
-        macs=conv_total + head_macs,
-        layers=LAYERS,
+    return ModelComplexity.summed(
+        spec,
+        blocks,
+        head_params=head_params,
+        head_macs=head_macs,
         resolution=resolution,
         num_classes=num_classes,
         use_se=False,
-        blocks=tuple(blocks),
-        head_params=head_params,
-        head_macs=head_macs,
+        layers=LAYERS,
         convention=convention,
         extra={"nb201_flops": nb201_flops, "nb201_flops_M": nb201_flops / 1e6, "nb201_params_M": params / 1e6},
     )

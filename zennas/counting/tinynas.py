@@ -14,7 +14,15 @@ from typing import Any
 
 from zennas.arch import ArchSpec
 from zennas.arch.tinynas import InnerBlock, TinyConv, TinyRes, inner_blocks, se_width
-from zennas.counting import BlockCount, ModelComplexity, conv_macs, conv_out, conv_params, register_counter
+from zennas.counting import (
+    BlockCount,
+    ModelComplexity,
+    conv_macs,
+    conv_out,
+    conv_params,
+    linear_head,
+    register_counter,
+)
 from zennas.errors import ConfigError
 
 
@@ -123,7 +131,7 @@ def count_tinynas(
     side, stride = resolution, 1
     r = Fraction(resolution)  # TinyNAS float side
     counts: list[BlockCount] = []
-    params = macs = bn_params = se_params = se_macs = 0
+    bn_params = se_params = se_macs = 0
     tn_flops, tn_size = Fraction(0), Fraction(0)
     for index, block in enumerate(spec.blocks):
         extras = dict(extras_of[index])
@@ -155,25 +163,19 @@ def count_tinynas(
         side = out_side
         stride *= block.stride
         r /= block.stride
-        params += b_params
-        macs += b_macs
         counts.append(BlockCount(block.name, b_params, b_macs, block.out_channels, side, stride))
     channels = spec.blocks[-1].out_channels
-    head_params = channels * num_classes + num_classes if num_classes else 0
-    head_macs = channels * num_classes
+    head_params, head_macs = linear_head(channels, num_classes)
     has_se = se_on and any(isinstance(b, TinyRes) and b.kind == "SuperResK1DWSEK1" for b in spec.blocks)
     tinynas = convention == "tinynas"
-    return ModelComplexity(
-        dialect=spec.dialect,
-        params=params + head_params,
-        macs=macs + head_macs,
-        layers=spec.layers,
+    return ModelComplexity.summed(
+        spec,
+        counts,
+        head_params=head_params,
+        head_macs=head_macs,
         resolution=resolution,
         num_classes=num_classes,
         use_se=has_se,
-        blocks=tuple(counts),
-        head_params=head_params,
-        head_macs=head_macs,
         convention=convention,
         # TinyNAS networks are backbones: its figures never include a classifier head.
         flops=float(tn_flops) if tinynas else None,

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from zennas.arch import ArchSpec
 from zennas.arch.genet import GenBN, GenConv, GenPool, GenReLU, GenSuperRes
 from zennas.arch.zennas_dialect import ZenConv, ZenRes, smart_round
-from zennas.counting import BlockCount, ModelComplexity, conv_out, register_counter
+from zennas.counting import BlockCount, ModelComplexity, conv_out, linear_head, register_counter
 from zennas.errors import ConfigError
 
 
@@ -204,22 +204,18 @@ def count_zennas(
         side, stride = units[-1].out_side, stride * block.stride
         blocks.append(BlockCount(block.name, params, macs, block.out_channels, side, stride))
     c_last = spec.blocks[-1].out_channels
-    head_params = c_last * num_classes + num_classes
-    head_macs = c_last * num_classes
+    head_params, head_macs = linear_head(c_last, num_classes)
     if num_classes:
         repo_flops += c_last * num_classes
         repo_params += c_last * num_classes + 1  # the repo counts the bias vector as one parameter
-    return ModelComplexity(
-        dialect=spec.dialect,
-        params=sum(b.params for b in blocks) + head_params,
-        macs=sum(b.macs for b in blocks) + head_macs,
-        layers=spec.layers,
+    return ModelComplexity.summed(
+        spec,
+        blocks,
+        head_params=head_params,
+        head_macs=head_macs,
         resolution=resolution,
         num_classes=num_classes,
         use_se=se,
-        blocks=tuple(blocks),
-        head_params=head_params,
-        head_macs=head_macs,
         convention=convention,
         flops=repo_flops if convention == "zennas" else None,
         convention_params=repo_params if convention == "zennas" else None,
@@ -252,18 +248,13 @@ def count_genet(
             side = units[-1].out_side
         stride *= block.stride
         blocks.append(BlockCount(block.name, params, macs, block.out_channels, side, stride))
-    c_last = spec.blocks[-1].out_channels
-    head_params = c_last * num_classes + num_classes
-    head_macs = c_last * num_classes
-    return ModelComplexity(
-        dialect=spec.dialect,
-        params=sum(b.params for b in blocks) + head_params,
-        macs=sum(b.macs for b in blocks) + head_macs,
-        layers=spec.layers,
+    head_params, head_macs = linear_head(spec.blocks[-1].out_channels, num_classes)
+    return ModelComplexity.summed(
+        spec,
+        blocks,
+        head_params=head_params,
+        head_macs=head_macs,
         resolution=resolution,
         num_classes=num_classes,
         use_se=False,
-        blocks=tuple(blocks),
-        head_params=head_params,
-        head_macs=head_macs,
     )
