@@ -166,3 +166,35 @@ def test_models_and_spaces_listing():
     assert spaces.exit_code == 0
     listed = {line.split()[0] for line in spaces.output.splitlines()}
     assert {"zennas-res", "zennas-idw", "genet", "maedet", "deepmad-se", "binas", "nb201"} <= listed
+
+
+def test_info_accepts_every_dialect(tmp_path):
+    binas = (
+        "[['ds_r1_k3_s1_e1_c16_nre'], ['ir_r1_k3_s2_e3_c24_nre', 'ir_r1_k3_s1_e3_c24_nre'], "
+        "['ir_r1_k5_s2_e3_c40_nre', 'ir_r1_k5_s1_e3_c40_nre'], ['ir_r1_k5_s2_e3_c80', 'ir_r1_k5_s1_e3_c80'], "
+        "['ir_r1_k5_s1_e3_c112', 'ir_r1_k5_s1_e3_c112'], ['ir_r1_k5_s2_e3_c192', 'ir_r1_k5_s1_e3_c192'], "
+        "['cn_r1_k1_s1_c960']]"
+    )  # longer than a file name may be: must be read as text, not crash in a path check
+    tinynas = tmp_path / "best_structure.txt"
+    tinynas.write_text(
+        "{'space_arch': 'CnnNet', 'best_structures': [[{'class': 'ConvKXBNRELU', 'in': 3, 'out': 16, 's': 2, "
+        "'k': 3}, {'class': 'SuperResK1KXK1', 'in': 16, 'out': 64, 's': 2, 'k': 3, 'L': 1, 'btn': 16}]]}"
+    )
+    nb201 = "|nor_conv_3x3~0|+|nor_conv_3x3~0|avg_pool_3x3~1|+|none~0|nor_conv_3x3~1|avg_pool_3x3~2|"
+    seen = {}
+    for arch in (binas, str(tinynas), nb201):
+        result = CliRunner().invoke(cli.main, ["info", arch, "--json"])
+        assert result.exit_code == 0, result.output
+        data = json.loads(result.output)
+        seen[data["dialect"]] = data
+    assert set(seen) == {"binas", "tinynas", "nb201"}
+    assert seen["tinynas"]["num_classes"] == 0  # TinyNAS structures are backbones by default
+    assert seen["nb201"]["params"] == 802_426  # official NATS-Bench value for index 11 (0.802426 M)
+
+
+def test_unreadable_file_is_a_one_line_error(tmp_path):
+    bad = tmp_path / "arch.txt"
+    bad.write_bytes(b"\xff\xfe")
+    result = CliRunner().invoke(cli.main, ["info", str(bad)])
+    assert result.exit_code == 1 and "cannot read architecture file" in result.output
+    assert len(result.output.strip().splitlines()) == 1

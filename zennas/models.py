@@ -13,7 +13,7 @@ from importlib import resources
 from pathlib import Path
 
 from zennas.arch import ArchSpec, parse
-from zennas.errors import UnknownModelError
+from zennas.errors import ConfigError, UnknownModelError
 
 
 @dataclass(frozen=True)
@@ -94,8 +94,16 @@ def resolve_arch(text: str, dialect: str | None = None, *, rechain: bool = False
     if dialect is None and _BARE_NAME.fullmatch(candidate):
         get_model_entry(candidate)  # raises UnknownModelError with suggestions
     path = Path(candidate)
-    if candidate and "\n" not in candidate and len(candidate) < 4096 and path.is_file():
-        return parse(path.read_text(), dialect, rechain=rechain), None
+    try:
+        is_file = "\n" not in candidate and path.is_file()
+    except (OSError, ValueError):  # not a usable path (too long, NUL byte): treat it as text
+        is_file = False
+    if is_file:
+        try:
+            content = path.read_text()
+        except (OSError, UnicodeDecodeError) as error:
+            raise ConfigError(f"cannot read architecture file {str(path)!r}: {error}") from None
+        return parse(content, dialect, rechain=rechain), None
     return parse(text, dialect, rechain=rechain), None
 
 
