@@ -13,7 +13,8 @@ from zennas.errors import ZennasError
 
 ZOO_STRINGS = [e["arch_string"] for e in json.loads(ZOO_PATH.read_text())]
 ALPHABET = st.sampled_from(list("SuperConvResKBNRELUIDWEX0123456789(),|;.-+~_ {}[]'\":xyzabc\n\t\\"))
-FAST = settings(max_examples=300, deadline=2000, suppress_health_check=[HealthCheck.too_slow])
+# A 10 s deadline per example catches pathological (e.g. exponential) parsing without flaking on a busy runner.
+FAST = settings(max_examples=300, deadline=10_000, suppress_health_check=[HealthCheck.too_slow])
 
 
 def _parse_or_zennas_error(text: str) -> None:
