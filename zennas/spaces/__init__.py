@@ -55,6 +55,16 @@ class SearchSpace(ABC):
     def initial(self) -> tuple[ArchSpec, ...]:
         """Seed architectures (members) to start a search from."""
 
+    def _finish(self, child: ArchSpec, action: str) -> ArchSpec:
+        """Return `child` if it is a member; otherwise a sampler/mutator produced a non-member: a bug."""
+        reason = self.why_not(child)
+        if reason is not None:
+            raise SearchSpaceError(
+                f"{action} in search space {self.name!r} produced a non-member ({reason}); "
+                f"this is a zennas bug, please report it with {child.canonical!r}"
+            )
+        return child
+
     def __repr__(self) -> str:
         return f"<SearchSpace {self.name} ({self.dialect})>"
 

@@ -491,16 +491,6 @@ class TinyNASSpace(SearchSpace):
 
     # -- seeds ------------------------------------------------------------------------------------
 
-    def _finish(self, child: ArchSpec, action: str) -> ArchSpec:
-        """Return `child` if it is a member; otherwise it is a bug in this module, so say so."""
-        reason = self.why_not(child)
-        if reason is not None:
-            raise SearchSpaceError(
-                f"{action} in search space {self.name!r} produced a non-member ({reason}); "
-                f"this is a zennas bug, please report it with {child.canonical!r}"
-            )
-        return child
-
     def _load_seeds(self, d: _Definition) -> dict[str, ArchSpec]:
         table = d.get("seeds", dict)
         seeds: dict[str, ArchSpec] = {}

@@ -235,16 +235,6 @@ class _TomlSpace(SearchSpace):
         """Seed architectures in definition order (published start strings / published networks)."""
         return tuple(self._seeds.values())
 
-    def _finish(self, child: ArchSpec, action: str) -> ArchSpec:
-        """Return `child` if it is a member; otherwise it is a bug in this module, so say so."""
-        reason = self.why_not(child)
-        if reason is not None:
-            raise SearchSpaceError(
-                f"{action} in search space {self.name!r} produced a non-member ({reason}); "
-                f"this is a zennas bug, please report it with {child.canonical!r}"
-            )
-        return child
-
     def _require_member(self, arch: ArchSpec) -> None:
         reason = self.why_not(arch)
         if reason is not None:
