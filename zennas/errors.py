@@ -53,3 +53,15 @@ class SearchSpaceError(ZennasError, ValueError):
 
 class ConfigError(ZennasError, ValueError):
     """An option or argument has an invalid value."""
+
+
+class ProxyError(ZennasError, RuntimeError):
+    """A zero-cost proxy could not score an architecture (the message names the architecture)."""
+
+
+class DegenerateNetworkError(ProxyError):
+    """The network's output does not depend on its input, so an input-sensitivity proxy is undefined.
+
+    Proxies raise it; `zennas.proxies.score` turns it into a result flagged `degenerate=True`
+    (never a sentinel number), and the validation bench states how such results are ranked.
+    """
