@@ -14,32 +14,35 @@ from zennas.arch import ArchSpec
 from zennas.build import BuildOptions, build
 
 
+def _precision_knobs() -> list[object]:
+    """Backends whose FP32 math may be lowered (TF32 on CUDA, bf32 on oneDNN), new-style API."""
+    knobs = [torch.backends.cuda.matmul, torch.backends.cudnn.conv, torch.backends.cudnn.rnn]
+    for name in ("matmul", "conv", "rnn"):
+        knob = getattr(torch.backends.mkldnn, name, None)
+        if knob is not None:
+            knobs.append(knob)
+    return [k for k in knobs if hasattr(k, "fp32_precision")]
+
+
 @contextlib.contextmanager
 def strict_fp32() -> Iterator[None]:
-    """TF32 off and deterministic cuDNN while scoring; every flag is restored afterwards."""
-    saved = (
-        torch.backends.cuda.matmul.allow_tf32,
-        torch.backends.cudnn.allow_tf32,
-        torch.backends.cudnn.deterministic,
-        torch.backends.cudnn.benchmark,
-        torch.get_float32_matmul_precision(),
-    )
-    torch.backends.cuda.matmul.allow_tf32 = False
-    torch.backends.cudnn.allow_tf32 = False
-    torch.backends.cudnn.deterministic = True
-    torch.backends.cudnn.benchmark = False
-    torch.set_float32_matmul_precision("highest")
+    """IEEE FP32 (no TF32/bf32) and deterministic cuDNN while scoring; every setting is restored.
+
+    Only the `fp32_precision` API is touched: mixing it with the legacy `allow_tf32` flags inside
+    one process makes PyTorch raise, and saving/restoring the new values leaves legacy reads intact.
+    """
+    knobs = _precision_knobs()
+    saved = [k.fp32_precision for k in knobs]
+    cudnn = (torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark)
+    for knob in knobs:
+        knob.fp32_precision = "ieee"
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
     try:
         yield
     finally:
-        (
-            torch.backends.cuda.matmul.allow_tf32,
-            torch.backends.cudnn.allow_tf32,
-            torch.backends.cudnn.deterministic,
-            torch.backends.cudnn.benchmark,
-            precision,
-        ) = saved
-        torch.set_float32_matmul_precision(precision)
+        for knob, value in zip(knobs, saved, strict=True):
+            knob.fp32_precision = value
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = cudnn
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
