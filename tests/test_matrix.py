@@ -60,3 +60,18 @@ def test_sampled_members_count_exactly_what_they_build(name):
                 tensor.zero_()
         assert param_count(net) == cx.params
         assert hook_macs(net, (1, 3, side, side)) == cx.macs
+
+
+def test_score_sections_name_registered_proxies_with_valid_options():
+    from zennas.proxies import score
+
+    checked = 0
+    for name in SPACES:
+        space = get_space(name)
+        section = space.definition.get("score")
+        if section is None:
+            continue
+        result = score(space.initial()[0], section["proxy"], options=section.get("options", {}), resolution=64)
+        assert result[section["proxy"]].mean is not None
+        checked += 1
+    assert checked >= 2  # maedet (entropy) and deepmad-se (deepmad)
