@@ -9,6 +9,7 @@ never a sentinel value; a network whose output ignores its input is flagged `deg
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
 import statistics
@@ -174,7 +175,9 @@ def score(
     resolution, num_classes, _ = settings_for(spec, entry, resolution, num_classes, None)
     target = resolve_device(device)
     results: dict[str, ProxyResult] = {}
-    with strict_fp32():
+    # Analytic proxies do no floating-point tensor work, so they skip the precision guard.
+    guard = strict_fp32() if any(p.uses_data for p in chosen) else contextlib.nullcontext()
+    with guard:
         for proxy in chosen:
             results[proxy.name] = _score_one(
                 proxy, spec, resolution, num_classes, batch_size or proxy.batch_size, repeats, seed, target,
