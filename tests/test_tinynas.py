@@ -38,6 +38,7 @@ from zennas.errors import (
     SearchSpaceError,
     ZennasError,
 )
+from zennas.proxies.entropy import STAGE_WEIGHTS
 from zennas.spaces import get_space
 from zennas.spaces import tinynas as tinynas_spaces
 
@@ -686,10 +687,12 @@ def space(request):
 def test_space_definitions_and_seeds():
     maedet = get_space("maedet")
     assert maedet.constraints["max_layers"] == 91 and maedet.constraints["budget_flops"] == 188e8
-    assert maedet.constraints["resolution"] == 480 and list(maedet.score["stage_weights"]) == [0, 0, 1, 1, 6]
+    assert maedet.constraints["resolution"] == 480 and maedet.score["proxy"] == "entropy"
+    assert list(STAGE_WEIGHTS[maedet.score["options"]["weights"]]) == [0, 0, 1, 1, 6]
     assert maedet.initial()[0].canonical == R50_SEED
     deepmad = get_space("deepmad-se")
-    assert deepmad.constraints["max_rho"] == 0.5 and list(deepmad.score["stage_weights"]) == [1, 1, 1, 1, 8]
+    assert deepmad.constraints["max_rho"] == 0.5 and deepmad.score["proxy"] == "deepmad"
+    assert list(STAGE_WEIGHTS[deepmad.score["options"]["weights"]]) == [1, 1, 1, 1, 8]
     seed = deepmad.initial()[0]
     assert len(seed.blocks) == 7 and seed.blocks[-1].out_channels == 1792
     for sp in (maedet, deepmad):
