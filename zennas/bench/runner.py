@@ -59,9 +59,9 @@ class GroundTruth:
     def __len__(self) -> int:
         return len(self.archs)
 
-    def subset(self, mask: np.ndarray) -> GroundTruth:
-        """The rows where `mask` is True."""
-        pick = np.flatnonzero(mask)
+    def subset(self, pick: np.ndarray) -> GroundTruth:
+        """The rows selected by a boolean mask or by an index array (in that order)."""
+        pick = np.flatnonzero(pick) if pick.dtype == bool else pick
         return GroundTruth(
             self.path, tuple(self.archs[i] for i in pick), self.accuracy[pick], tuple(self.rows[i] for i in pick),
             tuple(self.keys[i] for i in pick), self.arch_column, self.acc_column,
@@ -130,11 +130,10 @@ def read_ground_truth(
     if limit is not None:
         if limit < 1:
             raise ConfigError(f"--limit must be positive, got {limit}")
-        # A fixed hash order (not file order, which may be sorted by accuracy): a larger limit is a superset.
+        # A fixed hash order (not file order, which may be sorted by accuracy): a larger limit is a
+        # superset, and since rows are scored in this order an interrupted run has cached a prefix of it.
         order = sorted(range(len(truth)), key=lambda i: hashlib.sha256(f"{_SUBSET_SALT}:{keys[i]}".encode()).digest())
-        mask = np.zeros(len(truth), dtype=bool)
-        mask[order[:limit]] = True
-        truth = truth.subset(mask)
+        truth = truth.subset(np.array(order[:limit]))
     return truth
 
 
