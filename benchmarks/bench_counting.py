@@ -7,14 +7,12 @@ Usage: python benchmarks/bench_counting.py [--repeats N]
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
-import platform
 import statistics
-import sys
 import time
 from importlib import resources
-from pathlib import Path
+
+from _record import append_result
 
 from zennas.arch import parse
 from zennas.counting import count
@@ -53,12 +51,7 @@ def main() -> None:
     lines.append(f"\nmedian parse+hash+count per architecture: {total:.1f} us ({1e6 / total:,.0f} candidates/s/core)")
     table = "\n".join(lines)
     print(table)
-    machine = f"{platform.node()} / {platform.processor() or platform.machine()} / Python {platform.python_version()}"
-    command = "python " + " ".join(sys.argv)
-    stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
-    out = Path(__file__).with_name("RESULTS.md")
-    with out.open("a") as handle:
-        handle.write(f"\n## bench_counting — {stamp}\n\nmachine: {machine}\ncommand: `{command}`\n\n{table}\n")
+    append_result("bench_counting", table)
 
 
 if __name__ == "__main__":

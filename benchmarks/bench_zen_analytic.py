@@ -16,15 +16,12 @@ Usage: python benchmarks/bench_zen_analytic.py [--n 200] [--batch-size 32] [--re
 from __future__ import annotations
 
 import argparse
-import datetime
-import platform
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
+from _record import append_result
 from scipy.stats import kendalltau
 
 from zennas.arch import ArchSpec
@@ -133,13 +130,7 @@ def main() -> None:
     print(table)
     if args.no_record:
         return
-    machine = f"{platform.node()} / {platform.processor() or platform.machine()} / Python {platform.python_version()}"
-    machine += f" / torch {torch.__version__} / {torch.get_num_threads()} thread(s)"
-    command = "python " + " ".join(sys.argv)
-    stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
-    out = Path(__file__).with_name("RESULTS.md")
-    with out.open("a") as handle:
-        handle.write(f"\n## bench_zen_analytic — {stamp}\n\nmachine: {machine}\ncommand: `{command}`\n\n{table}\n")
+    append_result("bench_zen_analytic", table)
 
 
 if __name__ == "__main__":

@@ -13,14 +13,11 @@ Usage: python benchmarks/bench_zen_speed.py [--repeats 5] [--mode paper] [--thre
 from __future__ import annotations
 
 import argparse
-import datetime
-import platform
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import torch
+from _record import append_result
 
 from zennas.models import get_model_entry
 from zennas.proxies import score
@@ -107,13 +104,7 @@ def main() -> None:
     print(table)
     if args.no_record:
         return
-    machine = f"{platform.node()} / {platform.processor() or platform.machine()} / Python {platform.python_version()}"
-    machine += f" / torch {torch.__version__} / {torch.get_num_threads()} thread(s)"
-    command = "python " + " ".join(sys.argv)
-    stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
-    out = Path(__file__).with_name("RESULTS.md")
-    with out.open("a") as handle:
-        handle.write(f"\n## bench_zen_speed — {stamp}\n\nmachine: {machine}\ncommand: `{command}`\n\n{table}\n")
+    append_result("bench_zen_speed", table)
 
 
 if __name__ == "__main__":
