@@ -14,12 +14,11 @@ Run it under `nice -n 10`: it uses one torch thread.
 from __future__ import annotations
 
 import argparse
-import datetime
-import platform
 import sys
 from pathlib import Path
 
 import numpy as np
+from _record import append_result  # benchmarks/_record.py: date, machine, command
 
 from zennas.bench import (
     DEFAULT_CACHE_DIR,
@@ -36,7 +35,6 @@ from zennas.bench import (
 from zennas.bench.runner import SPLIT_SEED
 
 SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "data" / "nb201" / "nb201_sample_1000.csv"
-RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 COLUMNS = {
     "cifar10": "cifar10_test",
     "cifar100": "cifar100_test",
@@ -60,10 +58,10 @@ OTHER = {
     "zico": ("ZiCo paper", (0.80, 0.81, 0.79)),
     "params": ("REFERENCE 4.8 exact", (0.753, 0.728, 0.691)),
     "flops": ("REFERENCE 4.8 exact", (0.753, 0.728, 0.691)),
-    "synflow": ("Abdelfattah |rho|", (0.737, 0.763, 0.751)),
-    "jacov": ("Abdelfattah |rho|", (0.731, 0.704, 0.701)),
-    "grad_norm": ("Abdelfattah |rho|", (0.594, 0.637, 0.578)),
-    "snip": ("Abdelfattah |rho|", (0.596, 0.637, 0.578)),
+    "synflow": ("Abdelfattah abs rho", (0.737, 0.763, 0.751)),
+    "jacov": ("Abdelfattah abs rho", (0.731, 0.704, 0.701)),
+    "grad_norm": ("Abdelfattah abs rho", (0.594, 0.637, 0.578)),
+    "snip": ("Abdelfattah abs rho", (0.596, 0.637, 0.578)),
     "zen": ("ZiCo Table 1", (0.38, 0.36, 0.40)),
     "naswot": ("NASWOT paper tau (batch 128 real)", (0.574, 0.611, 0.549)),
     "ntk": ("TE-NAS tau of -kappa", (None, 0.42, None)),
@@ -99,7 +97,7 @@ def main() -> None:
     parser.add_argument("--aggregate", default="auto", help="'auto', a member list, or 'none'")
     parser.add_argument("--candidates", help="proxies the aggregate may use (default: all scored)")
     parser.add_argument("--title", default="", help="extra words for the section title")
-    parser.add_argument("--append", action="store_true", help=f"append the section to {RESULTS.name}")
+    parser.add_argument("--append", action="store_true", help="append the section to RESULTS.md")
     args = parser.parse_args()
 
     datasets = args.datasets.split(",")
@@ -148,26 +146,19 @@ def main() -> None:
             # Members are chosen once, on the first dataset (CIFAR-10), and kept for the others.
             section, members = _aggregate_lines(pool, members, args.degenerate, dataset)
             lines += section
-    header = [
-        f"## bench_proxies_nb201{' - ' + args.title if args.title else ''} — "
-        f"{datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC",
-        "",
-        f"machine: {platform.node() or 'vm'} / {platform.machine()} / Python {platform.python_version()}, CPU, "
-        "1 torch thread, nice 10",
-        f"command: `python benchmarks/bench_proxies_nb201.py {' '.join(sys.argv[1:])}`",
+    title = f"bench_proxies_nb201{' - ' + args.title if args.title else ''}"
+    settings = (
         f"ground truth: {Path(args.csv).name} (seed-mean test accuracy; C100/IN16 x-test), rows in the fixed "
-        "pseudo-random `--limit` order; seed "
-        f"{args.seed}; degenerate networks: "
+        f"pseudo-random `--limit` order; seed {args.seed}; degenerate networks: "
         + ("ranked below all others (worst)" if args.degenerate == "worst" else "left out (drop)")
-        + "; scores oriented so that higher = predicted better (lower-is-better proxies negated); "
-        f"input: {'real batch ' + args.data if args.data else 'each proxy draws its own (Gaussian unless stated)'}",
-        "",
-    ]
-    section = "\n".join(header + lines) + "\n"
-    print(section)
+        + "; scores oriented so that higher = predicted better (lower-is-better proxies negated); input: "
+        + (f"real batch {args.data}" if args.data else "each proxy draws its own (Gaussian unless stated)")
+        + "; run under nice -n 10"
+    )
+    body = "\n".join([settings, "", *lines])
+    print(f"## {title}\n\n{body}")
     if args.append:
-        with open(RESULTS, "a") as handle:
-            handle.write("\n" + section)
+        append_result(title, body)
 
 
 def _aggregate_lines(
