@@ -311,25 +311,17 @@ def test_counting_and_build_errors() -> None:
     assert count_nb201(spec, resolution=32, num_classes=10, use_se=False).use_se is False
 
 
-def _registry_ready(call):
-    """Run a call through a global registry; skip while sibling families of the registry are missing."""
-    try:
-        return call()
-    except ModuleNotFoundError as error:  # pragma: no cover - only while the tree is being assembled
-        pytest.skip(f"registry loader imports a module that does not exist yet: {error}")
-
-
 def test_registries_route_to_nb201() -> None:
     from zennas.build import build
     from zennas.counting import count
     from zennas.spaces import get_space
 
     spec = from_index(0)
-    counts = _registry_ready(lambda: count(spec, resolution=16, num_classes=120))
+    counts = count(spec, resolution=16, num_classes=120)
     assert round(counts.extra["nb201_params_M"], 6) == 0.136456
-    model = _registry_ready(lambda: build(spec, num_classes=120))
+    model = build(spec, num_classes=120)
     assert param_count(model) == counts.params
-    space = _registry_ready(lambda: get_space("nb201"))
+    space = get_space("nb201")
     assert isinstance(space, NB201Space) and len(space) == NUM_CELLS
 
 

@@ -16,8 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def _ruff() -> list[str]:
     exe = shutil.which("ruff", path=str(Path(sys.executable).parent)) or shutil.which("ruff")
-    if exe is None:
-        pytest.skip("ruff is not installed (pip install -e '.[test]')")
+    assert exe is not None, "ruff is not installed: pip install -e '.[test]'"
     return [exe]
 
 

@@ -18,8 +18,7 @@ from zennas.spaces import get_space, list_spaces
 from zennas.spaces.zennas_space import GENetSpace, ZenNASSpace, smart_round, width_choices
 
 ZOO_PATH = Path(__file__).resolve().parents[2] / "shared" / "data" / "zoo" / "zennas_model_zoo.json"
-ZOO = json.loads(ZOO_PATH.read_text()) if ZOO_PATH.exists() else []
-needs_zoo = pytest.mark.skipif(not ZOO, reason=f"model zoo not found at {ZOO_PATH}")
+ZOO = json.loads(ZOO_PATH.read_text())  # shared data sits beside every checkout and CI clone
 
 LATENCY_START = (
     "SuperConvK3BNRELU(3,32,2,1)SuperResK3K3(32,64,2,32,1)SuperResK3K3(64,128,2,64,1)"
@@ -186,7 +185,6 @@ def _key(entry: dict) -> tuple[str, bool]:
     return entry["name"], entry["status"].startswith("current")
 
 
-@needs_zoo
 @pytest.mark.parametrize("entry", ZENNETS, ids=[f"{m['name']}-{m['status'][:7]}" for m in ZENNETS])
 def test_released_zennets_membership(entry: dict) -> None:
     space = get_space(_space_of(entry))
@@ -205,7 +203,6 @@ def test_released_zennets_membership(entry: dict) -> None:
         assert lifted.why_not(arch) is None
 
 
-@needs_zoo
 def test_not_member_table_names_real_entries() -> None:
     assert set(NOT_MEMBERS) <= {_key(m) for m in ZENNETS}  # guards against typos in the table
 
@@ -224,7 +221,6 @@ SCRIPT_PRESETS = {
 }
 
 
-@needs_zoo
 @pytest.mark.parametrize("name", sorted(SCRIPT_PRESETS))
 def test_current_zennets_fit_their_script_preset_with_the_cap_binding(name: str) -> None:
     (entry,) = [m for m in ZENNETS if m["name"] == name and m["status"].startswith("current")]
@@ -236,14 +232,12 @@ def test_current_zennets_fit_their_script_preset_with_the_cap_binding(name: str)
     assert arch.layers == space.max_layers  # REFERENCE 1.4: the layer cap always binds
 
 
-@needs_zoo
 def test_cifar_zennets_are_not_imagenet_members() -> None:
     entry = next(m for m in ZENNETS if m["name"] == "zennet_cifar10_model_size1M_res32")
     space = get_space("zennas-res").with_preset("imagenet-latency12ms")
     assert "stem stride 1 is not allowed" in space.why_not(parse(entry["arch_string"], "zennas-v1"))
 
 
-@needs_zoo
 def test_released_genets_are_the_seeds(genet: GENetSpace) -> None:
     released = [m for m in ZOO if m["family"] == "GENet"]
     assert len(released) == 3
