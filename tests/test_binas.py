@@ -398,6 +398,7 @@ def test_make_divisible_follows_timm():
 
 def test_mobilenet_v3_large_matches_torchvision_exactly():
     import torchvision  # a test dependency ([test] extra): an independent MobileNetV3 reference
+
     spec = DIALECT.parse(MOBILENET_V3_LARGE, stem_width=16)
     model = build(spec, num_classes=1000)
     reference = torchvision.models.mobilenet_v3_large()
@@ -423,6 +424,7 @@ def test_mobilenet_v3_large_matches_torchvision_exactly():
 
 def test_mobilenet_v3_small_backbone_matches_torchvision():
     import torchvision  # a test dependency ([test] extra): an independent MobileNetV3 reference
+
     # Backbone only: MobileNetV3-Small's head is 1024 wide, the BINAS head 1280.
     spec = DIALECT.parse(MOBILENET_V3_SMALL, stem_width=16)
     model = build(spec, num_classes=0)
