@@ -65,3 +65,22 @@ class DegenerateNetworkError(ProxyError):
     Proxies raise it; `zennas.proxies.score` turns it into a result flagged `degenerate=True`
     (never a sentinel number), and the validation bench states how such results are ranked.
     """
+
+
+class DependencyError(ZennasError, ImportError):
+    """An optional dependency (TensorRT, onnxruntime-gpu, Ray, ...) needed for this path is missing.
+
+    The message names the package and the pip command that installs it.
+    """
+
+
+class ExportError(ZennasError, RuntimeError):
+    """A network could not be exported to ONNX, or the exported file disagrees with PyTorch."""
+
+
+class LatencyError(ZennasError, ValueError):
+    """A latency table is malformed, or a configuration lies outside the table (the message names it)."""
+
+
+class TimingError(ZennasError, RuntimeError):
+    """A timing engine could not measure a network on the requested device/precision."""
