@@ -155,6 +155,19 @@ def test_plain_network_draws_what_randn_draws_and_builds_no_head():
     assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
 
 
+def test_residual_kept_scores_the_network_with_its_shortcuts():
+    spec = parse(TINY)
+    kept = plain_network(spec, torch.Generator().manual_seed(5), torch.device("cpu"), residual=True)
+    reference = build(spec, BuildOptions(num_classes=0, residual=True, use_se=False))
+    normal_init_(reference, torch.Generator().manual_seed(5))
+    ours, theirs = kept.state_dict(), reference.state_dict()
+    assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
+    # Same seed, same weights: the shortcut adds signal, so the score of the kept network differs.
+    removed, with_links = zen(TINY, seed=2), zen(TINY, seed=2, options={"residual": "kept"})
+    assert with_links.meta["residual"] == "kept" and removed.meta["residual"] == "removed"
+    assert with_links.values[0] != pytest.approx(removed.values[0], abs=1e-3)
+
+
 def test_zen_is_deterministic_per_seed_and_differs_across_seeds():
     first = zen(TINY, seed=7, repeats=2)
     assert zen(TINY, seed=7, repeats=2).values == first.values
@@ -189,6 +202,8 @@ def test_zen_defaults_and_option_errors():
         zen(TINY, options={"mode": "textbook"})
     with pytest.raises(ConfigError, match="gamma must be a positive number"):
         zen(TINY, options={"gamma": 0})
+    with pytest.raises(ConfigError, match="residual"):
+        zen(TINY, options={"residual": "none"})
 
 
 @pytest.mark.parametrize("dialect", sorted(TINY_BY_DIALECT))

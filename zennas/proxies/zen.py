@@ -27,10 +27,20 @@ _MODE_HELP = (
     "zennas: sigma_i from running_var after both forwards (ZenNAS search-time scores)"
 )
 _GAMMA_HELP = "size of the input perturbation: x' = x + gamma * eps"
+RESIDUALS = ("removed", "kept")
+_RESIDUAL_HELP = (
+    "removed: score the residual-free network (the Zen-NAS theory and default); "
+    "kept: keep residual links (ablation; how NAS-Bench-Suite-Zero scored NAS-Bench-201)"
+)
 
 
-def plain_network(spec: ArchSpec, generator: torch.Generator, device: torch.device) -> nn.Module:
+def plain_network(
+    spec: ArchSpec, generator: torch.Generator, device: torch.device, *, residual: bool = False
+) -> nn.Module:
     """Fresh backbone of `spec` as Zen scores it: no residual links, no SE, BN present, in train mode.
+
+    `residual=True` keeps the residual links (an ablation, and what benchmark suites that apply Zen to
+    residual cells such as NAS-Bench-201 measured); the theory covers the residual-free network.
 
     Every conv/linear weight is drawn N(0, 1) from `generator` in module order (the same values as
     `torch.randn(weight.shape, generator=generator)`), biases are 0, BN gamma 1, beta 0, running mean 0
@@ -39,7 +49,7 @@ def plain_network(spec: ArchSpec, generator: torch.Generator, device: torch.devi
     """
     # PyTorch's default init runs on the global RNG; fork it so the caller's stream is untouched.
     with torch.random.fork_rng(devices=[]):
-        model = build(spec, BuildOptions(num_classes=0, residual=False, use_se=False))
+        model = build(spec, BuildOptions(num_classes=0, residual=residual, use_se=False))
     with torch.no_grad():
         for module in model.modules():
             if isinstance(module, nn.Conv2d | nn.Linear):
@@ -137,12 +147,16 @@ def zen_score(model: nn.Module, x: torch.Tensor, eps: torch.Tensor, *, gamma: fl
     "(reproduces ZenNAS search-time scores). Delta = 0 flags the network degenerate.",
     source="Lin et al., Zen-NAS, ICCV'21; idstcv/ZenNAS:ZeroShotProxy/compute_zen_score.py; REFERENCE 3.1",
     batch_size=64,
-    options={"mode": Option("paper", MODES, _MODE_HELP), "gamma": Option(1e-2, None, _GAMMA_HELP)},
+    options={
+        "mode": Option("paper", MODES, _MODE_HELP),
+        "gamma": Option(1e-2, None, _GAMMA_HELP),
+        "residual": Option("removed", RESIDUALS, _RESIDUAL_HELP),
+    },
 )
 def zen_proxy(ctx: ProxyContext) -> float:
     """One Zen-Score sample on a fresh plain network (the registry repeats with fresh generators)."""
-    mode, gamma = ctx.option("mode"), _gamma(ctx)
-    model = plain_network(ctx.spec, ctx.generator, ctx.device)
+    mode, gamma, residual = ctx.option("mode"), _gamma(ctx), ctx.option("residual")
+    model = plain_network(ctx.spec, ctx.generator, ctx.device, residual=residual == "kept")
     r = ctx.resolution
     x = ctx.gaussian(ctx.batch_size, 3, r, r)  # [B, 3, R, R]
     eps = ctx.gaussian(ctx.batch_size, 3, r, r)  # [B, 3, R, R]
@@ -150,7 +164,7 @@ def zen_proxy(ctx: ProxyContext) -> float:
         input="gaussian N(0,1)",
         init="normal",
         bn_mode="train",
-        residual="removed",
+        residual=residual,
         se="off",
         mode=mode,
         gamma=gamma,
