@@ -1,0 +1,105 @@
+"""Analytic operator lists against the convolutions a real forward pass of the built module runs."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from zennas.api import settings_for
+from zennas.build import BuildOptions, build
+from zennas.errors import ConfigError, LatencyError
+from zennas.latency.ops import Op, conv_op, network_ops
+from zennas.models import list_models, resolve_arch
+from zennas.spaces import get_space
+
+SE_CLASSES = ("SqueezeExcite", "TinySE")
+
+
+def traced_convs(model: nn.Module, resolution: int) -> Counter:
+    """(kind, c_in, c_out, input side, kernel, stride) of every conv a forward runs, outside SE modules."""
+    se_convs = {
+        id(conv)
+        for module in model.modules()
+        if type(module).__name__ in SE_CLASSES
+        for conv in module.modules()
+        if isinstance(conv, nn.Conv2d)
+    }
+    seen: Counter = Counter()
+
+    def hook(module: nn.Conv2d, inputs: tuple[torch.Tensor, ...]) -> None:
+        if id(module) in se_convs:
+            return
+        depthwise = module.groups > 1
+        assert not depthwise or module.groups == module.in_channels == module.out_channels
+        kind = "dwconv" if depthwise else "conv"
+        side = inputs[0].shape[-1]
+        seen[(kind, module.in_channels, module.out_channels, side, module.kernel_size[0], module.stride[0])] += 1
+
+    handles = [m.register_forward_pre_hook(hook) for m in model.modules() if isinstance(m, nn.Conv2d)]
+    with torch.no_grad():
+        model.eval()(torch.zeros(1, 3, resolution, resolution))
+    for handle in handles:
+        handle.remove()
+    return seen
+
+
+def listed_convs(ops: tuple[Op, ...]) -> Counter:
+    return Counter((op.kind, op.c_in, op.c_out, op.side, op.kernel, op.stride) for op in ops if "conv" in op.kind)
+
+
+def se_modules(model: nn.Module) -> int:
+    return sum(type(m).__name__ in SE_CLASSES for m in model.modules())
+
+
+def check(spec, resolution: int, use_se: bool | None) -> None:
+    model = build(spec, BuildOptions(num_classes=0, use_se=use_se))
+    ops = network_ops(spec, resolution=resolution, num_classes=0, use_se=use_se)
+    assert listed_convs(ops) == traced_convs(model, resolution)
+    assert sum(op.kind == "se" for op in ops) == se_modules(model)
+
+
+# Small resolutions keep the forwards cheap; the lists do not depend on the side beyond the arithmetic.
+ZOO = sorted(list_models())
+
+
+@pytest.mark.parametrize("name", ZOO)
+def test_zoo_operator_lists_match_the_built_network(name):
+    spec, entry = resolve_arch(name)
+    _, _, use_se = settings_for(spec, entry)
+    check(spec, 64 if entry.resolution >= 64 else entry.resolution, use_se)
+
+
+@pytest.mark.parametrize("space", ["zennas-res", "zennas-idw", "genet", "maedet", "binas"])
+def test_sampled_operator_lists_match_the_built_network(space):
+    rng = np.random.default_rng(11)
+    sp = get_space(space)
+    for _ in range(3):
+        check(sp.sample(rng), 64, None)
+
+
+def test_residual_units_fuse_the_add_into_their_last_conv():
+    spec, _ = resolve_arch("SuperConvK3BNRELU(3,8,1,1)SuperResK3K3(8,16,2,8,2)SuperConvK1BNRELU(16,32,1,1)")
+    ops = network_ops(spec, resolution=32, num_classes=10)
+    kinds = [(op.kind, op.c_in, op.c_out, op.side, op.kernel, op.stride, op.fused) for op in ops]
+    assert kinds == [
+        ("conv", 3, 8, 32, 3, 1, 0),  # stem: plain
+        ("conv", 8, 8, 32, 3, 2, 0),  # unit 1: k x k stride 2, bottleneck 8
+        ("conv", 8, 16, 16, 3, 1, 1),  # ... its last conv carries the add
+        ("conv", 8, 16, 32, 1, 2, 0),  # ... and the first unit always projects
+        ("conv", 16, 8, 16, 3, 1, 0),  # unit 2: identity shortcut
+        ("conv", 8, 16, 16, 3, 1, 1),
+        ("conv", 16, 32, 16, 1, 1, 0),  # head conv
+        ("head", 32, 10, 16, 1, 1, 0),
+    ]
+
+
+def test_group_convolutions_and_unsupported_dialects_are_errors():
+    with pytest.raises(LatencyError, match="group convolution 8->16 k3 with 2 groups"):
+        conv_op(8, 16, 14, 3, 1, groups=2)
+    spec, _ = resolve_arch("|avg_pool_3x3~0|+|nor_conv_1x1~0|skip_connect~1|+|nor_conv_1x1~0|skip_connect~1|none~2|")
+    with pytest.raises(ConfigError, match="not available for the 'nb201' dialect"):
+        network_ops(spec, resolution=32)

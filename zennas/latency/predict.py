@@ -1,0 +1,82 @@
+"""Latency prediction from a table: sum the network's operators, then the table's fitted correction.
+
+latency_ms_per_batch = correction(sum over operators of table.op_ms(op, batch)); the correction is
+the identity unless the table carries one fitted by `zennas latency validate --fit`
+(intercept_ms + slope * sum). Operator kinds the table does not tabulate (e.g. SE and the head in
+the TinyNAS V100 table) are left out and reported in `not_costed`.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from zennas.arch import ArchSpec
+from zennas.latency.ops import network_ops
+from zennas.latency.table import LatencyTable
+
+
+@dataclass(frozen=True)
+class LatencyPrediction:
+    """A predicted latency and how it was obtained."""
+
+    latency_ms_per_batch: float
+    latency_ms_per_image: float
+    batch_size: int
+    resolution: int
+    table: str
+    table_sum_ms_per_batch: float  # before the correction
+    corrected: bool
+    operators: int
+    extrapolated_operators: int
+    not_costed: dict[str, int] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready figures."""
+        return dict(self.__dict__)
+
+
+def apply_correction(table: LatencyTable, total_ms: float) -> float:
+    """The table's fitted correction of an additive sum (identity when it has none)."""
+    correction = table.correction
+    if not correction:
+        return total_ms
+    return correction["intercept_ms"] + correction["slope"] * total_ms
+
+
+def predict(
+    spec: ArchSpec,
+    table: LatencyTable,
+    *,
+    resolution: int,
+    num_classes: int = 0,
+    use_se: bool | None = None,
+    batch_size: int | None = None,
+) -> LatencyPrediction:
+    """Predicted latency of `spec` from `table` (batch: the table's budget batch by default)."""
+    batch = table.default_batch_size() if batch_size is None else batch_size
+    ops = network_ops(spec, resolution=resolution, num_classes=num_classes, use_se=use_se)
+    kinds = set(table.op_kinds)
+    total, extrapolated = 0.0, 0
+    skipped: Counter[str] = Counter()
+    for op in ops:
+        if op.kind not in kinds:
+            skipped[op.kind] += 1
+            continue
+        ms, flag = table.op_ms(op, batch)
+        total += ms
+        extrapolated += flag
+    per_batch = apply_correction(table, total)
+    return LatencyPrediction(
+        latency_ms_per_batch=per_batch,
+        latency_ms_per_image=per_batch / batch,
+        batch_size=batch,
+        resolution=resolution,
+        table=table.name,
+        table_sum_ms_per_batch=total,
+        corrected=bool(table.correction),
+        operators=len(ops),
+        extrapolated_operators=extrapolated,
+        not_costed=dict(skipped),
+    )
