@@ -203,6 +203,89 @@ def score_command(
         )
 
 
+@main.command("export")
+@click.argument("arch")
+@click.option("--onnx", "onnx_path", required=True, metavar="FILE", help="Where to write the ONNX file.")
+@click.option("--resolution", "-r", type=click.IntRange(min=1), help="Input side (default: the model's own).")
+@click.option("--batch-size", "-b", type=click.IntRange(min=1), default=1, show_default=True, help="Input batch.")
+@click.option("--dynamic-batch", is_flag=True, help="Name dim 0 'batch' instead of fixing it (traced at batch >= 2).")
+@click.option("--opset", type=int, default=18, show_default=True, help="ONNX opset, 18 or newer.")
+@click.option("--weights", metavar="FILE.safetensors", help="Load these weights first (default: random init).")
+@click.option("--fuse-bn", "fuse", is_flag=True, help="Fold every BatchNorm that directly follows a conv into it.")
+@click.option(
+    "--check", is_flag=True, help="Compare onnxruntime (CPU) with the unfused PyTorch model in FP32; exit 1 on FAIL."
+)
+@click.option("--num-classes", type=click.IntRange(min=0), help="Classifier outputs; 0 = backbone only.")
+@click.option("--se/--no-se", "use_se", default=None, help="Force SE modules on or off (default: the model's own).")
+@click.option("--multi-scale", is_flag=True, help="Outputs c2..c5: the stage features at strides 4, 8, 16, 32.")
+@click.option("--dialect", help="Parse ARCH in this dialect instead of detecting it.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@_one_line_errors
+def export_command(
+    arch, onnx_path, resolution, batch_size, dynamic_batch, opset, weights, fuse, check, num_classes, use_se,
+    multi_scale, dialect, as_json,
+) -> None:  # fmt: skip
+    """Export ARCH (a model name, a string or a file) to ONNX, optionally checked against PyTorch."""
+    from torch import nn
+
+    from zennas.api import create_model, settings_for
+    from zennas.export import check_onnx, export_onnx, fuse_bn, load_safetensors, output_names_for
+    from zennas.models import resolve_arch
+
+    spec, entry = resolve_arch(arch, dialect)
+    resolution, num_classes, use_se = settings_for(spec, entry, resolution, num_classes, use_se)
+    model = create_model(spec, num_classes=num_classes, use_se=use_se, multi_scale=multi_scale)
+    if weights:
+        load_safetensors(model, weights)
+    exported = fuse_bn(model) if fuse else model
+    shape = (batch_size, 3, resolution, resolution)
+    label = entry.name if entry else f"architecture {spec.hash}"
+    info = export_onnx(
+        exported, onnx_path, input_shape=shape, opset=opset, dynamic_batch=dynamic_batch,
+        output_names=output_names_for(model), name=label,
+    )  # fmt: skip
+    report = check_onnx(onnx_path, model, input_shape=shape) if check else None
+    bn_count = [sum(isinstance(m, nn.BatchNorm2d) for m in net.modules()) for net in (model, exported)]
+    if as_json:
+        result = {
+            "name": entry.name if entry else None,
+            "hash": spec.hash,
+            "dialect": spec.dialect,
+            "resolution": resolution,
+            "batch_size": batch_size,
+            "num_classes": num_classes,
+            "use_se": use_se,
+            "multi_scale": multi_scale,
+            "weights": weights,
+            "batchnorm": {"before": bn_count[0], "after": bn_count[1]},
+            "export": info.to_json(),
+            "check": report.to_json() if report else None,
+        }
+        click.echo(json.dumps(result))
+    else:
+        click.echo(f"wrote {info.path} ({label}): exporter {info.exporter}, opset {info.opset}")
+        if fuse:
+            click.echo(f"  BatchNorm layers: {bn_count[0]} -> {bn_count[1]} after folding into convs")
+        for name, dims in zip(info.input_names, info.input_shapes, strict=True):
+            click.echo(f"  input  {name:<8} [{', '.join(str(d) for d in dims)}]")
+        for name, dims in zip(info.output_names, info.output_shapes, strict=True):
+            click.echo(f"  output {name:<8} [{', '.join(str(d) for d in dims)}]")
+        for note in info.notes:
+            click.echo(f"  note: {note}")
+        if report is not None:
+            click.echo(
+                f"check: onnxruntime CPU vs PyTorch FP32 (eval, seed {report.seed}); "
+                "rel = max|ort - torch| / max|torch|"
+            )
+            for o in report.outputs:
+                errors = f"max abs {o.max_abs_error:.3g}  max rel {o.max_rel_error:.3g}"
+                click.echo(f"  {o.name:<8} batch {o.batch_size:<3} {errors}")
+            verdict = "PASS" if report.passed else "FAIL"
+            click.echo(f"{verdict}: max relative error {report.max_rel_error:.3g} (tolerance {report.rel_tolerance:g})")
+    if report is not None and not report.passed:
+        sys.exit(1)
+
+
 @main.group()
 def bench() -> None:
     """Validate proxies against a ground truth (rank correlations)."""
@@ -308,6 +391,247 @@ def bench_proxies_command(
             click.echo(f"  {name:<12} {c.spearman:>9.4f} {c.kendall:>9.4f} {c.n:>6}")
     if cache is not None:
         click.echo(f"cache: {cache.root} ({cache.hits} reused, {cache.writes} stored)")
+
+
+# ------------------------------------------------------------------------------------------------
+# Latency: tables, prediction, profiling, validation
+# ------------------------------------------------------------------------------------------------
+
+
+class _ArchOrSubcommand(click.Group):
+    """`zennas latency ARCH ...` predicts; `zennas latency validate ...` runs the subcommand."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if args and args[0] not in self.commands and args[0] not in ("-h", "--help"):
+            args = ["predict", *args]
+        return super().parse_args(ctx, args)
+
+
+def _open_latency_table(table: str | None, gpu: str | None, precision: str | None):
+    from zennas.latency.shipped import open_table, table_for_gpu
+
+    if (table is None) == (gpu is None):
+        raise click.UsageError("give exactly one of --table FILE|NAME or --gpu NAME (e.g. --gpu V100)")
+    if gpu is not None:
+        return table_for_gpu(gpu, precision=precision)
+    chosen = open_table(table)
+    if precision is not None and chosen.header["precision"] != precision:
+        raise click.UsageError(
+            f"table {chosen.name!r} was measured in {chosen.header['precision']}, not {precision}; "
+            "drop --precision or pick a table of that precision (zennas tables)"
+        )
+    return chosen
+
+
+@main.command("tables")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON list of table headers.")
+@_one_line_errors
+def tables_command(as_json) -> None:
+    """List the shipped latency tables."""
+    from zennas.latency.shipped import shipped_tables
+    from zennas.latency.table import load_table
+
+    loaded = [load_table(path) for path in shipped_tables().values()]
+    if as_json:
+        click.echo(json.dumps([{**t.header, "entries": len(t.entries)} for t in loaded]))
+        return
+    click.echo(f"{'name':<28} {'device':<10} {'engine':<12} {'precision':<9} {'batch':<14} {'entries':>8}  budget")
+    for t in loaded:
+        h = t.header
+        device = h["device"].get("family") or h["device"].get("name", "?")
+        batches = "/".join(map(str, t.batch_sizes))
+        budget = (h.get("budget") or {}).get("meaning", "")
+        line = f"{t.name:<28} {device:<10} {h['engine']:<12} {h['precision']:<9} {batches:<14} {len(t.entries):>8}"
+        click.echo(f"{line}  {budget}")
+
+
+@main.group("latency", cls=_ArchOrSubcommand)
+def latency_group() -> None:
+    """Predict latency from a table: `zennas latency ARCH (--table T | --gpu V100)`; `zennas latency validate`."""
+
+
+@latency_group.command("predict", hidden=True)
+@click.argument("arch")
+@click.option("--table", "table", help="Table file or shipped table name (zennas tables).")
+@click.option("--gpu", help="Use the shipped table of this GPU family, e.g. V100.")
+@click.option("--batch-size", "-b", type=click.IntRange(min=1), help="Batch (default: the table's budget batch).")
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "bf16", "int8"]), help="Require this precision.")
+@click.option("--resolution", "-r", type=click.IntRange(min=1), help="Input side (default: the model's own).")
+@click.option("--num-classes", type=click.IntRange(min=0), help="Classifier outputs (default: the model's own).")
+@click.option("--se/--no-se", "use_se", default=None, help="Force SE modules on or off (default: the model's own).")
+@click.option("--dialect", help="Parse ARCH in this dialect instead of detecting it.")
+@click.option("--measure", is_flag=True, help="Also time the whole network and print the relative error.")
+@click.option("--engine", default="torch", show_default=True, help="Timing engine for --measure.")
+@click.option("--device", default="cpu", show_default=True, help="Device for --measure (cpu, cuda, cuda:1).")
+@click.option("--runs", type=click.IntRange(min=1), default=50, show_default=True, help="Timed runs for --measure.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@_one_line_errors
+def latency_predict_command(
+    arch, table, gpu, batch_size, precision, resolution, num_classes, use_se, dialect, measure, engine, device, runs,
+    as_json,
+) -> None:  # fmt: skip
+    """Predicted latency of ARCH (a model name, a string or a file)."""
+    from zennas.api import settings_for
+    from zennas.latency.predict import predict
+    from zennas.models import resolve_arch
+
+    chosen = _open_latency_table(table, gpu, precision)
+    spec, entry = resolve_arch(arch, dialect)
+    resolution, num_classes, use_se = settings_for(spec, entry, resolution, num_classes, use_se)
+    p = predict(spec, chosen, resolution=resolution, num_classes=num_classes, use_se=use_se, batch_size=batch_size)
+    out = {**p.to_dict(), "table_header": {k: chosen.header[k] for k in ("device", "engine", "precision")}}
+    if measure:
+        from zennas.build import BuildOptions, build
+        from zennas.latency.engines import get_engine
+
+        timer = get_engine(engine, device=device, precision=chosen.header["precision"] if device != "cpu" else "fp32")
+        model = build(spec, BuildOptions(num_classes=num_classes, use_se=use_se))
+        timing = timer.time(model, (p.batch_size, 3, resolution, resolution), runs=runs)
+        out["measured"] = timing.to_dict()
+        out["relative_error"] = (p.latency_ms_per_batch - timing.ms_per_batch) / timing.ms_per_batch
+    if as_json:
+        click.echo(json.dumps(out))
+        return
+    click.echo(f"table: {chosen.describe()}")
+    click.echo(
+        f"predicted: {p.latency_ms_per_image:.4f} ms/image, {p.latency_ms_per_batch:.4f} ms/batch "
+        f"(batch {p.batch_size}, resolution {resolution}; {p.operators} operators, "
+        f"{p.extrapolated_operators} extrapolated" + (", corrected" if p.corrected else "") + ")"
+    )
+    if p.not_costed:
+        missing = ", ".join(f"{k} x{v}" for k, v in p.not_costed.items())
+        click.echo(f"not costed by this table: {missing}")
+    if measure:
+        click.echo(
+            f"measured ({engine}, {device}, {out['measured']['precision']}): {timing.ms_per_image:.4f} ms/image, "
+            f"{timing.ms_per_batch:.4f} ms/batch (median of {runs}); relative error {out['relative_error']:+.1%}"
+        )
+
+
+@latency_group.command("validate")
+@click.option("--table", "table", required=True, help="Table file or shipped table name.")
+@click.option("--space", required=True, help="Search space to sample (zennas spaces).")
+@click.option("--samples", type=click.IntRange(min=3), default=50, show_default=True)
+@click.option("--engine", default="onnxruntime", show_default=True)
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--resolution", "-r", type=click.IntRange(min=1), help="Input side (default: the table's budget).")
+@click.option("--num-classes", type=click.IntRange(min=0), default=1000, show_default=True)
+@click.option("--batch-size", "-b", type=click.IntRange(min=1), help="Batch (default: the table's budget batch).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--runs", type=click.IntRange(min=1), default=20, show_default=True)
+@click.option("--threads", type=click.IntRange(min=1), help="CPU threads of the engine (default: the table's).")
+@click.option("--fit", is_flag=True, help="Fit an affine correction on half the samples; report the other half.")
+@click.option("--save-fit", help="With --fit: write the table with the fitted correction to this file.")
+@click.option("--log", "log_path", help="JSON-lines log of measurements (resume). Default under .zennas-cache/.")
+@click.option("--plot", "plot_path", help="Predicted-vs-measured scatter (.svg).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@_one_line_errors
+def latency_validate_command(
+    table, space, samples, engine, device, resolution, num_classes, batch_size, seed, runs, threads, fit, save_fit,
+    log_path, plot_path, as_json,
+) -> None:  # fmt: skip
+    """Measure random members of a space end to end and compare with the table's predictions."""
+    from pathlib import Path
+
+    from zennas.latency.engines import get_engine
+    from zennas.latency.shipped import open_table
+    from zennas.latency.table import save_table
+    from zennas.latency.validate import validate, write_scatter_svg
+
+    chosen = open_table(table)
+    budget = chosen.header.get("budget") or {}
+    resolution = resolution or int(budget.get("resolution") or 224)
+    options = {}
+    if engine == "onnxruntime" or (engine == "torch" and device == "cpu"):
+        default_threads = (chosen.header.get("engine_options") or {}).get("threads")
+        if threads or default_threads:
+            options["threads"] = threads or default_threads
+    precision = chosen.header["precision"] if device != "cpu" else "fp32"
+    timer = get_engine(engine, device=device, precision=precision, **options)
+    if log_path is None:
+        log_path = Path(".zennas-cache") / f"latency-{chosen.name}-{space}-{engine}-{device}-r{resolution}.jsonl"
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+    with _progress(samples, "measuring") as advance:
+        report = validate(
+            space, chosen, timer, samples=samples, resolution=resolution, num_classes=num_classes,
+            batch_size=batch_size, seed=seed, runs=runs, fit=fit, log=log_path,
+            progress=lambda done, total: advance(done),
+        )  # fmt: skip
+    if plot_path:
+        write_scatter_svg(plot_path, report)
+    if fit and save_fit:
+        header = {**chosen.header, "correction": {k: report.fit[k] for k in ("intercept_ms", "slope", "fitted_on")}}
+        header["correction"]["fitted_with"] = report.settings
+        save_table(save_fit, header, chosen.entries)
+    if as_json:
+        click.echo(json.dumps(report.to_json()))
+        return
+    a = report.overall
+    click.echo(
+        f"{space}: {a.n} networks, table {chosen.name}, {engine} on {device}, batch {report.settings['batch_size']}, "
+        f"resolution {resolution}"
+    )
+    click.echo(f"within +-10%: {a.within_10pct:.1%}  within +-5%: {a.within_5pct:.1%}  MAPE {a.mape:.2f}%  "
+               f"Spearman {a.spearman:.4f}")  # fmt: skip
+    if report.fit is not None:
+        f = report.fit
+        b, c = f["held_out_before"], f["held_out_after"]
+        click.echo(f"fit on {f['fitted_on']}: measured = {f['intercept_ms']:.4f} ms + {f['slope']:.4f} x sum")
+        for label, m in (("held-out before", b), ("held-out after ", c)):
+            click.echo(
+                f"{label}: within10 {m['within_10pct']:.1%} within5 {m['within_5pct']:.1%} MAPE {m['mape']:.2f}% "
+                f"Spearman {m['spearman']:.4f} (n {m['n']})"
+            )
+
+
+@main.command("profile")
+@click.option("--space", required=True, help="Search space whose operators to measure (zennas spaces).")
+@click.option("--engine", default="onnxruntime", show_default=True, help="torch, onnxruntime or tensorrt.")
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:1 ...")
+@click.option("--precision", default="fp32", show_default=True, help="fp32, fp16, bf16 (engine permitting).")
+@click.option("--batch-size", "-b", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--resolution", "-r", type=click.IntRange(min=1), default=224, show_default=True)
+@click.option("--num-classes", type=click.IntRange(min=0), default=1000, show_default=True)
+@click.option("--samples", type=click.IntRange(min=1), default=300, show_default=True,
+              help="Space members whose operators (snapped to the channel grid) define the table's grid.")  # fmt: skip
+@click.option("--limit", type=click.IntRange(min=1), help="Measure at most the first N grid operators.")
+@click.option("--runs", type=click.IntRange(min=1), default=20, show_default=True)
+@click.option("--threads", type=click.IntRange(min=1), help="CPU threads of the engine.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--out", required=True, help="Table file to write (.json or .json.gz); resumed if present.")
+@_one_line_errors
+def profile_command(
+    space, engine, device, precision, batch_size, resolution, num_classes, samples, limit, runs, threads, seed, out
+) -> None:
+    """Measure a latency table for a space on this machine (resumable: rerun the same command)."""
+    from pathlib import Path
+
+    from zennas.latency.engines import get_engine
+    from zennas.latency.profile import profile, space_grid, table_header
+
+    options = {"threads": threads} if threads else {}
+    timer = get_engine(engine, device=device, precision=precision, **options)
+    ops = space_grid(space, resolution=resolution, num_classes=num_classes, samples=samples, seed=seed)
+    if limit:
+        ops = ops[:limit]
+    command = "zennas profile " + " ".join(sys.argv[2:]) if len(sys.argv) > 2 else "zennas profile"
+    name = Path(out).name.split(".")[0]
+    header = table_header(
+        name=name, engine=timer, batch_size=batch_size, resolution=resolution, space=space,
+        op_kinds=sorted({op.kind for op in ops}), command=command,
+    )  # fmt: skip
+    started = time.monotonic()
+
+    def progress(done: int, total: int, elapsed: float) -> None:
+        if done == total or done % max(1, total // 50) == 0:
+            eta = elapsed / done * (total - done)
+            click.echo(f"profiled {done}/{total} ({elapsed:.0f} s, ETA {eta:.0f} s)", err=True)
+
+    result = profile(ops, timer, batch_size=batch_size, out=out, header=header, runs=runs, progress=progress)
+    click.echo(
+        f"{out}: {len(result.table.entries)} entries ({result.measured} measured now, {result.reused} reused) "
+        f"in {time.monotonic() - started:.0f} s; {result.table.describe()}"
+    )
 
 
 if __name__ == "__main__":

@@ -59,7 +59,8 @@ def conv_op(c_in: int, c_out: int, side: int, kernel: int, stride: int, groups: 
     )
 
 
-OpLister = Callable[[ArchSpec, int, int, bool | None], tuple[Op, ...]]
+OpGroups = tuple[tuple[Op, ...], ...]  # one group per block (+ the head): memoised, so a search reuses them
+OpLister = Callable[[ArchSpec, int, int, bool | None], OpGroups]
 _LISTERS: dict[str, OpLister] = {}
 
 
@@ -77,7 +78,12 @@ def register_op_lister(dialect: str) -> Callable[[OpLister], OpLister]:
 
 def network_ops(spec: ArchSpec, *, resolution: int, num_classes: int = 0, use_se: bool | None = None) -> tuple[Op, ...]:
     """The operators of `spec` at `resolution` (head included when num_classes > 0), in network order."""
-    _load_builtin_listers()
+    groups = network_op_groups(spec, resolution=resolution, num_classes=num_classes, use_se=use_se)
+    return tuple(op for group in groups for op in group)
+
+
+def network_op_groups(spec: ArchSpec, *, resolution: int, num_classes: int = 0, use_se: bool | None = None) -> OpGroups:
+    """`network_ops` grouped by block (the last group is the head, possibly empty)."""
     lister = _LISTERS.get(spec.dialect)
     if lister is None:
         raise ConfigError(
@@ -87,6 +93,7 @@ def network_ops(spec: ArchSpec, *, resolution: int, num_classes: int = 0, use_se
     return lister(spec, resolution, num_classes, use_se)
 
 
+@lru_cache(maxsize=4096)
 def head_op(channels: int, side: int, num_classes: int) -> tuple[Op, ...]:
     """The pooling + Linear head, or nothing for a backbone."""
     return (Op("head", channels, num_classes, side),) if num_classes else ()
@@ -147,25 +154,26 @@ def _unit_ops(unit, residual: bool) -> list[Op]:
 
 
 @register_op_lister("zennas-v1")
-def _zennas_ops(spec: ArchSpec, resolution: int, num_classes: int, use_se: bool | None) -> tuple[Op, ...]:
-    ops: list[Op] = []
+def _zennas_ops(spec: ArchSpec, resolution: int, num_classes: int, use_se: bool | None) -> OpGroups:
+    groups = []
     side = resolution
+    se = bool(use_se)
     for block in spec.blocks:
-        block_ops, side = _zen_block_ops(block, side, bool(use_se))
-        ops.extend(block_ops)
-    return (*ops, *head_op(spec.blocks[-1].out_channels, side, num_classes))
+        block_ops, side = _zen_block_ops(block, side, se)
+        groups.append(block_ops)
+    return (*groups, head_op(spec.blocks[-1].out_channels, side, num_classes))
 
 
 @register_op_lister("genet")
-def _genet_ops(spec: ArchSpec, resolution: int, num_classes: int, use_se: bool | None) -> tuple[Op, ...]:
+def _genet_ops(spec: ArchSpec, resolution: int, num_classes: int, use_se: bool | None) -> OpGroups:
     if use_se:
         raise ConfigError("GENet networks have no SE modules; drop use_se")
-    ops: list[Op] = []
+    groups = []
     side = resolution
     for block in spec.blocks:
         block_ops, side = _genet_block_ops(block, side)
-        ops.extend(block_ops)
-    return (*ops, *head_op(spec.blocks[-1].out_channels, side, num_classes))
+        groups.append(block_ops)
+    return (*groups, head_op(spec.blocks[-1].out_channels, side, num_classes))
 
 
 @lru_cache(maxsize=200_000)
@@ -206,13 +214,13 @@ def _tinynas_block_ops(block, side: int, use_se: bool) -> tuple[tuple[Op, ...], 
 
 
 @register_op_lister("tinynas")
-def _tinynas_ops(spec: ArchSpec, resolution: int, num_classes: int, use_se: bool | None) -> tuple[Op, ...]:
-    ops: list[Op] = []
+def _tinynas_ops(spec: ArchSpec, resolution: int, num_classes: int, use_se: bool | None) -> OpGroups:
+    groups = []
     side = resolution
     for block in spec.blocks:
         block_ops, side = _tinynas_block_ops(block, side, use_se is not False)
-        ops.extend(block_ops)
-    return (*ops, *head_op(spec.blocks[-1].out_channels, side, num_classes))
+        groups.append(block_ops)
+    return (*groups, head_op(spec.blocks[-1].out_channels, side, num_classes))
 
 
 @lru_cache(maxsize=200_000)
@@ -237,29 +245,25 @@ def _binas_block_ops(block, side: int, use_se: bool | None) -> tuple[tuple[Op, .
 
 
 @register_op_lister("binas")
-def _binas_ops(spec: ArchSpec, resolution: int, num_classes: int, use_se: bool | None) -> tuple[Op, ...]:
+def _binas_ops(spec: ArchSpec, resolution: int, num_classes: int, use_se: bool | None) -> OpGroups:
     from zennas.arch.binas import stem_width
     from zennas.counting import conv_out
     from zennas.counting.binas import HEAD_WIDTH, STEM_KERNEL, STEM_STRIDE
 
     width = stem_width(spec)
-    ops: list[Op] = [conv_op(3, width, resolution, STEM_KERNEL, STEM_STRIDE)]
+    groups = [(conv_op(3, width, resolution, STEM_KERNEL, STEM_STRIDE),)]
     side = conv_out(resolution, STEM_KERNEL, STEM_STRIDE)
     for block in spec.blocks:
         block_ops, side = _binas_block_ops(block, side, use_se)
-        ops.extend(block_ops)
+        groups.append(block_ops)
+    head: tuple[Op, ...] = ()
     if num_classes:
         # timm MobileNetV3 head: global pool first, then a biased 1x1 conv to 1280 + act, then the classifier.
-        ops.append(Op("head", spec.blocks[-1].out_channels, HEAD_WIDTH, side))
-        ops.append(Op("head", HEAD_WIDTH, num_classes, 1))
-    return tuple(ops)
+        head = (Op("head", spec.blocks[-1].out_channels, HEAD_WIDTH, side), Op("head", HEAD_WIDTH, num_classes, 1))
+    return (*groups, head)
 
 
 def clear_memo() -> None:
     """Forget memoised block operator lists (for benchmarks that time cold calls)."""
-    for fn in (_zen_block_ops, _genet_block_ops, _tinynas_block_ops, _binas_block_ops):
+    for fn in (_zen_block_ops, _genet_block_ops, _tinynas_block_ops, _binas_block_ops, head_op):
         fn.cache_clear()
-
-
-def _load_builtin_listers() -> None:
-    """The listers above register at import; kept as a hook for symmetry with the counters."""

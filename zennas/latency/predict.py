@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from zennas.arch import ArchSpec
-from zennas.latency.ops import network_ops
+from zennas.latency.ops import Op, network_op_groups
 from zennas.latency.table import LatencyTable
 
 
@@ -45,6 +45,21 @@ def apply_correction(table: LatencyTable, total_ms: float) -> float:
     return correction["intercept_ms"] + correction["slope"] * total_ms
 
 
+def _group_ms(table: LatencyTable, group: tuple[Op, ...], batch: int) -> tuple[float, int, dict[str, int]]:
+    """(ms, extrapolated operators, {kind: count} not costed) of one block's operators."""
+    kinds = table.op_kinds
+    total, extrapolated = 0.0, 0
+    skipped: Counter[str] = Counter()
+    for op in group:
+        if op.kind not in kinds:
+            skipped[op.kind] += 1
+            continue
+        ms, flag = table.op_ms(op, batch)
+        total += ms
+        extrapolated += flag
+    return total, extrapolated, dict(skipped)
+
+
 def predict(
     spec: ArchSpec,
     table: LatencyTable,
@@ -56,17 +71,21 @@ def predict(
 ) -> LatencyPrediction:
     """Predicted latency of `spec` from `table` (batch: the table's budget batch by default)."""
     batch = table.default_batch_size() if batch_size is None else batch_size
-    ops = network_ops(spec, resolution=resolution, num_classes=num_classes, use_se=use_se)
-    kinds = set(table.op_kinds)
-    total, extrapolated = 0.0, 0
-    skipped: Counter[str] = Counter()
-    for op in ops:
-        if op.kind not in kinds:
-            skipped[op.kind] += 1
-            continue
-        ms, flag = table.op_ms(op, batch)
-        total += ms
-        extrapolated += flag
+    groups = network_op_groups(spec, resolution=resolution, num_classes=num_classes, use_se=use_se)
+    total, extrapolated, operators = 0.0, 0, 0
+    skipped: dict[str, int] = {}
+    # Keyed by identity: the group tuples are memoised by zennas.latency.ops, and the entry keeps its
+    # group alive, so an id is never reused while its entry exists. This skips hashing every operator.
+    memo = table.group_memo
+    for group in groups:
+        entry = memo.get((id(group), batch))
+        if entry is None or entry[0] is not group:
+            entry = memo[(id(group), batch)] = (group, *_group_ms(table, group, batch))
+        total += entry[1]
+        extrapolated += entry[2]
+        operators += len(group)
+        for kind, n in entry[3].items():
+            skipped[kind] = skipped.get(kind, 0) + n
     per_batch = apply_correction(table, total)
     return LatencyPrediction(
         latency_ms_per_batch=per_batch,
@@ -76,7 +95,7 @@ def predict(
         table=table.name,
         table_sum_ms_per_batch=total,
         corrected=bool(table.correction),
-        operators=len(ops),
+        operators=operators,
         extrapolated_operators=extrapolated,
-        not_costed=dict(skipped),
+        not_costed=skipped,
     )

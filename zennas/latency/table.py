@@ -13,7 +13,8 @@ File layout (format "zennas-latency-table", version 1)::
 An entry is the median time of one operator (zennas.latency.ops.Op) for a whole batch, in
 milliseconds. Look-up (documented in `LatencyTable.op_ms`): an exact key first; otherwise piecewise
 linear interpolation between the neighbouring grid points -- in input channels at each tabulated
-output width, then in output width, then in pixel count between the two tabulated sides -- so a
+output width, then in output width (depthwise convs and SE: in width alone), then in pixel count
+between the two tabulated sides -- so a
 prediction always lies between the entries around it (monotone between grid points). A coordinate
 outside the grid but within a factor EXTRAPOLATION_LIMIT of its edge is scaled proportionally from
 the edge (and counted as extrapolated); farther out is a LatencyError naming the operator.
@@ -39,6 +40,7 @@ FORMAT = "zennas-latency-table"
 VERSION = 1
 COLUMNS = ("kind", "batch_size", "c_in", "c_out", "side", "kernel", "stride", "fused", "ms")
 EXTRAPOLATION_LIMIT = 4.0  # how far (as a ratio) outside a grid edge a coordinate may be scaled from it
+ONE_D_KINDS = ("dwconv", "se")  # looked up by input width alone
 REQUIRED_HEADER = ("name", "device", "engine", "precision", "batch_sizes", "unit", "op_kinds")
 
 
@@ -97,6 +99,10 @@ class LatencyTable:
                     curve.c_in = [curve.c_in[i] for i in order]
                     curve.ms = [curve.ms[i] for i in order]
         self._memo: dict[tuple[Op, int], tuple[float, bool]] = {}
+        # zennas.latency.predict memoises per-block sums here:
+        # (id(block operators), batch) -> (block operators, ms, extrapolated, {kind: not costed})
+        self.group_memo: dict[tuple[int, int], tuple] = {}
+        self._op_kinds = tuple(header["op_kinds"])
 
     # -- metadata ---------------------------------------------------------------------------------
     @property
@@ -109,7 +115,7 @@ class LatencyTable:
 
     @property
     def op_kinds(self) -> tuple[str, ...]:
-        return tuple(self.header["op_kinds"])
+        return self._op_kinds
 
     @property
     def correction(self) -> dict[str, Any] | None:
@@ -180,12 +186,14 @@ class LatencyTable:
         """ms at one tabulated side: linear in c_in at each neighbouring c_out, then linear in c_out."""
         c_outs = self._c_outs[(*key, side)]
         by_out = self._grid[key][side]
-        if op.kind == "dwconv":  # one curve point per width: c_in = c_out
-            xs = c_outs
-            ys = [by_out[c].ms[0] for c in c_outs]
-            hit = _interp(xs, ys, op.c_out)
+        if op.kind in ONE_D_KINDS:  # depthwise (c_in = c_out) and SE (c_out = squeeze width): 1-D in c_in
+            points = sorted(
+                (c_in, ms) for curve in by_out.values() for c_in, ms in zip(curve.c_in, curve.ms, strict=True)
+            )
+            xs, ys = [p[0] for p in points], [p[1] for p in points]
+            hit = _interp(xs, ys, op.c_in)
             if hit is None:
-                raise self._outside(op, batch_size, f"width {op.c_out} at side {side} (tabulated {xs[0]}..{xs[-1]})")
+                raise self._outside(op, batch_size, f"width {op.c_in} at side {side} (tabulated {xs[0]}..{xs[-1]})")
             return hit
         i = bisect.bisect_left(c_outs, op.c_out)
         if i < len(c_outs) and c_outs[i] == op.c_out:

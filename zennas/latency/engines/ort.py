@@ -1,0 +1,169 @@
+"""ONNX Runtime timing: export to ONNX, then IOBinding runs on the CPU or CUDA execution provider."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from torch import nn
+
+from zennas.errors import ConfigError, DependencyError, TimingError
+from zennas.latency.engines.base import Engine, Session, measure_host, prepare_model, torch_versions
+
+ORT_GPU_HINT = "pip uninstall onnxruntime && pip install onnxruntime-gpu"
+_NUMPY_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
+
+
+def _import_ort() -> Any:
+    """The onnxruntime module, or DependencyError with the install command."""
+    try:
+        import onnxruntime
+    except ImportError as exc:
+        raise DependencyError("onnxruntime is required for the onnxruntime engine: pip install onnxruntime") from exc
+    return onnxruntime
+
+
+class OnnxRuntimeEngine(Engine):
+    """ONNX Runtime latency: CPUExecutionProvider, or CUDAExecutionProvider with IOBinding on the GPU."""
+
+    name = "onnxruntime"
+    precisions = ("fp32", "fp16")
+    defaults: ClassVar[dict[str, Any]] = {
+        "threads": None,  # intra-op threads; None = torch.get_num_threads()
+        "opset": 18,
+        "cudnn_conv_algo_search": "EXHAUSTIVE",  # like cudnn.benchmark: best algorithm after a slow first run
+        "tf32": False,
+        "cuda_graph": False,
+    }
+
+    def _validate(self) -> None:
+        """fp16, TF32 and CUDA graphs need CUDA; the CUDA provider needs the onnxruntime-gpu wheel."""
+        ort = _import_ort()
+        threads = self.options["threads"]
+        if threads is not None and (not isinstance(threads, int) or threads < 1):
+            raise ConfigError(f"onnxruntime engine: threads must be a positive int or None, got {threads!r}")
+        if self.options["cudnn_conv_algo_search"] not in ("EXHAUSTIVE", "HEURISTIC", "DEFAULT"):
+            raise ConfigError("onnxruntime engine: cudnn_conv_algo_search must be EXHAUSTIVE, HEURISTIC or DEFAULT")
+        if self.kind == "cpu":
+            if self.precision == "fp16":
+                raise ConfigError(
+                    "onnxruntime engine: fp16 is supported on device='cuda' only (the CPU provider runs FP16 "
+                    "graphs through slow fallbacks); use precision='fp32' on the CPU"
+                )
+            for option in ("tf32", "cuda_graph"):
+                if self.options[option]:
+                    raise ConfigError(f"onnxruntime engine: {option}=True needs device='cuda'")
+            return
+        if "CUDAExecutionProvider" not in ort.get_available_providers():
+            raise DependencyError(
+                "onnxruntime engine on CUDA needs the CUDAExecutionProvider, which this onnxruntime build lacks "
+                f"(providers: {', '.join(ort.get_available_providers())}): {ORT_GPU_HINT}"
+            )
+        self._require_cuda()
+
+    def versions(self) -> dict[str, Any]:
+        """torch versions plus onnxruntime and onnx."""
+        import onnx
+
+        return {**torch_versions(), "onnxruntime": _import_ort().__version__, "onnx": onnx.__version__}
+
+    def _providers(self) -> list[Any]:
+        """Execution providers in priority order, with their options."""
+        if self.kind == "cpu":
+            return ["CPUExecutionProvider"]
+        cuda = {
+            "device_id": self.index,
+            "cudnn_conv_algo_search": self.options["cudnn_conv_algo_search"],
+            "use_tf32": int(bool(self.options["tf32"])),
+            "enable_cuda_graph": int(bool(self.options["cuda_graph"])),
+        }
+        return [("CUDAExecutionProvider", cuda), "CPUExecutionProvider"]
+
+    @contextlib.contextmanager
+    def _session(self, model: nn.Module, x: torch.Tensor) -> Iterator[Session]:
+        """Export (static shape) into a temporary folder, open an InferenceSession, bind input/outputs once."""
+        from zennas.export import export_onnx
+
+        ort = _import_ort()
+        threads = self.options["threads"] or torch.get_num_threads()
+        with tempfile.TemporaryDirectory(prefix="zennas-ort-") as tmp:
+            # FP16 graphs are exported from a half model on the GPU (CPU half kernels are incomplete)
+            if self.precision == "fp16":
+                net = prepare_model(model, dtype=torch.float16, device=self.device)
+            else:
+                net = prepare_model(model)
+            info = export_onnx(net, Path(tmp) / "model.onnx", input_shape=tuple(x.shape), opset=self.options["opset"])
+            del net
+            so = ort.SessionOptions()
+            so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+            so.intra_op_num_threads = threads
+            so.inter_op_num_threads = 1
+            so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+            so.log_severity_level = 3  # errors only: library code does not write to the terminal
+            try:
+                sess = ort.InferenceSession(str(info.path), so, providers=self._providers())
+            except Exception as exc:
+                raise TimingError(f"onnxruntime could not load the exported network: {exc}") from exc
+            provider = sess.get_providers()[0]
+            if self.kind == "cuda" and provider != "CUDAExecutionProvider":
+                raise TimingError(
+                    f"onnxruntime fell back to {provider}; the CUDA provider failed to load ({ORT_GPU_HINT})"
+                )
+            binding, _buffers = self._bind(ort, sess, x)  # `_buffers` keeps the bound OrtValues alive while timing
+            if self.kind == "cpu":
+
+                def step() -> None:
+                    sess.run_with_iobinding(binding)
+
+            else:
+
+                def step() -> None:
+                    # run_with_iobinding returns after the CUDA stream finishes; the syncs keep copies out of the timing
+                    binding.synchronize_inputs()
+                    sess.run_with_iobinding(binding)
+                    binding.synchronize_outputs()
+
+            options: dict[str, Any] = {
+                "provider": provider,
+                "threads": threads,
+                "opset": self.options["opset"],
+                "graph_optimization": "ORT_ENABLE_ALL",
+                "iobinding": True,
+            }
+            if self.kind == "cuda":
+                options.update(
+                    cudnn_conv_algo_search=self.options["cudnn_conv_algo_search"],
+                    tf32=bool(self.options["tf32"]) if self.precision == "fp32" else None,
+                    cuda_graph=bool(self.options["cuda_graph"]),
+                    timer="host clock around a synchronised run",
+                )
+            yield Session(step=step, measure=functools.partial(measure_host, step), options=options)
+
+    def _bind(self, ort: Any, sess: Any, x: torch.Tensor) -> tuple[Any, list[Any]]:
+        """An IOBinding with the input copied once to the device and static outputs pre-allocated there."""
+        inputs = sess.get_inputs()
+        if len(inputs) != 1:
+            raise TimingError(f"onnxruntime engine times single-input networks; the export has {len(inputs)} inputs")
+        np_type = _NUMPY_TYPES.get(inputs[0].type)
+        if np_type is None:
+            raise TimingError(f"unsupported ONNX input type {inputs[0].type}; expected float or float16")
+        device, device_id = ("cpu", 0) if self.kind == "cpu" else ("cuda", self.index)
+        binding = sess.io_binding()
+        value = ort.OrtValue.ortvalue_from_numpy(x.numpy().astype(np_type), device, device_id)  # [B, C, H, W]
+        binding.bind_ortvalue_input(inputs[0].name, value)
+        buffers = [value]
+        for out in sess.get_outputs():
+            out_type = _NUMPY_TYPES.get(out.type)
+            if out_type is not None and all(isinstance(d, int) for d in out.shape):
+                buffer = ort.OrtValue.ortvalue_from_shape_and_type(list(out.shape), out_type, device, device_id)
+                binding.bind_ortvalue_output(out.name, buffer)
+                buffers.append(buffer)
+            else:  # symbolic shape or other type: ORT allocates from its arena on the device
+                binding.bind_output(out.name, device, device_id)
+        return binding, buffers

@@ -1,0 +1,263 @@
+"""Build a latency table on the user's own device: which operators to measure, how, and resumably.
+
+Which operators (`space_grid`): every operator of `samples` seeded members of a search space at the
+table's resolution, with channel widths snapped onto CHANNEL_GRID (both grid neighbours of a width
+between two grid values), so the table can interpolate any member of the space between measured
+points; widths below the first grid value (e.g. the RGB input) and sides are kept exact. A space's
+width set is too large to measure exhaustively (widths in steps of 8 up to 2048 for ZenNAS), which is
+why the grid is declared rather than enumerated.
+
+How (`op_module`): each operator becomes a small module timed by an engine as one network: conv ->
+BN -> ReLU (BN folds into the conv in inference engines), a residual-fused conv adds a stored
+tensor of its output shape before the ReLU, SE is pool -> 1x1 -> ReLU -> 1x1 -> sigmoid -> scale, the
+head is pool -> Linear.
+
+Resumably (`profile`): each measured entry is appended to `<out>.partial.jsonl` and flushed to disk
+before the next starts; a rerun reads the partial file (a torn last line is ignored) and any existing
+table at `<out>` with the same device/engine/precision/batch, and measures only what is missing. The
+table is written atomically at the end and the partial file removed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from zennas.errors import ConfigError, LatencyError
+from zennas.latency.ops import Op, network_ops
+from zennas.latency.table import COLUMNS, LatencyTable, load_table, save_table
+
+CHANNEL_GRID = (
+    8, 16, 24, 32, 48, 64, 96, 128, 160, 192, 256, 320, 384, 512, 640, 768, 1024, 1280, 1536, 2048,
+    2560, 3072, 4096, 5120, 6144, 7168,
+)  # fmt: skip
+
+
+def snap(channels: int) -> tuple[int, ...]:
+    """The grid widths around `channels`: itself if on the grid or below it, else both neighbours."""
+    if channels <= CHANNEL_GRID[0] or channels in CHANNEL_GRID:
+        return (channels,)
+    if channels > CHANNEL_GRID[-1]:
+        raise LatencyError(f"width {channels} is beyond the profiling grid (max {CHANNEL_GRID[-1]})")
+    upper = next(i for i, c in enumerate(CHANNEL_GRID) if c > channels)
+    return CHANNEL_GRID[upper - 1], CHANNEL_GRID[upper]
+
+
+def se_mid(channels: int) -> int:
+    """Squeeze width of a profiled SE entry (c / 4; families differ slightly, the look-up is 1-D in c)."""
+    return max(1, round(channels / 4))
+
+
+def grid_points(op: Op) -> set[Op]:
+    """The grid operators a table needs to interpolate `op`."""
+    if op.kind == "conv":
+        return {op._replace(c_in=a, c_out=b) for a in snap(op.c_in) for b in snap(op.c_out)}
+    if op.kind == "dwconv":
+        return {op._replace(c_in=c, c_out=c) for c in snap(op.c_in)}
+    if op.kind == "se":
+        return {op._replace(c_in=c, c_out=se_mid(c)) for c in snap(op.c_in)}
+    return {op._replace(c_in=c) for c in snap(op.c_in)}  # head: classes stay exact
+
+
+def space_grid(space: str, *, resolution: int, num_classes: int, samples: int, seed: int = 0) -> list[Op]:
+    """Grid operators covering `samples` seeded members of `space` (sorted, deduplicated)."""
+    from zennas.spaces import get_space
+
+    sp = get_space(space)
+    rng = np.random.default_rng(seed)
+    needed: set[Op] = set()
+    for _ in range(samples):
+        spec = sp.sample(rng)
+        for op in network_ops(spec, resolution=resolution, num_classes=num_classes):
+            needed |= grid_points(op)
+    return sorted(needed)
+
+
+class _Conv(nn.Module):
+    def __init__(self, op: Op):
+        super().__init__()
+        groups = op.c_in if op.kind == "dwconv" else 1
+        self.conv = nn.Conv2d(op.c_in, op.c_out, op.kernel, op.stride, (op.kernel - 1) // 2, groups=groups, bias=False)
+        self.bn = nn.BatchNorm2d(op.c_out)
+        self.residual: torch.Tensor | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.bn(self.conv(x))  # [B, C_out, H', W']
+        if self.residual is not None:
+            y = y + self.residual
+        return torch.relu(y)
+
+
+class _SE(nn.Module):
+    def __init__(self, channels: int, mid: int):
+        super().__init__()
+        self.reduce = nn.Conv2d(channels, mid, 1)
+        self.expand = nn.Conv2d(mid, channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = torch.sigmoid(self.expand(torch.relu(self.reduce(x.mean((2, 3), keepdim=True)))))  # [B, C, 1, 1]
+        return x * w
+
+
+class _Head(nn.Module):
+    def __init__(self, channels: int, classes: int):
+        super().__init__()
+        self.fc = nn.Linear(channels, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(x.mean((2, 3)))  # [B, classes]
+
+
+def op_module(op: Op, batch_size: int) -> tuple[nn.Module, tuple[int, int, int, int]]:
+    """(module, input shape) that times `op` as one network; weights seeded, eval mode."""
+    g = torch.Generator().manual_seed(0)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        if op.kind in ("conv", "dwconv"):
+            module = _Conv(op)
+            if op.fused:
+                out_side = (op.side + 2 * ((op.kernel - 1) // 2) - op.kernel) // op.stride + 1
+                module.residual = torch.randn(batch_size, op.c_out, out_side, out_side, generator=g)
+        elif op.kind == "se":
+            module = _SE(op.c_in, op.c_out)
+        elif op.kind == "head":
+            module = _Head(op.c_in, op.c_out)
+        else:
+            raise ConfigError(f"unknown operator kind {op.kind!r}")
+    return module.eval(), (batch_size, op.c_in, op.side, op.side)
+
+
+def row_of(op: Op, batch_size: int, ms: float) -> list[Any]:
+    """A table row in COLUMNS order."""
+    return [op.kind, batch_size, op.c_in, op.c_out, op.side, op.kernel, op.stride, op.fused, ms]
+
+
+def _key(row: list[Any]) -> tuple:
+    return tuple(row[:-1])
+
+
+@dataclass
+class ProfileResult:
+    """What `profile` did."""
+
+    table: LatencyTable
+    measured: int
+    reused: int
+    seconds: float
+
+
+def _read_partial(path: Path) -> list[list[Any]]:
+    rows = []
+    if not path.exists():
+        return rows
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            try:
+                row = json.loads(line)
+            except ValueError:
+                continue  # a line torn by an interruption: that entry is measured again
+            if isinstance(row, list) and len(row) == len(COLUMNS):
+                rows.append(row)
+    return rows
+
+
+def _compatible(header: dict[str, Any], other: dict[str, Any]) -> bool:
+    keys = ("engine", "precision", "batch_sizes")
+    device_keys = ("family", "name", "model")
+    return all(header.get(k) == other.get(k) for k in keys) and all(
+        header["device"].get(k) == other["device"].get(k) for k in device_keys
+    )
+
+
+def profile(
+    ops: Iterable[Op],
+    engine: Any,
+    *,
+    batch_size: int,
+    out: str | os.PathLike,
+    header: dict[str, Any],
+    runs: int = 20,
+    min_warmup_ms: float = 50.0,
+    min_warmup_runs: int = 3,
+    progress: Callable[[int, int, float], None] | None = None,
+) -> ProfileResult:
+    """Measure every operator of `ops` not yet in `out` (or its partial file) and write the table."""
+    out = Path(out)
+    partial = out.with_name(out.name + ".partial.jsonl")
+    ops = list(dict.fromkeys(ops))
+    known: dict[tuple, list[Any]] = {}
+    if out.exists():
+        previous = load_table(out)
+        if not _compatible(header, previous.header):
+            raise LatencyError(
+                f"{out} holds a table for another device/engine/precision/batch ({previous.describe()}); "
+                "choose another --out or delete it"
+            )
+        known.update((_key(r), r) for r in previous.entries)
+    known.update((_key(r), r) for r in _read_partial(partial))
+    reused = sum(_key(row_of(op, batch_size, 0.0)) in known for op in ops)
+    todo = [op for op in ops if _key(row_of(op, batch_size, 0.0)) not in known]
+    start = time.monotonic()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(partial, "a", encoding="utf-8") as log:
+        for done, op in enumerate(todo, 1):
+            module, shape = op_module(op, batch_size)
+            timing = engine.time(module, shape, runs=runs, min_warmup_ms=min_warmup_ms, min_warmup_runs=min_warmup_runs)
+            row = row_of(op, batch_size, round(timing.ms_per_batch, 6))
+            log.write(json.dumps(row) + "\n")
+            log.flush()
+            os.fsync(log.fileno())  # an interruption after this line loses nothing measured so far
+            known[_key(row)] = row
+            if progress is not None:
+                progress(done, len(todo), time.monotonic() - start)
+    header = {**header, "entries_measured_this_run": len(todo)}
+    table = save_table(out, header, list(known.values()))
+    partial.unlink(missing_ok=True)
+    return ProfileResult(table, len(todo), reused, time.monotonic() - start)
+
+
+def table_header(
+    *,
+    name: str,
+    engine: Any,
+    batch_size: int,
+    resolution: int,
+    space: str | None,
+    op_kinds: Iterable[str],
+    command: str,
+) -> dict[str, Any]:
+    """Header of a profiled table: device identity, engine versions, precision, batch, date, provenance."""
+    identity = engine.identity()
+    device = {k: v for k, v in identity.items() if not isinstance(v, dict | list)}
+    if engine.device == "cpu":
+        device.setdefault("family", "CPU")
+    return {
+        "name": name,
+        "description": f"{engine.name} {engine.precision} on {device.get('name') or device.get('model', '?')}",
+        "device": device,
+        "engine": engine.name,
+        "engine_options": {k: v for k, v in engine.options.items() if isinstance(v, str | int | float | bool)},
+        "versions": engine.versions(),
+        "precision": engine.precision,
+        "batch_sizes": [batch_size],
+        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "unit": "ms_per_batch",
+        "op_kinds": sorted(set(op_kinds)),
+        "budget": {
+            "batch_size": batch_size,
+            "resolution": resolution,
+            "meaning": f"ms per image at batch {batch_size}",
+        },
+        "source": {"measured_by": "zennas profile", "command": command, "space": space},
+        "correction": None,
+    }

@@ -1,0 +1,216 @@
+"""How good is a table? Measure random members of a space end to end and compare with the prediction.
+
+For N seeded members: predicted ms per batch (the table's additive sum, and its correction when it
+has one) against the engine's median of the whole network (built with residuals, eval mode).
+Reported: share within +-10 % and +-5 %, MAPE and Spearman of predicted vs measured.
+
+`fit=True` splits the members into two fixed halves (by index parity after a seeded shuffle), fits
+an affine correction measured = intercept_ms + slope * sum on the first half by least squares on
+relative error, and reports before/after figures on the other half only.
+
+Every measured network is appended to a JSON-lines log as soon as it is measured; a rerun with the
+same log reuses it, so an interruption loses at most the network in progress.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from scipy import stats
+
+from zennas.build import BuildOptions, build
+from zennas.errors import ConfigError
+from zennas.latency.predict import predict
+from zennas.latency.table import LatencyTable
+
+
+@dataclass(frozen=True)
+class Accuracy:
+    """Agreement of predictions with measurements."""
+
+    n: int
+    within_10pct: float
+    within_5pct: float
+    mape: float
+    spearman: float
+
+    def to_dict(self) -> dict[str, float]:
+        return dict(self.__dict__)
+
+
+def accuracy(predicted: np.ndarray, measured: np.ndarray) -> Accuracy:
+    """Share within +-10 % / +-5 % of the measurement, MAPE (%), Spearman rho."""
+    rel = np.abs(predicted - measured) / measured
+    rho = float(stats.spearmanr(predicted, measured).statistic) if len(measured) > 2 else float("nan")
+    return Accuracy(
+        len(measured), float(np.mean(rel <= 0.10)), float(np.mean(rel <= 0.05)), float(100 * rel.mean()), rho
+    )
+
+
+def fit_correction(sums: np.ndarray, measured: np.ndarray) -> tuple[float, float]:
+    """(intercept_ms, slope) minimising the squared relative error of intercept + slope * sum."""
+    design = np.stack([1.0 / measured, sums / measured], axis=1)  # [n, 2]
+    (intercept, slope), *_ = np.linalg.lstsq(design, np.ones_like(measured), rcond=None)
+    return float(intercept), float(slope)
+
+
+@dataclass
+class ValidationReport:
+    """Per-network figures and the summary."""
+
+    archs: list[str]
+    table_sum_ms: np.ndarray
+    predicted_ms: np.ndarray  # with the table's own correction, if any
+    measured_ms: np.ndarray
+    overall: Accuracy
+    settings: dict[str, Any]
+    fit: dict[str, Any] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {**self.overall.to_dict(), "settings": self.settings}
+        if self.fit is not None:
+            out["fit"] = self.fit
+        out["networks"] = [
+            {"arch": a, "table_sum_ms": float(s), "predicted_ms": float(p), "measured_ms": float(m)}
+            for a, s, p, m in zip(self.archs, self.table_sum_ms, self.predicted_ms, self.measured_ms, strict=True)
+        ]
+        return out
+
+
+def _read_log(path: Path) -> dict[str, float]:
+    known: dict[str, float] = {}
+    if path.exists():
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                try:
+                    rec = json.loads(line)
+                    known[rec["arch"]] = float(rec["measured_ms"])
+                except (ValueError, KeyError, TypeError):
+                    continue  # a torn last line: that network is measured again
+    return known
+
+
+def validate(
+    space: str,
+    table: LatencyTable,
+    engine: Any,
+    *,
+    samples: int,
+    resolution: int,
+    num_classes: int,
+    batch_size: int | None = None,
+    seed: int = 0,
+    runs: int = 20,
+    fit: bool = False,
+    log: str | os.PathLike | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> ValidationReport:
+    """Predict and measure `samples` seeded members of `space`; see the module docstring."""
+    from zennas.spaces import get_space
+
+    if samples < 3:
+        raise ConfigError(f"--samples must be at least 3 for a rank correlation, got {samples}")
+    batch = table.default_batch_size() if batch_size is None else batch_size
+    sp = get_space(space)
+    rng = np.random.default_rng(seed)
+    specs = [sp.sample(rng) for _ in range(samples)]
+    preds = [predict(s, table, resolution=resolution, num_classes=num_classes, batch_size=batch) for s in specs]
+    log_path = Path(log) if log is not None else None
+    known = _read_log(log_path) if log_path else {}
+    measured = []
+    handle = open(log_path, "a", encoding="utf-8") if log_path else None  # noqa: SIM115 (closed below)
+    try:
+        for i, spec in enumerate(specs, 1):
+            key = spec.canonical
+            if key not in known:
+                model = build(spec, BuildOptions(num_classes=num_classes))
+                timing = engine.time(model, (batch, 3, resolution, resolution), runs=runs)
+                known[key] = timing.ms_per_batch
+                if handle is not None:
+                    handle.write(json.dumps({"arch": key, "measured_ms": timing.ms_per_batch}) + "\n")
+                    handle.flush()
+                    os.fsync(handle.fileno())
+            measured.append(known[key])
+            if progress is not None:
+                progress(i, len(specs))
+    finally:
+        if handle is not None:
+            handle.close()
+    sums = np.array([p.table_sum_ms_per_batch for p in preds])
+    predicted = np.array([p.latency_ms_per_batch for p in preds])
+    measured_arr = np.array(measured)
+    settings = {
+        "space": space,
+        "table": table.name,
+        "engine": engine.name,
+        "device": engine.device,
+        "precision": engine.precision,
+        "samples": samples,
+        "seed": seed,
+        "batch_size": batch,
+        "resolution": resolution,
+        "num_classes": num_classes,
+        "runs": runs,
+    }
+    report = ValidationReport(
+        [s.canonical for s in specs], sums, predicted, measured_arr, accuracy(predicted, measured_arr), settings
+    )
+    if fit:
+        order = np.random.default_rng(seed + 1).permutation(samples)
+        fit_idx, held = order[::2], order[1::2]
+        intercept, slope = fit_correction(sums[fit_idx], measured_arr[fit_idx])
+        corrected = intercept + slope * sums[held]
+        report.fit = {
+            "intercept_ms": intercept,
+            "slope": slope,
+            "fitted_on": len(fit_idx),
+            "held_out_before": accuracy(sums[held], measured_arr[held]).to_dict(),
+            "held_out_after": accuracy(corrected, measured_arr[held]).to_dict(),
+        }
+    return report
+
+
+def write_scatter_svg(path: str | os.PathLike, report: ValidationReport) -> None:
+    """Predicted vs measured (log-log) with the y = x line and +-10 % band, as a dependency-free SVG."""
+    size, margin = 420, 50
+    x, y = np.log10(report.measured_ms), np.log10(report.predicted_ms)
+    lo, hi = float(min(x.min(), y.min())) - 0.05, float(max(x.max(), y.max())) + 0.05
+
+    def px(v: float) -> float:
+        return margin + (v - lo) / (hi - lo) * (size - 2 * margin)
+
+    def py(v: float) -> float:
+        return size - px(v)
+
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{size}" height="{size}" font-family="sans-serif" '
+        'font-size="11">',
+        f'<line x1="{px(lo)}" y1="{py(lo)}" x2="{px(hi)}" y2="{py(hi)}" stroke="#888"/>',
+    ]
+    for factor in (1.1, 1 / 1.1):
+        d = np.log10(factor)
+        parts.append(
+            f'<line x1="{px(lo)}" y1="{py(lo + d)}" x2="{px(hi)}" y2="{py(hi + d)}" stroke="#ccc" '
+            'stroke-dasharray="4 3"/>'
+        )
+    parts += [f'<circle cx="{px(a):.1f}" cy="{py(b):.1f}" r="2.5" fill="#1f77b4"/>' for a, b in zip(x, y, strict=True)]
+    st, acc = report.settings, report.overall
+    title = (
+        f"{st['space']} / {st['table']} / {st['engine']}: within10 {acc.within_10pct:.0%}, "
+        f"MAPE {acc.mape:.1f}%, rho {acc.spearman:.3f}"
+    )
+    parts += [
+        f'<text x="{margin}" y="20">{html.escape(title)}</text>',
+        f'<text x="{size / 2 - 60}" y="{size - 12}">measured ms/batch (log)</text>',
+        f'<text x="12" y="{size / 2}" transform="rotate(-90 12 {size / 2})">predicted ms/batch (log)</text>',
+        "</svg>",
+    ]
+    Path(path).write_text("\n".join(parts), encoding="utf-8")
