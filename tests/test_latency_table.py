@@ -319,6 +319,12 @@ def test_profile_resumes_after_an_interruption_without_remeasuring(tmp_path):
     assert not partial.exists() and len(load_table(out).entries) == len(ops)
     third = FakeEngine()
     assert profile(ops, third, batch_size=1, out=out, header=header("cpu")).measured == 0 and third.calls == 0
+    # Extending the table with another space's operators keeps both runs' provenance and operator kinds.
+    more = [Op("se", 32, 8, 7), Op("head", 32, 10, 7)]
+    extended = profile(more, FakeEngine(), batch_size=1, out=out, header={**header("cpu", kinds=("se", "head")),
+                       "source": {"command": "second", "space": "other"}})  # fmt: skip
+    assert set(extended.table.op_kinds) == {"conv", "dwconv", "se", "head"}
+    assert [r["command"] for r in extended.table.header["source"]["runs"]] == [None, "second"]
     other = {**header("cpu"), "precision": "fp16"}
     with pytest.raises(LatencyError, match="holds a table for another device/engine/precision/batch"):
         profile(ops, third, batch_size=1, out=out, header=other)
@@ -419,3 +425,17 @@ def test_cli_profile_then_predict_and_measure(tmp_path):
     assert table.header["engine"] == "torch" and table.header["device"]["family"] == "CPU"
     rerun = runner.invoke(main, args)
     assert "0 measured now" in rerun.output
+    # A member the grid was drawn from lies inside the table; --measure times it end to end.
+    from zennas.arch import get_dialect
+    from zennas.spaces import get_space
+
+    spec = get_space("binas").sample(np.random.default_rng(0))
+    arch = get_dialect("binas").format(spec)
+    result = runner.invoke(main, ["latency", arch, "--table", str(out), "-r", "32", "--num-classes", "0",
+                                  "--measure", "--engine", "torch", "--runs", "3", "--json"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    assert data["extrapolated_operators"] == 0 and data["measured"]["engine"] == "torch"
+    assert data["relative_error"] == pytest.approx(
+        (data["latency_ms_per_batch"] - data["measured"]["ms_per_batch"]) / data["measured"]["ms_per_batch"]
+    )

@@ -196,6 +196,7 @@ def profile(
     partial = out.with_name(out.name + ".partial.jsonl")
     ops = list(dict.fromkeys(ops))
     known: dict[tuple, list[Any]] = {}
+    header = {**header, "source": dict(header.get("source") or {})}
     if out.exists():
         previous = load_table(out)
         if not _compatible(header, previous.header):
@@ -204,6 +205,12 @@ def profile(
                 "choose another --out or delete it"
             )
         known.update((_key(r), r) for r in previous.entries)
+        # A table extended by several runs (e.g. one per space) keeps every run's provenance.
+        earlier = previous.header.get("source") or {}
+        runs = list(earlier.get("runs") or [{k: earlier.get(k) for k in ("command", "space")}])
+        this = {k: header["source"].get(k) for k in ("command", "space")}
+        header["source"]["runs"] = runs if this in runs else [*runs, this]
+        header["op_kinds"] = sorted(set(header["op_kinds"]) | set(previous.header["op_kinds"]))
     known.update((_key(r), r) for r in _read_partial(partial))
     reused = sum(_key(row_of(op, batch_size, 0.0)) in known for op in ops)
     todo = [op for op in ops if _key(row_of(op, batch_size, 0.0)) not in known]
@@ -220,7 +227,7 @@ def profile(
             known[_key(row)] = row
             if progress is not None:
                 progress(done, len(todo), time.monotonic() - start)
-    header = {**header, "entries_measured_this_run": len(todo)}
+    header["entries_measured_this_run"] = len(todo)
     table = save_table(out, header, list(known.values()))
     partial.unlink(missing_ok=True)
     return ProfileResult(table, len(todo), reused, time.monotonic() - start)

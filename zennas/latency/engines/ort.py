@@ -37,6 +37,7 @@ class OnnxRuntimeEngine(Engine):
     defaults: ClassVar[dict[str, Any]] = {
         "threads": None,  # intra-op threads; None = torch.get_num_threads()
         "opset": 18,
+        "exporter": "auto",  # zennas.export exporter: auto (dynamo, TorchScript fallback), dynamo, torchscript
         "cudnn_conv_algo_search": "EXHAUSTIVE",  # like cudnn.benchmark: best algorithm after a slow first run
         "tf32": False,
         "cuda_graph": False,
@@ -98,7 +99,13 @@ class OnnxRuntimeEngine(Engine):
                 net = prepare_model(model, dtype=torch.float16, device=self.device)
             else:
                 net = prepare_model(model)
-            info = export_onnx(net, Path(tmp) / "model.onnx", input_shape=tuple(x.shape), opset=self.options["opset"])
+            info = export_onnx(
+                net,
+                Path(tmp) / "model.onnx",
+                input_shape=tuple(x.shape),
+                opset=self.options["opset"],
+                exporter=self.options["exporter"],
+            )
             del net
             so = ort.SessionOptions()
             so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL

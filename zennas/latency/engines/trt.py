@@ -179,6 +179,7 @@ class TensorRTEngine(Engine):
         "builder_optimization_level": 3,  # REFERENCE 7.3: pin it; builds are nondeterministic
         "timing_cache": None,  # path: loaded if present, saved after the build
         "opset": 18,
+        "exporter": "auto",  # zennas.export exporter: auto (dynamo, TorchScript fallback), dynamo, torchscript
         "tf32": False,
     }
 
@@ -216,7 +217,11 @@ class TensorRTEngine(Engine):
                 on_gpu = plan.export_dtype != torch.float32  # half/bf16 export runs on the GPU
                 net = prepare_model(model, dtype=plan.export_dtype, device=device if on_gpu else "cpu")
                 info = export_onnx(
-                    net, Path(tmp) / "model.onnx", input_shape=tuple(x.shape), opset=self.options["opset"]
+                    net,
+                    Path(tmp) / "model.onnx",
+                    input_shape=tuple(x.shape),
+                    opset=self.options["opset"],
+                    exporter=self.options["exporter"],
                 )
                 del net
                 serialized = build_serialized_engine(
