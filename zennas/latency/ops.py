@@ -21,6 +21,11 @@ from functools import lru_cache
 from typing import NamedTuple
 
 from zennas.arch import ArchSpec
+from zennas.arch.genet import GenConv, GenSuperRes
+from zennas.arch.tinynas import TinyConv, inner_blocks, se_width
+from zennas.counting import conv_out
+from zennas.counting.binas import HEAD_WIDTH, STEM_KERNEL, STEM_STRIDE, unroll
+from zennas.counting.zennas_count import genet_units, se_mid, zen_units
 from zennas.errors import ConfigError, LatencyError
 
 OP_KINDS = ("conv", "dwconv", "se", "head")
@@ -47,10 +52,13 @@ class Op(NamedTuple):
         return f"{self.kind} {self.c_in}->{self.c_out} @{self.side}x{self.side}"
 
 
+_new_op = Op._make  # builds from one tuple without re-checking the field count: the hot path of a search
+
+
 def conv_op(c_in: int, c_out: int, side: int, kernel: int, stride: int, groups: int = 1, fused: bool = False) -> Op:
     """A conv operator; groups must be 1 or the channel count (depthwise)."""
     if groups == 1:
-        return Op("conv", c_in, c_out, side, kernel, stride, int(fused))
+        return _new_op(("conv", c_in, c_out, side, kernel, stride, 1 if fused else 0))
     if groups == c_in == c_out:
         return Op("dwconv", c_in, c_out, side, kernel, stride, int(fused))
     raise LatencyError(
@@ -107,7 +115,6 @@ def head_op(channels: int, side: int, num_classes: int) -> tuple[Op, ...]:
 
 @lru_cache(maxsize=200_000)
 def _zen_block_ops(block, side: int, use_se: bool) -> tuple[tuple[Op, ...], int]:
-    from zennas.counting.zennas_count import zen_units
 
     ops: list[Op] = []
     units = zen_units(block, side, use_se)
@@ -119,9 +126,6 @@ def _zen_block_ops(block, side: int, use_se: bool) -> tuple[tuple[Op, ...], int]
 
 @lru_cache(maxsize=200_000)
 def _genet_block_ops(block, side: int) -> tuple[tuple[Op, ...], int]:
-    from zennas.arch.genet import GenConv, GenSuperRes
-    from zennas.counting import conv_out
-    from zennas.counting.zennas_count import genet_units
 
     if isinstance(block, GenConv):
         op = conv_op(block.in_channels, block.out_channels, side, block.kernel, block.stride)
@@ -137,16 +141,14 @@ def _genet_block_ops(block, side: int) -> tuple[tuple[Op, ...], int]:
 
 def _unit_ops(unit, residual: bool) -> list[Op]:
     """Operators of one ZenNAS/GENet unit: its convs (last one fused with the add), SE, projection."""
-    ops = []
-    last = len(unit.convs) - 1
-    for index, conv in enumerate(unit.convs):
-        fused = residual and index == last
-        ops.append(conv_op(conv.c_in, conv.c_out, conv.in_side, conv.kernel, conv.stride, conv.groups, fused))
+    convs = unit.convs
+    last = len(convs) - 1
+    ops = [
+        conv_op(c.c_in, c.c_out, c.in_side, c.kernel, c.stride, c.groups, residual and i == last)
+        for i, c in enumerate(convs)
+    ]
     if unit.se_channels:
-        from zennas.counting.zennas_count import se_mid
-
-        for channels in unit.se_channels:
-            ops.append(Op("se", channels, se_mid(channels), unit.se_side))
+        ops.extend(Op("se", channels, se_mid(channels), unit.se_side) for channels in unit.se_channels)
     if unit.projection is not None:
         p = unit.projection
         ops.append(conv_op(p.c_in, p.c_out, p.in_side, 1, p.stride))
@@ -178,8 +180,6 @@ def _genet_ops(spec: ArchSpec, resolution: int, num_classes: int, use_se: bool |
 
 @lru_cache(maxsize=200_000)
 def _tinynas_block_ops(block, side: int, use_se: bool) -> tuple[tuple[Op, ...], int]:
-    from zennas.arch.tinynas import TinyConv, inner_blocks, se_width
-    from zennas.counting import conv_out
 
     if isinstance(block, TinyConv):
         op = conv_op(block.in_channels, block.out_channels, side, block.kernel, block.stride, block.groups)
@@ -225,7 +225,6 @@ def _tinynas_ops(spec: ArchSpec, resolution: int, num_classes: int, use_se: bool
 
 @lru_cache(maxsize=200_000)
 def _binas_block_ops(block, side: int, use_se: bool | None) -> tuple[tuple[Op, ...], int]:
-    from zennas.counting.binas import unroll
 
     ops: list[Op] = []
     for layer in unroll(block, use_se):
@@ -247,8 +246,6 @@ def _binas_block_ops(block, side: int, use_se: bool | None) -> tuple[tuple[Op, .
 @register_op_lister("binas")
 def _binas_ops(spec: ArchSpec, resolution: int, num_classes: int, use_se: bool | None) -> OpGroups:
     from zennas.arch.binas import stem_width
-    from zennas.counting import conv_out
-    from zennas.counting.binas import HEAD_WIDTH, STEM_KERNEL, STEM_STRIDE
 
     width = stem_width(spec)
     groups = [(conv_op(3, width, resolution, STEM_KERNEL, STEM_STRIDE),)]
