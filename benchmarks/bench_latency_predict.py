@@ -1,5 +1,7 @@
 """Throughput of table-based latency prediction for zennas-res networks (target: >= 10,000 archs/s).
 
+Times `zennas.latency.predict.latency_ms_per_batch`, the per-candidate call of a search.
+
 Three regimes, each over distinct architectures (no result is reused across calls):
 * search: one-mutation children of a population of 256 (what evolution predicts; memos hit unchanged blocks);
 * random: independent samples of the space (block memos warm from earlier samples only);
@@ -18,7 +20,7 @@ from _record import append_result
 
 from zennas.errors import LatencyError
 from zennas.latency.ops import clear_memo
-from zennas.latency.predict import predict
+from zennas.latency.predict import latency_ms_per_batch
 from zennas.latency.shipped import open_table
 from zennas.spaces import get_space
 
@@ -33,7 +35,7 @@ def rate(specs, table, resolution: int, batch: int, cold: bool) -> tuple[float, 
             table._memo.clear()
             table.group_memo.clear()
         try:
-            predict(spec, table, resolution=resolution, num_classes=1000, batch_size=batch)
+            latency_ms_per_batch(spec, table, resolution=resolution, num_classes=1000, batch_size=batch)
         except LatencyError:
             outside += 1
     return len(specs) / (time.perf_counter() - start), outside

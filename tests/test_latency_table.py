@@ -15,8 +15,9 @@ from torch import nn
 from cli import main
 from zennas.counting import count
 from zennas.errors import LatencyError
+from zennas.latency import predict as predict_module
 from zennas.latency.ops import Op, network_ops
-from zennas.latency.predict import predict
+from zennas.latency.predict import latency_ms_per_batch, predict
 from zennas.latency.profile import CHANNEL_GRID, grid_points, op_module, profile, snap, space_grid
 from zennas.latency.shipped import convert_tinynas_lut, open_table, shipped_tables, table_for_gpu
 from zennas.latency.table import LatencyTable, load_table, save_table
@@ -150,6 +151,19 @@ def test_prediction_of_a_network_equals_its_analytic_macs(mac_table, name):
     # Widths beyond the synthetic grid (2048) are scaled proportionally: still exact, but flagged.
     wide = sum(max(op.c_in, op.c_out) > 2048 for op in network_ops(spec, resolution=64, use_se=False))
     assert p.extrapolated_operators == wide and p.latency_ms_per_image == p.latency_ms_per_batch
+
+
+def test_the_search_call_equals_the_report_and_survives_memo_clearing(mac_table, monkeypatch):
+    from zennas.spaces import get_space
+
+    monkeypatch.setattr(predict_module, "GROUP_MEMO_LIMIT", 5)  # forces clears between candidates
+    rng = np.random.default_rng(2)
+    space = get_space("zennas-idw")
+    for _ in range(10):
+        spec = space.sample(rng)
+        fast = latency_ms_per_batch(spec, mac_table, resolution=64, batch_size=1)
+        assert fast == predict(spec, mac_table, resolution=64).latency_ms_per_batch
+        assert len(mac_table.group_memo) <= 5 + len(spec.blocks) + 1
 
 
 def test_interpolation_stays_between_the_surrounding_entries(v100):

@@ -60,6 +60,36 @@ def _group_ms(table: LatencyTable, group: tuple[Op, ...], batch: int) -> tuple[f
     return total, extrapolated, dict(skipped)
 
 
+GROUP_MEMO_LIMIT = 500_000  # memoised block sums per table before the memo is cleared (bounded memory)
+
+
+def _entry(table: LatencyTable, group: tuple[Op, ...], batch: int) -> tuple:
+    """(group, ms, extrapolated, {kind: not costed}) of one block's operators, memoised on the table.
+
+    Keyed by identity: the group tuples are memoised by zennas.latency.ops and each entry keeps its
+    group alive, so an id cannot be reused while its entry exists; this avoids hashing every operator.
+    """
+    memo = table.group_memo
+    entry = memo.get((id(group), batch))
+    if entry is None or entry[0] is not group:
+        if len(memo) >= GROUP_MEMO_LIMIT:
+            memo.clear()
+        entry = memo[(id(group), batch)] = (group, *_group_ms(table, group, batch))
+    return entry
+
+
+def latency_ms_per_batch(
+    spec: ArchSpec, table: LatencyTable, *, resolution: int, batch_size: int, num_classes: int = 0,
+    use_se: bool | None = None,
+) -> float:  # fmt: skip
+    """`predict(...).latency_ms_per_batch` without the report: the call a search makes per candidate."""
+    groups = network_op_groups(spec, resolution=resolution, num_classes=num_classes, use_se=use_se)
+    total = 0.0
+    for group in groups:
+        total += _entry(table, group, batch_size)[1]
+    return apply_correction(table, total)
+
+
 def predict(
     spec: ArchSpec,
     table: LatencyTable,
@@ -74,13 +104,8 @@ def predict(
     groups = network_op_groups(spec, resolution=resolution, num_classes=num_classes, use_se=use_se)
     total, extrapolated, operators = 0.0, 0, 0
     skipped: dict[str, int] = {}
-    # Keyed by identity: the group tuples are memoised by zennas.latency.ops, and the entry keeps its
-    # group alive, so an id is never reused while its entry exists. This skips hashing every operator.
-    memo = table.group_memo
     for group in groups:
-        entry = memo.get((id(group), batch))
-        if entry is None or entry[0] is not group:
-            entry = memo[(id(group), batch)] = (group, *_group_ms(table, group, batch))
+        entry = _entry(table, group, batch)
         total += entry[1]
         extrapolated += entry[2]
         operators += len(group)
