@@ -52,7 +52,9 @@ class Op(NamedTuple):
         return f"{self.kind} {self.c_in}->{self.c_out} @{self.side}x{self.side}"
 
 
-_new_op = Op._make  # builds from one tuple without re-checking the field count: the hot path of a search
+def _new_op(fields: tuple) -> Op:
+    """An Op from a complete field tuple, without NamedTuple's argument handling (the search hot path)."""
+    return tuple.__new__(Op, fields)
 
 
 def conv_op(c_in: int, c_out: int, side: int, kernel: int, stride: int, groups: int = 1, fused: bool = False) -> Op:
