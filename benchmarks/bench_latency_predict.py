@@ -3,7 +3,8 @@
 Times `zennas.latency.predict.latency_ms_per_batch`, the per-candidate call of a search.
 
 Three regimes, each over distinct architectures (no result is reused across calls):
-* search: one-mutation children of a population of 256 (what evolution predicts; memos hit unchanged blocks);
+* search: one-mutation children of a population of 256 (what evolution predicts; memos hit unchanged blocks),
+  fresh, and again after 4n earlier children (a long search: more of the children's blocks were seen before);
 * random: independent samples of the space (block memos warm from earlier samples only);
 * cold: every memo (block operator lists and table look-ups) cleared before each call.
 Prints a table and appends it to benchmarks/RESULTS.md.
@@ -55,16 +56,22 @@ def main() -> None:
     # Evolution predicts children of a population: one mutation of a random member each.
     population = [space.sample(rng) for _ in range(256)]
     chain = [space.mutate(population[i], rng) for i in rng.integers(0, len(population), args.n)]
+    # A long search: the same regime after 4n earlier children have warmed the block memos.
+    later = [space.mutate(population[i], rng) for i in rng.integers(0, len(population), 5 * args.n)]
     randoms = [space.sample(rng) for _ in range(args.n)]
     warm = [space.sample(rng) for _ in range(200)]
     rate(warm, table, args.resolution, args.batch_size, cold=False)  # imports, first look-ups
     rows = []
     regimes = [
         ("search (children of a population of 256)", chain, False),
+        ("search, after 4n earlier children", later, False),
         ("random samples", randoms, False),
         ("cold (memos cleared)", randoms[:2000], True),
     ]
     for label, specs, cold in regimes:
+        if specs is later:
+            rate(later[: 4 * args.n], table, args.resolution, args.batch_size, cold=False)  # the earlier children
+            specs = later[4 * args.n :]
         per_s, outside = rate(specs, table, args.resolution, args.batch_size, cold)
         rows.append((label, len(specs), per_s, outside))
     lines = [
