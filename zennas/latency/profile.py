@@ -212,8 +212,8 @@ def profile(
         header["source"]["runs"] = runs if this in runs else [*runs, this]
         header["op_kinds"] = sorted(set(header["op_kinds"]) | set(previous.header["op_kinds"]))
     known.update((_key(r), r) for r in _read_partial(partial))
-    reused = sum(_key(row_of(op, batch_size, 0.0)) in known for op in ops)
     todo = [op for op in ops if _key(row_of(op, batch_size, 0.0)) not in known]
+    reused = len(ops) - len(todo)
     start = time.monotonic()
     out.parent.mkdir(parents=True, exist_ok=True)
     with open(partial, "a", encoding="utf-8") as log:

@@ -51,25 +51,22 @@ def open_table(name_or_path: str) -> LatencyTable:
 def table_for_gpu(gpu: str, *, precision: str | None = None, engine: str | None = None) -> LatencyTable:
     """The shipped table measured on GPU family `gpu` (e.g. V100), optionally of a precision/engine."""
     wanted = gpu.strip().upper()
-    matches = []
-    for path in shipped_tables().values():
-        table = load_table(path)
-        header = table.header
-        if str(header["device"].get("family", "")).upper() != wanted:
-            continue
-        if precision and header["precision"] != precision:
-            continue
-        if engine and header["engine"] != engine:
-            continue
-        matches.append(table)
+    tables = [load_table(path) for path in shipped_tables().values()]  # each file read once
+    matches = [
+        t
+        for t in tables
+        if str(t.header["device"].get("family", "")).upper() == wanted
+        and (not precision or t.header["precision"] == precision)
+        and (not engine or t.header["engine"] == engine)
+    ]
     if not matches:
-        have = sorted({str(load_table(p).header["device"].get("family")) for p in shipped_tables().values()})
+        have = sorted({str(t.header["device"].get("family")) for t in tables})
         extra = "".join(f", {k} {v}" for k, v in (("precision", precision), ("engine", engine)) if v)
         raise LatencyError(
             f"no shipped latency table for GPU {gpu!r}{extra} (shipped devices: {', '.join(have)}); "
             "build one on that GPU with `zennas profile` and pass it with --table"
         )
-    # Prefer TensorRT (what deployments run), then the lowest precision listed first in the name order.
+    # Prefer TensorRT (what deployments run), then the table name, so the choice is deterministic.
     matches.sort(key=lambda t: (t.header["engine"] != "tensorrt", t.name))
     return matches[0]
 
