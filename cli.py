@@ -423,12 +423,30 @@ def _open_latency_table(table: str | None, gpu: str | None, precision: str | Non
     return chosen
 
 
-def _engine_options(engine: str, threads: int | None, exporter: str) -> dict:
+def _engine_options(engine: str, threads: int | None, exporter: str | None) -> dict:
     """Engine options from CLI flags: threads (CPU engines), exporter (engines that run ONNX)."""
     options: dict = {"threads": threads} if threads and engine in ("torch", "onnxruntime") else {}
-    if engine in ("onnxruntime", "tensorrt"):
+    if exporter and engine in ("onnxruntime", "tensorrt"):
         options["exporter"] = exporter
     return options
+
+
+def _table_engine(table, engine: str | None, device: str, threads: int | None = None, exporter: str | None = None):
+    """A timing engine configured like the one that measured `table`, unless the flags say otherwise.
+
+    The table's engine, CPU threads and ONNX exporter are the defaults, so that a measurement compares
+    like with like (a 1-thread table timed with 2 threads would be off by the thread speed-up).
+    """
+    from zennas.latency.engines import get_engine
+
+    header_options = table.header.get("engine_options") or {}
+    same_engine = engine is None or engine == table.header.get("engine")
+    engine = engine or table.header.get("engine") or "torch"
+    if same_engine:
+        threads = threads or header_options.get("threads")
+        exporter = exporter or header_options.get("exporter")
+    precision = table.header["precision"] if device != "cpu" else "fp32"
+    return get_engine(engine, device=device, precision=precision, **_engine_options(engine, threads, exporter))
 
 
 @main.command("tables")
@@ -469,7 +487,7 @@ def latency_group() -> None:
 @click.option("--se/--no-se", "use_se", default=None, help="Force SE modules on or off (default: the model's own).")
 @click.option("--dialect", help="Parse ARCH in this dialect instead of detecting it.")
 @click.option("--measure", is_flag=True, help="Also time the whole network and print the relative error.")
-@click.option("--engine", default="torch", show_default=True, help="Timing engine for --measure.")
+@click.option("--engine", help="Timing engine for --measure (default: the table's, with its threads and exporter).")
 @click.option("--device", default="cpu", show_default=True, help="Device for --measure (cpu, cuda, cuda:1).")
 @click.option("--runs", type=click.IntRange(min=1), default=50, show_default=True, help="Timed runs for --measure.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
@@ -490,9 +508,9 @@ def latency_predict_command(
     out = {**p.to_dict(), "table_header": {k: chosen.header[k] for k in ("device", "engine", "precision")}}
     if measure:
         from zennas.build import BuildOptions, build
-        from zennas.latency.engines import get_engine
 
-        timer = get_engine(engine, device=device, precision=chosen.header["precision"] if device != "cpu" else "fp32")
+        timer = _table_engine(chosen, engine, device)
+        engine = timer.name
         model = build(spec, BuildOptions(num_classes=num_classes, use_se=use_se))
         timing = timer.time(model, (p.batch_size, 3, resolution, resolution), runs=runs)
         out["measured"] = timing.to_dict()
@@ -520,7 +538,7 @@ def latency_predict_command(
 @click.option("--table", "table", required=True, help="Table file or shipped table name.")
 @click.option("--space", required=True, help="Search space to sample (zennas spaces).")
 @click.option("--samples", type=click.IntRange(min=3), default=50, show_default=True)
-@click.option("--engine", default="onnxruntime", show_default=True)
+@click.option("--engine", help="Timing engine (default: the table's, with its threads and exporter).")
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--resolution", "-r", type=click.IntRange(min=1), help="Input side (default: the table's budget).")
 @click.option("--num-classes", type=click.IntRange(min=0), default=1000, show_default=True)
@@ -528,8 +546,8 @@ def latency_predict_command(
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--runs", type=click.IntRange(min=1), default=20, show_default=True)
 @click.option("--threads", type=click.IntRange(min=1), help="CPU threads of the engine (default: the table's).")
-@click.option("--exporter", type=click.Choice(["torchscript", "dynamo", "auto"]), default="torchscript",
-              show_default=True, help="ONNX exporter for onnxruntime/tensorrt.")  # fmt: skip
+@click.option("--exporter", type=click.Choice(["torchscript", "dynamo", "auto"]),
+              help="ONNX exporter for onnxruntime/tensorrt (default: the table's).")  # fmt: skip
 @click.option("--fit", is_flag=True, help="Fit an affine correction on half the samples; report the other half.")
 @click.option("--save-fit", help="With --fit: write the table with the fitted correction to this file.")
 @click.option("--log", "log_path", help="JSON-lines log of measurements (resume). Default under .zennas-cache/.")
@@ -543,7 +561,6 @@ def latency_validate_command(
     """Measure random members of a space end to end and compare with the table's predictions."""
     from pathlib import Path
 
-    from zennas.latency.engines import get_engine
     from zennas.latency.shipped import open_table
     from zennas.latency.table import save_table
     from zennas.latency.validate import validate, write_scatter_svg
@@ -551,9 +568,8 @@ def latency_validate_command(
     chosen = open_table(table)
     budget = chosen.header.get("budget") or {}
     resolution = resolution or int(budget.get("resolution") or 224)
-    threads = threads or (chosen.header.get("engine_options") or {}).get("threads")
-    precision = chosen.header["precision"] if device != "cpu" else "fp32"
-    timer = get_engine(engine, device=device, precision=precision, **_engine_options(engine, threads, exporter))
+    timer = _table_engine(chosen, engine, device, threads, exporter)
+    engine = timer.name
     if log_path is None:
         log_path = Path(".zennas-cache") / f"latency-{chosen.name}-{space}-{engine}-{device}-r{resolution}.jsonl"
         log_path.parent.mkdir(parents=True, exist_ok=True)

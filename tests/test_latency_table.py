@@ -446,10 +446,12 @@ def test_cli_profile_then_predict_and_measure(tmp_path):
     spec = get_space("binas").sample(np.random.default_rng(0))
     arch = get_dialect("binas").format(spec)
     result = runner.invoke(main, ["latency", arch, "--table", str(out), "-r", "32", "--num-classes", "0",
-                                  "--measure", "--engine", "torch", "--runs", "3", "--json"])  # fmt: skip
+                                  "--measure", "--runs", "3", "--json"])  # fmt: skip
     assert result.exit_code == 0, result.output
     data = json.loads(result.output)
+    # Without --engine the measurement uses the table's engine and its thread count (1, not the default 2).
     assert data["extrapolated_operators"] == 0 and data["measured"]["engine"] == "torch"
+    assert data["measured"]["options"]["threads"] == table.header["engine_options"]["threads"] == 1
     assert data["relative_error"] == pytest.approx(
         (data["latency_ms_per_batch"] - data["measured"]["ms_per_batch"]) / data["measured"]["ms_per_batch"]
     )
