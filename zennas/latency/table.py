@@ -27,13 +27,13 @@ import bisect
 import gzip
 import json
 import os
-import tempfile
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from zennas.errors import LatencyError
+from zennas.io import atomic_write_bytes
 from zennas.latency.ops import OP_KINDS, Op
 
 FORMAT = "zennas-latency-table"
@@ -288,25 +288,11 @@ def load_table(path: str | os.PathLike) -> LatencyTable:
 
 def write_json_atomic(path: str | os.PathLike, data: Any) -> None:
     """Write JSON (gzip when the name ends in .gz) through a temporary file and an atomic rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as raw:
-            if path.suffix == ".gz":
-                with gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as gz:
-                    gz.write(json.dumps(data, separators=(",", ":")).encode())
-            else:
-                raw.write(json.dumps(data, indent=1).encode())
-            raw.flush()
-            os.fsync(raw.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    if Path(path).suffix == ".gz":
+        body = gzip.compress(json.dumps(data, separators=(",", ":")).encode(), mtime=0)
+    else:
+        body = json.dumps(data, indent=1).encode()
+    atomic_write_bytes(path, body)
 
 
 def save_table(path: str | os.PathLike, header: dict[str, Any], entries: list[list[Any]]) -> LatencyTable:

@@ -1,0 +1,225 @@
+"""What a search optimises and under which constraints, in a picklable form a worker can rebuild.
+
+`Problem` names the space, the proxy (one registered proxy or a weighted sum), the scoring
+settings, the latency table and the budgets. `Problem.measure` computes the cheap figures of a
+candidate in the cheapest-first order (layers, then params and MACs by analytic counting, then the
+table's latency) and stops at the first budget it breaks; `Scorer` runs the proxy, which is the only
+expensive step and the only one sent to workers.
+
+Scores are deterministic: every candidate is scored with generators seeded from the run's seed
+(zennas.proxies.repeat_seed), in strict FP32 with a fixed number of torch threads, so the score of a
+network does not depend on which worker scored it or when.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import time
+from dataclasses import asdict, dataclass, field, replace
+from functools import cached_property
+from typing import Any
+
+from zennas.arch import ArchSpec, parse
+from zennas.errors import ConfigError
+from zennas.search.budget import Budgets
+
+_TERM = re.compile(r"^\s*([A-Za-z][\w.-]*)\s*(?:=\s*([+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?))?\s*$")
+
+
+@dataclass(frozen=True)
+class ProxyTerm:
+    """One proxy of the objective and its weight."""
+
+    name: str
+    weight: float = 1.0
+
+
+def parse_proxy(text: str) -> tuple[ProxyTerm, ...]:
+    """`zen` or a weighted sum `zen=1,naswot=0.5`; every name must be a registered proxy.
+
+    The objective is sum(weight x value) with lower-is-better proxies negated, on the proxies' raw
+    scales: choose weights that put the terms on comparable scales.
+    """
+    from zennas.proxies import get_proxy
+
+    terms = []
+    for part in str(text).split(","):
+        match = _TERM.match(part)
+        if match is None:
+            raise ConfigError(f"cannot read proxy {part.strip()!r} in {text!r}: write NAME or NAME=WEIGHT, e.g. zen=1,naswot=0.5")
+        name, weight = match.group(1), float(match.group(2)) if match.group(2) else 1.0
+        get_proxy(name)  # unknown name: ConfigError listing the registered proxies
+        if not math.isfinite(weight) or weight == 0:
+            raise ConfigError(f"proxy weight of {name} must be a finite non-zero number, got {match.group(2)}")
+        terms.append(ProxyTerm(name, weight))
+    names = [t.name for t in terms]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"proxy {text!r} names a proxy twice")
+    return tuple(terms)
+
+
+def describe_proxy(terms: tuple[ProxyTerm, ...]) -> str:
+    """The canonical spelling of an objective: `zen` or `zen=1,naswot=0.5`."""
+    if len(terms) == 1 and terms[0].weight == 1.0:
+        return terms[0].name
+    return ",".join(f"{t.name}={t.weight:g}" for t in terms)
+
+
+@dataclass(frozen=True)
+class Problem:
+    """A search's objective, scoring settings, table and budgets (plain data: picklable, JSON-able)."""
+
+    space: str
+    proxy: tuple[ProxyTerm, ...]
+    resolution: int
+    num_classes: int
+    budgets: Budgets = field(default_factory=Budgets)
+    preset: str | None = None
+    table: str | None = None  # shipped table name or file
+    proxy_batch_size: int | None = None  # None: the proxy's own default
+    proxy_options: tuple[tuple[str, Any], ...] = ()
+    seed: int = 0
+    threads: int = 1  # torch threads per scorer
+    use_se: bool | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickle the settings only: a worker reloads the space and table itself."""
+        return {k: v for k, v in self.__dict__.items() if k not in ("search_space", "latency_table")}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["proxy"] = describe_proxy(self.proxy)
+        out["proxy_options"] = dict(self.proxy_options)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Problem:
+        fields = dict(data)
+        fields["proxy"] = parse_proxy(fields["proxy"])
+        fields["budgets"] = Budgets(**fields["budgets"])
+        fields["proxy_options"] = tuple(sorted(fields.get("proxy_options", {}).items()))
+        return cls(**fields)
+
+    def with_budgets(self, **changes: Any) -> Problem:
+        return replace(self, budgets=replace(self.budgets, **changes))
+
+    @cached_property
+    def search_space(self) -> Any:
+        from zennas.spaces import get_space
+
+        sp = get_space(self.space)
+        if self.preset:
+            if not hasattr(sp, "with_preset"):
+                raise ConfigError(f"space {self.space!r} has no presets")
+            sp = sp.with_preset(self.preset)
+        return sp
+
+    @cached_property
+    def latency_table(self) -> Any:
+        if self.table is None:
+            return None
+        from zennas.latency.shipped import open_table
+
+        return open_table(self.table)
+
+    def parse(self, canonical: str) -> ArchSpec:
+        """The candidate written as `canonical` in the space's dialect."""
+        return parse(canonical, self.search_space.dialect)
+
+    def measure(self, spec: ArchSpec) -> tuple[dict[str, Any], list[str]]:
+        """Cheap figures of `spec`, cheapest first, stopping at the first broken budget: (metrics, violated)."""
+        from zennas.counting import count
+
+        b = self.budgets
+        cx = count(spec, resolution=self.resolution, num_classes=self.num_classes, use_se=self.use_se)
+        metrics: dict[str, Any] = {"layers": cx.layers, "macs": cx.macs, "params": cx.params}
+        if b.max_layers is not None and cx.layers > b.max_layers:
+            return metrics, ["layers"]
+        if b.convention != "correct":  # ZenNAS searched against its repository counts, without SE
+            cc = count(spec, resolution=self.resolution, num_classes=self.num_classes, use_se=False, convention=b.convention)
+            metrics["budget_macs"], metrics["budget_params"] = cc.flops, cc.convention_params
+        budget_params = metrics.get("budget_params", cx.params)
+        budget_macs = metrics.get("budget_macs", cx.macs)
+        if b.params is not None and budget_params > b.params:
+            return metrics, ["params"]
+        if b.macs is not None and budget_macs > b.macs:
+            return metrics, ["macs"]
+        table = self.latency_table
+        if table is not None:
+            from zennas.latency.predict import latency_ms_per_batch
+
+            batch = b.latency_batch_size or table.default_batch_size()
+            ms = latency_ms_per_batch(
+                spec, table, resolution=self.resolution, batch_size=batch, num_classes=self.num_classes,
+                use_se=self.use_se,
+            )  # fmt: skip
+            metrics["latency_ms_per_image"] = ms / batch
+            if b.latency_ms_per_image is not None and ms / batch > b.latency_ms_per_image:
+                return metrics, ["latency"]
+        return metrics, []
+
+
+@dataclass(frozen=True)
+class Scored:
+    """A proxy evaluation: the objective (None for a degenerate network), per-proxy values, seconds."""
+
+    canonical: str
+    score: float | None
+    values: dict[str, float | None]
+    seconds: float
+    note: str = ""
+
+
+class Scorer:
+    """Callable `canonical -> Scored` for one Problem; built once per worker process."""
+
+    def __init__(self, problem: Problem):
+        import torch
+
+        self.problem = problem
+        torch.set_num_threads(problem.threads)
+
+    def __call__(self, canonical: str) -> Scored:
+        from zennas.proxies import score
+
+        p = self.problem
+        spec = p.parse(canonical)
+        start = time.perf_counter()
+        results = score(
+            spec, [t.name for t in p.proxy], batch_size=p.proxy_batch_size, resolution=p.resolution,
+            num_classes=p.num_classes, seed=p.seed, device="cpu", options=dict(p.proxy_options),
+        )  # fmt: skip
+        seconds = time.perf_counter() - start
+        values = {name: r.mean for name, r in results.items()}
+        if any(r.degenerate for r in results.values()):
+            reasons = "; ".join(str(r.meta.get("reason", "")) for r in results.values() if r.degenerate)
+            return Scored(canonical, None, values, seconds, f"degenerate: {reasons}")
+        total = 0.0
+        for term in p.proxy:
+            r = results[term.name]
+            total += term.weight * (r.mean if r.higher_is_better else -r.mean)
+        return Scored(canonical, total, values, seconds)
+
+    def repeats(self, canonical: str, repeats: int) -> list[float]:
+        """Objective values of `repeats` independent draws (repeat 0 is the single-draw score)."""
+        from zennas.proxies import score
+
+        p = self.problem
+        results = score(
+            p.parse(canonical), [t.name for t in p.proxy], batch_size=p.proxy_batch_size, resolution=p.resolution,
+            num_classes=p.num_classes, seed=p.seed, device="cpu", options=dict(p.proxy_options), repeats=repeats,
+        )  # fmt: skip
+        out = []
+        for i in range(repeats):
+            total = 0.0
+            for term in p.proxy:
+                r = results[term.name]
+                if r.degenerate:
+                    return []
+                total += term.weight * (r.values[i] if r.higher_is_better else -r.values[i])
+            out.append(total)
+        return out
