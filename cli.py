@@ -606,6 +606,162 @@ def latency_validate_command(
             )
 
 
+@main.command("search")
+@click.option("--space", default="zennas-res", show_default=True, help="Search space (zennas spaces).")
+@click.option("--preset", help="A published search setting of the space (e.g. imagenet-flops400M for zennas-idw).")
+@click.option("--proxy", "-p", default="zen", show_default=True,
+              help="A registered proxy, or a weighted sum on raw scales: zen=1,naswot=0.5.")  # fmt: skip
+@click.option("--budget", help="Latency budget per image with a unit: 1ms, 0.8ms/image, 800us.")
+@click.option("--budget-batch-size", type=click.IntRange(min=1),
+              help="Batch of the latency budget (default: the table's budget batch; 64 for V100).")  # fmt: skip
+@click.option("--gpu", help="Use the shipped latency table of this GPU family (e.g. V100).")
+@click.option("--table", help="Latency table file or shipped name (zennas tables).")
+@click.option("--flops-budget", help="MACs budget, e.g. 400M (the counts zennas info reports).")
+@click.option("--params-budget", help="Parameter budget, e.g. 5.5M.")
+@click.option("--max-layers", type=click.IntRange(min=1), help="At most this many layers (REFERENCE 1.4 counting).")
+@click.option("--convention", type=click.Choice(["correct", "zennas"]), default="correct", show_default=True,
+              help="Counting of --flops-budget/--params-budget (zennas: the repository's, no SE).")  # fmt: skip
+@click.option("--resolution", "-r", type=click.IntRange(min=1), help="Input side (default: the preset's or 224).")
+@click.option("--num-classes", type=click.IntRange(min=0), help="Classifier outputs (default: the preset's or 1000).")
+@click.option("--iterations", type=click.IntRange(min=1), default=1000, show_default=True,
+              help="Children generated (Zen-NAS scripts: 480,000).")  # fmt: skip
+@click.option("--population", type=click.IntRange(min=1), default=64, show_default=True, help="Zen-NAS: 512.")
+@click.option("--batch", type=click.IntRange(min=1), default=16, show_default=True,
+              help="Children per scoring batch (the result does not depend on --workers, only on this).")  # fmt: skip
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True, help="Local scoring processes.")
+@click.option("--ray", "ray_address", is_flag=False, flag_value="local", default=None,
+              help="Score on Ray: --ray (local cluster) or --ray ADDRESS (needs zennas[ray]).")  # fmt: skip
+@click.option("--strategy", type=click.Choice(["evolution", "random", "milp"]), default="evolution", show_default=True)
+@click.option("--init", "init", help="Seed architecture (default: the space's first seed); must meet every budget.")
+@click.option("--proxy-batch-size", type=click.IntRange(min=1), help="Batch of the proxy's input (default: its own).")
+@click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True, help="torch threads per scorer.")
+@click.option("--rescore", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Re-score the top K at the end with --rescore-repeats draws; the best mean wins.")  # fmt: skip
+@click.option("--rescore-repeats", type=click.IntRange(min=2), default=4, show_default=True)
+@click.option("--checkpoint-every", type=click.IntRange(min=1), default=64, show_default=True)
+@click.option("--out", "out", help="Output folder (default: runs/search-<UTC time>).")
+@click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
+@click.option("--no-plots", is_flag=True, help="Skip the PNG plots.")
+@_one_line_errors
+def search_command(
+    space, preset, proxy, budget, budget_batch_size, gpu, table, flops_budget, params_budget, max_layers, convention,
+    resolution, num_classes, iterations, population, batch, seed, workers, ray_address, strategy, init,
+    proxy_batch_size, threads, rescore, rescore_repeats, checkpoint_every, out, resume, no_plots,
+) -> None:  # fmt: skip
+    """Find the best-scoring architecture within the budgets, e.g. `zennas search --budget 1ms --gpu V100`."""
+    from zennas.search.budget import Budgets, parse_count_budget, parse_latency_budget
+    from zennas.search.evolution import Settings
+    from zennas.search.run import search
+
+    if gpu is not None and table is not None:
+        raise click.UsageError("give --gpu or --table, not both")
+    chosen = _open_latency_table(table, gpu, None) if (gpu or table) else None
+    if budget is not None and chosen is None:
+        raise click.UsageError("a latency budget needs a latency table: add --gpu V100 or --table FILE|NAME")
+    if resume and out is None:
+        raise click.UsageError("--resume needs the --out folder of the run to continue")
+    budgets = Budgets(
+        latency_ms_per_image=parse_latency_budget(budget) if budget is not None else None,
+        latency_batch_size=(budget_batch_size or chosen.default_batch_size()) if chosen is not None else None,
+        macs=parse_count_budget(flops_budget, "FLOPs") if flops_budget is not None else None,
+        params=parse_count_budget(params_budget, "params") if params_budget is not None else None,
+        max_layers=max_layers,
+        convention=convention,
+    )
+    problem = _search_problem(space, preset, proxy, resolution, num_classes, budgets, chosen, proxy_batch_size,
+                              seed, threads)  # fmt: skip
+    out = out or time.strftime("runs/search-%Y%m%d-%H%M%S", time.gmtime())
+    settings = Settings(
+        iterations=iterations, population=population, batch=batch, checkpoint_every=checkpoint_every,
+        rescore=rescore, rescore_repeats=rescore_repeats, init=init,
+        strategy="random" if strategy == "random" else "evolution",
+    )  # fmt: skip
+    click.echo(
+        f"searching {problem.space} for {problem.to_dict()['proxy']} under {budgets.describe()}"
+        + (f" (table {chosen.name})" if chosen is not None else "")
+        + f"; output in {out}",
+        err=True,
+    )
+    if strategy == "milp":
+        from zennas.search.milp_cli import run_milp
+
+        result = run_milp(problem, settings, out, workers=workers)
+    else:
+        best = {"score": None}
+
+        with _search_progress(iterations, best) as advance:
+            result = search(
+                problem, settings, out, resume=resume, workers=workers, ray=ray_address is not None,
+                ray_address=None if ray_address in (None, "local") else ray_address, progress=advance,
+                plots=not no_plots,
+            )  # fmt: skip
+    lat = result.get("latency_ms_per_image")
+    click.echo(result["arch"])
+    click.echo(
+        f"score {result['score']:.6g} ({result['proxy']}); "
+        + (f"latency {lat:.4g} ms/image at batch {result['latency_batch_size']} ({result['table']}); " if lat else "")
+        + f"MACs {result['macs']:,}; params {result['params']:,}; layers {result['layers']}; "
+        f"{result['iterations']} iterations in {result['wall_time_s']:.1f} s; written to {out}"
+    )
+
+
+def _search_problem(space, preset, proxy, resolution, num_classes, budgets, table, proxy_batch_size, seed, threads):
+    """The Problem of a search command; resolution and classes default to the preset's, then the dialect's."""
+    from zennas.models import DIALECT_DEFAULTS
+    from zennas.search.problem import Problem, parse_proxy
+    from zennas.spaces import get_space
+
+    sp = get_space(space)
+    if preset is not None:
+        if not hasattr(sp, "with_preset"):
+            raise click.UsageError(f"space {space!r} has no presets")
+        sp = sp.with_preset(preset)
+    default_res, default_classes = DIALECT_DEFAULTS.get(sp.dialect, (224, 1000))
+    constraints = getattr(sp, "constraints", {}) or {}
+    return Problem(
+        space=space, preset=preset, proxy=parse_proxy(proxy),
+        resolution=resolution or int(constraints.get("resolution", default_res)),
+        num_classes=num_classes if num_classes is not None else int(constraints.get("num_classes", default_classes)),
+        budgets=budgets, table=table.name if table is not None else None, proxy_batch_size=proxy_batch_size,
+        seed=seed, threads=threads,
+    )  # fmt: skip
+
+
+@contextlib.contextmanager
+def _search_progress(total: int, best: dict) -> Iterator[Callable[[int, int, float | None], None]]:
+    """A progress bar (iterations, best score, ETA) on a terminal; a line per ~5 % otherwise."""
+    if sys.stderr.isatty():
+
+        def show(_: object) -> str:
+            return f"best {best['score']:.5g}" if best["score"] is not None else ""
+
+        with click.progressbar(
+            length=total, label="search", file=sys.stderr, show_pos=True, item_show_func=show
+        ) as bar:
+
+            def advance(done: int, _total: int, score: float | None) -> None:
+                best["score"] = score
+                bar.update(done - bar.pos)
+
+            yield advance
+        return
+    start = time.monotonic()
+    step = max(1, total // 20)
+    state: dict = {"last": -1, "first": None}
+
+    def advance(done: int, _total: int, score: float | None) -> None:
+        if state["first"] is None:
+            state["first"] = done - 1  # a resumed run starts part-way: rate from this process's progress
+        if done // step != state["last"] // step or done == total:
+            state["last"] = done
+            elapsed = time.monotonic() - start
+            eta = elapsed / max(1, done - state["first"]) * (total - done)
+            click.echo(f"search {done}/{total} best {score:.6g} ({elapsed:.0f} s, ETA {eta:.0f} s)", err=True)
+
+    yield advance
+
+
 @main.command("profile")
 @click.option("--space", required=True, help="Search space whose operators to measure (zennas spaces).")
 @click.option("--engine", default="onnxruntime", show_default=True, help="torch, onnxruntime or tensorrt.")

@@ -41,11 +41,13 @@ def parse_count_budget(text: str, what: str) -> int:
     """An integer count from `400M`, `5.5M`, `2e6`, `1G`, `300000` (k, M, G suffixes)."""
     match = _COUNT.match(str(text))
     if match is None:
-        raise ConfigError(f"cannot read {what} budget {text!r}: write a number with an optional k/M/G suffix, e.g. 400M")
+        raise ConfigError(
+            f"cannot read {what} budget {text!r}: write a number with an optional k/M/G suffix, e.g. 400M"
+        )
     value = float(match.group(1)) * _COUNT_SUFFIX[match.group(2)]
     if not math.isfinite(value) or value <= 0:
         raise ConfigError(f"{what} budget must be positive, got {text!r}")
-    return int(round(value))
+    return round(value)
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ from functools import cached_property
 from typing import Any
 
 from zennas.arch import ArchSpec, parse
-from zennas.errors import ConfigError
+from zennas.errors import ConfigError, LatencyError
 from zennas.search.budget import Budgets
 
 _TERM = re.compile(r"^\s*([A-Za-z][\w.-]*)\s*(?:=\s*([+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?))?\s*$")
@@ -47,7 +47,9 @@ def parse_proxy(text: str) -> tuple[ProxyTerm, ...]:
     for part in str(text).split(","):
         match = _TERM.match(part)
         if match is None:
-            raise ConfigError(f"cannot read proxy {part.strip()!r} in {text!r}: write NAME or NAME=WEIGHT, e.g. zen=1,naswot=0.5")
+            raise ConfigError(
+                f"cannot read proxy {part.strip()!r} in {text!r}: write NAME or NAME=WEIGHT, e.g. zen=1,naswot=0.5"
+            )
         name, weight = match.group(1), float(match.group(2)) if match.group(2) else 1.0
         get_proxy(name)  # unknown name: ConfigError listing the registered proxies
         if not math.isfinite(weight) or weight == 0:
@@ -131,7 +133,11 @@ class Problem:
         return parse(canonical, self.search_space.dialect)
 
     def measure(self, spec: ArchSpec) -> tuple[dict[str, Any], list[str]]:
-        """Cheap figures of `spec`, cheapest first, stopping at the first broken budget: (metrics, violated)."""
+        """Cheap figures of `spec`, cheapest first, stopping at the first broken budget: (metrics, violated).
+
+        `violated` holds one of layers, params, macs, latency, or table (an operator the latency
+        table cannot cost: such a candidate is dropped, never guessed).
+        """
         from zennas.counting import count
 
         b = self.budgets
@@ -140,7 +146,9 @@ class Problem:
         if b.max_layers is not None and cx.layers > b.max_layers:
             return metrics, ["layers"]
         if b.convention != "correct":  # ZenNAS searched against its repository counts, without SE
-            cc = count(spec, resolution=self.resolution, num_classes=self.num_classes, use_se=False, convention=b.convention)
+            cc = count(
+                spec, resolution=self.resolution, num_classes=self.num_classes, use_se=False, convention=b.convention
+            )
             metrics["budget_macs"], metrics["budget_params"] = cc.flops, cc.convention_params
         budget_params = metrics.get("budget_params", cx.params)
         budget_macs = metrics.get("budget_macs", cx.macs)
@@ -153,10 +161,14 @@ class Problem:
             from zennas.latency.predict import latency_ms_per_batch
 
             batch = b.latency_batch_size or table.default_batch_size()
-            ms = latency_ms_per_batch(
-                spec, table, resolution=self.resolution, batch_size=batch, num_classes=self.num_classes,
-                use_se=self.use_se,
-            )  # fmt: skip
+            try:
+                ms = latency_ms_per_batch(
+                    spec, table, resolution=self.resolution, batch_size=batch, num_classes=self.num_classes,
+                    use_se=self.use_se,
+                )  # fmt: skip
+            except LatencyError as error:  # an operator far outside the table: cannot be costed, so not feasible
+                metrics["note"] = str(error)
+                return metrics, ["table"]
             metrics["latency_ms_per_image"] = ms / batch
             if b.latency_ms_per_image is not None and ms / batch > b.latency_ms_per_image:
                 return metrics, ["latency"]

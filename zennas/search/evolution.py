@@ -1,0 +1,412 @@
+"""Budget-constrained steady-state evolution (REFERENCE.md 5.1), deterministic, resumable, parallel.
+
+The loop of Zen-NAS with these changes:
+- The run is seeded (numpy PCG64) and every candidate's score is a deterministic function of the
+  architecture and the seed (problem.py), so a run is reproducible.
+- Children are made in batches of `batch` (default 16): each child's parent is drawn uniformly from
+  the population as it stood at the start of the batch (while the population has at most 10 members,
+  the seed architecture with one mutation, as in Zen-NAS; otherwise two mutations). The batch's
+  children are scored together, by one process or by N workers, and inserted in order; so the
+  result does not depend on the number of workers.
+- A child whose canonical hash was seen before (in this run) is not scored again: up to
+  `retries` fresh mutations are drawn for a new one; the iteration counts either way.
+- Cheap constraints (layers, params, MACs, table latency) are checked before scoring; a failing
+  child is recorded and dropped, as in Zen-NAS. The seed architecture must meet every budget (a
+  clear error otherwise) and is scored and kept, so every run has an in-budget answer.
+- After inserting, the lowest-scoring members are removed while the population exceeds its size
+  (ties: the newer member goes first).
+- Optional elite re-scoring: at the end the top `rescore` members are scored with `rescore_repeats`
+  independent draws and the best mean wins (single Zen draws are noisy).
+
+Every iteration appends a line to history.jsonl; every `checkpoint_every` iterations (and at the
+end) the state is written atomically to checkpoint.json with the byte length of the history it
+covers. `resume` truncates the history to that length and continues from the checkpoint, so a run
+killed at any moment and resumed ends exactly as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from zennas.arch import ArchSpec
+from zennas.errors import ConfigError
+from zennas.io import atomic_write_json
+from zennas.search.problem import Problem, Scored, Scorer
+
+STATE_FORMAT = "zennas-search-state"
+STATE_VERSION = 1
+SEED_PARENT_BELOW = 10  # Zen-NAS: while the population has <= 10 members, mutate the seed architecture
+
+
+@dataclass(frozen=True)
+class Settings:
+    """How the evolution runs (the Problem says what it optimises)."""
+
+    iterations: int = 1000
+    population: int = 64
+    batch: int = 16
+    retries: int = 8
+    checkpoint_every: int = 64
+    rescore: int = 0
+    rescore_repeats: int = 4
+    init: str | None = None  # seed architecture text in the space's dialect; None: the space's first seed
+    strategy: str = "evolution"  # or "random": every child a fresh space.sample (the baseline)
+
+    def validate(self) -> None:
+        if self.strategy not in ("evolution", "random"):
+            raise ConfigError(f"unknown strategy {self.strategy!r} for evolution; choose evolution or random")
+        for name in ("iterations", "population", "batch", "checkpoint_every", "rescore_repeats"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} must be a positive integer, got {value!r}")
+        for name in ("retries", "rescore"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ConfigError(f"--{name} must be a non-negative integer, got {value!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class Member:
+    """A scored, in-budget architecture."""
+
+    arch: str  # canonical text in the space's dialect
+    hash: str
+    score: float
+    iteration: int
+    metrics: dict[str, Any]
+    values: dict[str, float | None] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class State:
+    """Everything needed to continue a run."""
+
+    iteration: int
+    rng: dict[str, Any]
+    population: list[Member]
+    seen: set[str]
+    history_bytes: int
+    counts: dict[str, int]
+    wall_time_s: float
+    seed_member: Member
+    finished: bool = False
+    rescored: list[dict[str, Any]] | None = None
+
+    def to_dict(self, problem: Problem, settings: Settings) -> dict[str, Any]:
+        return {
+            "format": STATE_FORMAT,
+            "version": STATE_VERSION,
+            "problem": problem.to_dict(),
+            "settings": settings.to_dict(),
+            "iteration": self.iteration,
+            "rng": self.rng,
+            "population": [m.to_dict() for m in self.population],
+            "seen": sorted(self.seen),
+            "history_bytes": self.history_bytes,
+            "counts": self.counts,
+            "wall_time_s": self.wall_time_s,
+            "seed_member": self.seed_member.to_dict(),
+            "finished": self.finished,
+            "rescored": self.rescored,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> State:
+        return cls(
+            iteration=data["iteration"],
+            rng=data["rng"],
+            population=[Member(**m) for m in data["population"]],
+            seen=set(data["seen"]),
+            history_bytes=data["history_bytes"],
+            counts=dict(data["counts"]),
+            wall_time_s=data["wall_time_s"],
+            seed_member=Member(**data["seed_member"]),
+            finished=data.get("finished", False),
+            rescored=data.get("rescored"),
+        )
+
+
+class SerialMap:
+    """Scores candidates in this process."""
+
+    workers = 1
+
+    def __init__(self, problem: Problem):
+        self.scorer = Scorer(problem)
+
+    def __call__(self, canonicals: Sequence[str]) -> list[Scored]:
+        return [self.scorer(c) for c in canonicals]
+
+    def repeats(self, canonical: str, repeats: int) -> list[float]:
+        return self.scorer.repeats(canonical, repeats)
+
+    def close(self) -> None:
+        pass
+
+
+Progress = Callable[[int, int, float | None], None]  # (iteration, total, best score)
+
+
+def _mutate(problem: Problem, parent: ArchSpec, draws: int, rng: np.random.Generator) -> ArchSpec:
+    child = parent
+    for _ in range(draws):
+        child = problem.search_space.mutate(child, rng)
+    return child
+
+
+def seed_architecture(problem: Problem, init: str | None) -> ArchSpec:
+    """The seed: `init` parsed in the space's dialect, or the space's first seed (a sample if it has none)."""
+    space = problem.search_space
+    if init is not None:
+        from zennas.models import resolve_arch
+
+        spec, _ = resolve_arch(init, space.dialect)
+        reason = space.why_not(spec)
+        if reason is not None:
+            raise ConfigError(f"--init is not a member of space {problem.space!r}: {reason}")
+        return spec
+    seeds = space.initial()
+    if seeds:
+        return seeds[0]
+    return space.sample(np.random.default_rng(problem.seed))
+
+
+def _check_seed(problem: Problem, spec: ArchSpec) -> dict[str, Any]:
+    metrics, violated = problem.measure(spec)
+    if violated:
+        b = problem.budgets
+        limits = {
+            "layers": (metrics["layers"], b.max_layers, "--max-layers"),
+            "params": (metrics.get("budget_params", metrics["params"]), b.params, "--params-budget"),
+            "macs": (metrics.get("budget_macs", metrics["macs"]), b.macs, "--flops-budget"),
+            "latency": (metrics.get("latency_ms_per_image"), b.latency_ms_per_image, "--budget"),
+        }
+        if violated[0] == "table":
+            raise ConfigError(f"the seed architecture cannot be costed: {metrics['note']}")
+        value, limit, flag = limits[violated[0]]
+        raise ConfigError(
+            f"the seed architecture is over the {violated[0]} budget ({value:.6g} > {limit:.6g}): raise {flag} "
+            "or give a smaller seed with --init (Zen-NAS advice: start at about a quarter of the budget)"
+        )
+    return metrics
+
+
+class Evolution:
+    """One search run writing into `out` (see the module docstring)."""
+
+    def __init__(self, problem: Problem, settings: Settings, out: str | os.PathLike, *, scorer_map: Any = None):
+        settings.validate()
+        self.problem = problem
+        self.settings = settings
+        self.out = Path(out)
+        self.map = scorer_map
+        self.history_path = self.out / "history.jsonl"
+        self.state_path = self.out / "checkpoint.json"
+
+    # -- state -----------------------------------------------------------------------------------
+    def _fresh_state(self) -> State:
+        spec = seed_architecture(self.problem, self.settings.init)
+        metrics = _check_seed(self.problem, spec)
+        scored = self._score([spec.canonical])[0]
+        if scored.score is None:
+            raise ConfigError(f"the seed architecture cannot be scored ({scored.note}); give another with --init")
+        seed = Member(spec.canonical, spec.hash, scored.score, 0, metrics, scored.values)
+        rng = np.random.default_rng(self.problem.seed)
+        counts = {"scored": 1, "duplicate": 0, "degenerate": 0, "over_layers": 0, "over_params": 0, "over_macs": 0,
+                  "over_latency": 0, "over_table": 0}  # fmt: skip
+        return State(0, rng.bit_generator.state, [seed], {spec.hash}, 0, counts, 0.0, seed)
+
+    def _load_state(self) -> State | None:
+        if not self.state_path.exists():
+            return None
+        try:
+            data = json.loads(self.state_path.read_text(encoding="utf-8"))
+        except ValueError as exc:
+            raise ConfigError(
+                f"{self.state_path} is not a readable checkpoint ({exc}); remove --out or use another"
+            ) from exc
+        if data.get("format") != STATE_FORMAT or data.get("version") != STATE_VERSION:
+            raise ConfigError(f"{self.state_path} is not a zennas search checkpoint of version {STATE_VERSION}")
+        if data["problem"] != self.problem.to_dict() or data["settings"] != self.settings.to_dict():
+            changed = sorted(
+                k for k in set(data["problem"]) | set(self.problem.to_dict())
+                if data["problem"].get(k) != self.problem.to_dict().get(k)
+            ) + sorted(
+                k for k in set(data["settings"]) | set(self.settings.to_dict())
+                if data["settings"].get(k) != self.settings.to_dict().get(k)
+            )  # fmt: skip
+            raise ConfigError(
+                f"--resume: the run in {self.out} was started with other settings ({', '.join(changed)}); "
+                "rerun with the same options or choose another --out"
+            )
+        return State.from_dict(data)
+
+    def _save(self, state: State) -> None:
+        atomic_write_json(self.state_path, state.to_dict(self.problem, self.settings), indent=None)
+
+    # -- scoring ---------------------------------------------------------------------------------
+    def _score(self, canonicals: list[str]) -> list[Scored]:
+        if self.map is None:
+            self.map = SerialMap(self.problem)
+        return self.map(canonicals) if canonicals else []
+
+    def check_resumable(self, resume: bool) -> None:
+        """Fail before any work when `out` holds another run (without --resume) or a different one."""
+        if resume:
+            self._load_state()
+        elif self.state_path.exists() or self.history_path.exists():
+            raise ConfigError(
+                f"{self.out} already holds a search: add --resume to continue it, or choose another --out"
+            )
+
+    # -- the loop --------------------------------------------------------------------------------
+    def run(self, *, resume: bool = False, progress: Progress | None = None) -> State:
+        """Run (or continue) the search and return its final state."""
+        self.out.mkdir(parents=True, exist_ok=True)
+        state = self._load_state() if resume else None
+        if state is None:
+            self.check_resumable(resume)
+            state = self._fresh_state()
+            self.history_path.write_bytes(b"")
+            self._save(state)
+        else:
+            with open(self.history_path, "r+b") as f:  # drop lines written after the checkpoint
+                f.truncate(state.history_bytes)
+        started = time.monotonic() - state.wall_time_s
+        rng = np.random.default_rng()
+        rng.bit_generator.state = state.rng
+        s = self.settings
+        last_saved = state.iteration
+        with open(self.history_path, "ab") as history:
+            while state.iteration < s.iterations:
+                lines, to_score, pending = self._make_batch(state, rng)
+                for scored, (it, spec, metrics) in zip(self._score(to_score), pending, strict=True):
+                    lines.append(self._insert(state, it, spec, metrics, scored))
+                lines.sort(key=lambda rec: rec["it"])
+                self._prune(state)
+                for rec in lines:
+                    history.write((json.dumps(rec, allow_nan=False) + "\n").encode())
+                history.flush()
+                os.fsync(history.fileno())
+                state.history_bytes = history.tell()
+                state.rng = rng.bit_generator.state
+                state.wall_time_s = time.monotonic() - started
+                if state.iteration - last_saved >= s.checkpoint_every or state.iteration >= s.iterations:
+                    self._save(state)
+                    last_saved = state.iteration
+                if progress is not None:
+                    progress(state.iteration, s.iterations, max(m.score for m in state.population))
+        if not state.finished:
+            if s.rescore:
+                state.rescored = self._rescore(state)
+            state.finished = True
+            state.wall_time_s = time.monotonic() - started
+            self._save(state)
+        return state
+
+    def _make_batch(self, state: State, rng: np.random.Generator) -> tuple[list[dict], list[str], list[tuple]]:
+        """Up to `batch` children from the population as it stands; cheap checks done, scoring pending."""
+        s, problem = self.settings, self.problem
+        lines: list[dict[str, Any]] = []
+        to_score: list[str] = []
+        pending: list[tuple[int, ArchSpec, dict[str, Any]]] = []
+        parents = list(state.population)
+        seed_spec = problem.parse(state.seed_member.arch)
+        batch_seen: set[str] = set()
+        for _ in range(min(s.batch, s.iterations - state.iteration)):
+            state.iteration += 1
+            it = state.iteration
+            if s.strategy == "random":
+                parent, draws = None, 0
+            elif len(parents) <= SEED_PARENT_BELOW:
+                parent, draws = seed_spec, 1
+            else:
+                parent, draws = problem.parse(parents[int(rng.integers(len(parents)))].arch), 2
+            child = self._child(parent, draws, rng)
+            tries = 0
+            while (child.hash in state.seen or child.hash in batch_seen) and tries < s.retries:
+                child = self._child(parent, draws, rng)
+                tries += 1
+            if child.hash in state.seen or child.hash in batch_seen:
+                state.counts["duplicate"] += 1
+                lines.append({"it": it, "status": "duplicate", "hash": child.hash})
+                continue
+            batch_seen.add(child.hash)
+            t0 = time.perf_counter()
+            metrics, violated = problem.measure(child)
+            t_check = time.perf_counter() - t0
+            if violated:
+                state.counts[f"over_{violated[0]}"] += 1
+                lines.append({"it": it, "status": f"over_{violated[0]}", "hash": child.hash, "arch": child.canonical,
+                              **metrics, "t_check_s": round(t_check, 6)})  # fmt: skip
+                state.seen.add(child.hash)
+                continue
+            metrics["t_check_s"] = round(t_check, 6)
+            to_score.append(child.canonical)
+            pending.append((it, child, metrics))
+        return lines, to_score, pending
+
+    def _child(self, parent: ArchSpec | None, draws: int, rng: np.random.Generator) -> ArchSpec:
+        if parent is None:
+            return self.problem.search_space.sample(rng)
+        return _mutate(self.problem, parent, draws, rng)
+
+    def _insert(self, state: State, it: int, spec: ArchSpec, metrics: dict[str, Any], scored: Scored) -> dict:
+        state.seen.add(spec.hash)
+        t_check = metrics.pop("t_check_s")
+        record = {"it": it, "hash": spec.hash, "arch": spec.canonical, **metrics, "t_check_s": t_check,
+                  "t_score_s": round(scored.seconds, 6)}  # fmt: skip
+        if scored.score is None:
+            state.counts["degenerate"] += 1
+            return {**record, "status": "degenerate", "note": scored.note}
+        state.counts["scored"] += 1
+        state.population.append(Member(spec.canonical, spec.hash, scored.score, it, metrics, scored.values))
+        return {**record, "status": "scored", "score": scored.score, "values": scored.values}
+
+    def _prune(self, state: State) -> None:
+        """Drop the lowest scores (newest first among ties) until the population fits."""
+        excess = len(state.population) - self.settings.population
+        if excess > 0:
+            order = sorted(
+                range(len(state.population)), key=lambda i: (state.population[i].score, -state.population[i].iteration)
+            )
+            drop = set(order[:excess])
+            state.population = [m for i, m in enumerate(state.population) if i not in drop]
+
+    def _rescore(self, state: State) -> list[dict[str, Any]]:
+        """Mean objective over `rescore_repeats` draws for the top `rescore` members, best mean first."""
+        if self.map is None:
+            self.map = SerialMap(self.problem)
+        top = sorted(state.population, key=lambda m: (-m.score, m.iteration))[: self.settings.rescore]
+        out = []
+        for m in top:
+            values = self.map.repeats(m.arch, self.settings.rescore_repeats)
+            if values:
+                std = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+                mean = float(np.mean(values))
+                out.append({"arch": m.arch, "hash": m.hash, "single_draw": m.score, "mean": mean, "std": std,
+                            "values": values})  # fmt: skip
+        out.sort(key=lambda r: -r["mean"])
+        return out
+
+
+def best_member(state: State) -> Member:
+    """The answer: the best mean after re-scoring when it ran, else the best single-draw score."""
+    if state.rescored:
+        winner = state.rescored[0]["hash"]
+        return next(m for m in state.population if m.hash == winner)
+    return max(state.population, key=lambda m: (m.score, -m.iteration))
