@@ -636,6 +636,7 @@ def latency_validate_command(
 @click.option("--init", "init", help="Seed architecture (default: the space's first seed); must meet every budget.")
 @click.option("--proxy-batch-size", type=click.IntRange(min=1), help="Batch of the proxy's input (default: its own).")
 @click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True, help="torch threads per scorer.")
+@click.option("--device", default="cpu", show_default=True, help="Where proxies run: cpu, cuda, cuda:1.")
 @click.option("--rescore", type=click.IntRange(min=0), default=0, show_default=True,
               help="Re-score the top K at the end with --rescore-repeats draws; the best mean wins.")  # fmt: skip
 @click.option("--rescore-repeats", type=click.IntRange(min=2), default=4, show_default=True)
@@ -647,7 +648,7 @@ def latency_validate_command(
 def search_command(
     space, preset, proxy, budget, budget_batch_size, gpu, table, flops_budget, params_budget, max_layers, convention,
     resolution, num_classes, iterations, population, batch, seed, workers, ray_address, strategy, init,
-    proxy_batch_size, threads, rescore, rescore_repeats, checkpoint_every, out, resume, no_plots,
+    proxy_batch_size, threads, device, rescore, rescore_repeats, checkpoint_every, out, resume, no_plots,
 ) -> None:  # fmt: skip
     """Find the best-scoring architecture within the budgets, e.g. `zennas search --budget 1ms --gpu V100`."""
     from zennas.search.budget import Budgets, parse_count_budget, parse_latency_budget
@@ -670,7 +671,7 @@ def search_command(
         convention=convention,
     )
     problem = _search_problem(space, preset, proxy, resolution, num_classes, budgets, chosen, proxy_batch_size,
-                              seed, threads)  # fmt: skip
+                              seed, threads, device)  # fmt: skip
     out = out or time.strftime("runs/search-%Y%m%d-%H%M%S", time.gmtime())
     settings = Settings(
         iterations=iterations, population=population, batch=batch, checkpoint_every=checkpoint_every,
@@ -706,7 +707,8 @@ def search_command(
     )
 
 
-def _search_problem(space, preset, proxy, resolution, num_classes, budgets, table, proxy_batch_size, seed, threads):
+def _search_problem(space, preset, proxy, resolution, num_classes, budgets, table, proxy_batch_size, seed, threads,
+                    device):  # fmt: skip
     """The Problem of a search command; resolution and classes default to the preset's, then the dialect's."""
     from zennas.models import DIALECT_DEFAULTS
     from zennas.search.problem import Problem, parse_proxy
@@ -724,7 +726,7 @@ def _search_problem(space, preset, proxy, resolution, num_classes, budgets, tabl
         resolution=resolution or int(constraints.get("resolution", default_res)),
         num_classes=num_classes if num_classes is not None else int(constraints.get("num_classes", default_classes)),
         budgets=budgets, table=table.name if table is not None else None, proxy_batch_size=proxy_batch_size,
-        seed=seed, threads=threads,
+        seed=seed, threads=threads, device=device,
     )  # fmt: skip
 
 

@@ -298,3 +298,21 @@ def test_cli_search_prints_the_answer(tmp_path):
     data = json.loads((out / "result.json").read_text())
     assert data["arch"] in result.output and data["latency_ms_per_image"] <= 0.1
     assert data["budgets"]["latency_ms_per_image"] == 0.1 and data["budgets"]["latency_batch_size"] == 64
+
+
+def test_ray_local_cluster_gives_the_serial_result(tmp_path):
+    pytest.importorskip("ray", reason="Ray is an optional extra: pip install 'zennas[ray]'")
+    problem = res_problem(proxy="zen", proxy_batch_size=2, resolution=64)
+    settings = Settings(iterations=18, population=16, batch=6, checkpoint_every=16)
+    serial = search(problem, settings, tmp_path / "serial", plots=False)
+    on_ray = search(problem, settings, tmp_path / "ray", ray=True, workers=2, plots=False)  # a real local cluster
+    assert on_ray["workers"] == 2
+    assert (on_ray["arch"], on_ray["score"], on_ray["counts"]) == (serial["arch"], serial["score"], serial["counts"])
+
+
+def test_ray_missing_says_how_to_install(tmp_path, monkeypatch):
+    from zennas.errors import DependencyError
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ImportError
+    with pytest.raises(DependencyError, match=r"pip install 'zennas\[ray\]'"):
+        search(res_problem(), Settings(iterations=8, population=8, batch=4), tmp_path / "r", ray=True, plots=False)

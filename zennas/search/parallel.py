@@ -123,7 +123,10 @@ class _RayScorer:
 def make_map(problem: Problem, *, workers: int = 1, ray: bool = False, ray_address: str | None = None) -> Any:
     """The scorer map for a run: serial, local processes, or Ray."""
     if ray:
-        return RayMap(problem, address=ray_address, workers=workers if workers > 1 else None)
+        gpus = 1.0 if problem.device.startswith("cuda") else 0.0  # one actor per GPU when scoring on CUDA
+        return RayMap(problem, address=ray_address, workers=workers if workers > 1 else None, gpus_per_actor=gpus)
+    if workers > 1 and problem.device.startswith("cuda"):
+        raise ConfigError("--workers N with --device cuda would put N scorers on one GPU; use --ray for one per GPU")
     if workers > 1:
         return ProcessMap(problem, workers)
     return SerialMap(problem)

@@ -84,6 +84,7 @@ class Problem:
     seed: int = 0
     threads: int = 1  # torch threads per scorer
     use_se: bool | None = None
+    device: str = "cpu"  # where proxies run: cpu, cuda, cuda:1 (scores are reproducible per device kind)
 
     def __getstate__(self) -> dict[str, Any]:
         """Pickle the settings only: a worker reloads the space and table itself."""
@@ -203,7 +204,7 @@ class Scorer:
         start = time.perf_counter()
         results = score(
             spec, [t.name for t in p.proxy], batch_size=p.proxy_batch_size, resolution=p.resolution,
-            num_classes=p.num_classes, seed=p.seed, device="cpu", options=dict(p.proxy_options),
+            num_classes=p.num_classes, seed=p.seed, device=p.device, options=dict(p.proxy_options),
         )  # fmt: skip
         seconds = time.perf_counter() - start
         values = {name: r.mean for name, r in results.items()}
@@ -223,7 +224,7 @@ class Scorer:
         p = self.problem
         results = score(
             p.parse(canonical), [t.name for t in p.proxy], batch_size=p.proxy_batch_size, resolution=p.resolution,
-            num_classes=p.num_classes, seed=p.seed, device="cpu", options=dict(p.proxy_options), repeats=repeats,
+            num_classes=p.num_classes, seed=p.seed, device=p.device, options=dict(p.proxy_options), repeats=repeats,
         )  # fmt: skip
         out = []
         for i in range(repeats):
