@@ -1,0 +1,140 @@
+"""Search benchmarks: candidates per second end to end (serial vs workers), and zennas-idw at 400M MACs.
+
+    python benchmarks/bench_search.py throughput [--iterations 96]
+    python benchmarks/bench_search.py idw400m [--iterations 600] [--workers 2] [--proxy-batch-size 16]
+                                              [--analytic-iterations 20000]
+
+throughput: the same zennas-res search (V100 table, 1 ms/image at batch 64) run serially and with
+2 workers, for a sampled proxy (zen) and a closed form (zen-analytic); candidates/s counts every
+iteration (duplicates and over-budget children included) over the search's wall time, and scored
+candidates/s only those that reached the proxy. The results of the serial and parallel runs are
+compared (they must be equal).
+
+idw400m: zennas-idw with MACs <= 400M and <= 14 layers (REFERENCE 5.3's budget in the counts
+`zennas info` reports). (a) evolution with the sampled Zen-Score; (b) evolution with zen-analytic
+for many more iterations, its winner then scored with the sampled Zen. Both winners and the published
+ZenNet-400M (SE off, as Zen-Score builds it) are scored with the same settings (224 px, batch
+`--proxy-batch-size`, seed 0, 1 thread), so the comparison is like for like.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import torch
+from _record import append_result
+
+from zennas.counting import count
+from zennas.latency.shipped import table_for_gpu
+from zennas.models import resolve_arch
+from zennas.proxies import score
+from zennas.search.budget import Budgets
+from zennas.search.evolution import Settings
+from zennas.search.problem import Problem, parse_proxy
+from zennas.search.run import search
+
+
+def throughput(args: argparse.Namespace) -> None:
+    table = table_for_gpu("V100")
+    rows = []
+    for proxy, batch in (("zen", 4), ("zen-analytic", None)):
+        problem = Problem(
+            space="zennas-res", proxy=parse_proxy(proxy), resolution=224, num_classes=1000, table=table.name,
+            budgets=Budgets(latency_ms_per_image=1.0, latency_batch_size=64), proxy_batch_size=batch,
+        )  # fmt: skip
+        iterations = args.iterations if proxy == "zen" else args.iterations * 50
+        settings = Settings(iterations=iterations, population=32, batch=16)
+        results = {}
+        for workers in (1, 2):
+            with tempfile.TemporaryDirectory() as tmp:
+                start = time.perf_counter()
+                result = search(problem, settings, Path(tmp) / "run", workers=workers, plots=False)
+                wall = time.perf_counter() - start
+            results[workers] = result
+            scored = result["counts"]["scored"]
+            rows.append(
+                f"| {proxy}{f' (batch {batch})' if batch else ''} | {workers} | {iterations} | {scored} | "
+                f"{result['wall_time_s']:.1f} | {wall:.1f} | {iterations / result['wall_time_s']:.1f} | "
+                f"{scored / result['wall_time_s']:.2f} |"
+            )
+            print(rows[-1], flush=True)
+        same = (results[1]["arch"], results[1]["score"]) == (results[2]["arch"], results[2]["score"])
+        rows.append(f"| {proxy}: serial and 2-worker results identical | {same} | | | | | | |")
+        print(rows[-1], flush=True)
+    head = (
+        "| proxy | workers | iterations | scored | search wall s | incl. start-up s | candidates/s | scored/s |\n"
+        "|---|---|---|---|---|---|---|---|"
+    )
+    table_md = head + "\n" + "\n".join(rows)
+    print(table_md)
+    append_result("bench_search throughput - zennas-res, V100 table, 1 ms/image at batch 64 (CPU)", table_md)
+
+
+def zen_of(arch: str, batch: int) -> float:
+    spec, _ = resolve_arch(arch, "zennas-v1")
+    return score(spec, "zen", batch_size=batch, resolution=224, num_classes=1000, seed=0, device="cpu")["zen"].mean
+
+
+def idw400m(args: argparse.Namespace) -> None:
+    budgets = Budgets(macs=400_000_000, max_layers=14)
+    lines = []
+    reference = resolve_arch("zennet-400m-se", None)[0]
+    ref_cx = count(reference, resolution=224, num_classes=1000, use_se=False)
+    ref_zen = zen_of("zennet-400m-se", args.proxy_batch_size)
+    lines.append(
+        f"| published ZenNet-400M (SE off) | - | - | {ref_zen:.3f} | {ref_cx.macs / 1e6:.1f} | {ref_cx.layers} | - |"
+    )
+    print(lines[-1], flush=True)
+    runs = (
+        ("zen", args.iterations, args.proxy_batch_size),
+        ("zen-analytic", args.analytic_iterations, None),
+    )
+    for proxy, iterations, batch in runs:
+        problem = Problem(
+            space="zennas-idw", proxy=parse_proxy(proxy), resolution=224, num_classes=1000, budgets=budgets,
+            proxy_batch_size=batch,
+        )  # fmt: skip
+        settings = Settings(iterations=iterations, population=64, batch=16)
+        with tempfile.TemporaryDirectory() as tmp:
+            result = search(problem, settings, Path(tmp) / "run", workers=args.workers, plots=False)
+        zen = result["score"] if proxy == "zen" else zen_of(result["arch"], args.proxy_batch_size)
+        lines.append(
+            f"| search, proxy {proxy} | {iterations} | {result['wall_time_s']:.0f} | {zen:.3f} | "
+            f"{result['macs'] / 1e6:.1f} | {result['layers']} | `{result['arch']}` |"
+        )
+        print(lines[-1], flush=True)
+    head = (
+        f"Zen-Score (sampled; 224 px, batch {args.proxy_batch_size}, seed 0, 1 thread) of each winner and of the "
+        f"published ZenNet-400M; budget MACs <= 400M, layers <= 14; {args.workers} worker(s)\n\n"
+        "| network | iterations | search s | Zen-Score | MACs (M) | layers | architecture |\n"
+        "|---|---|---|---|---|---|---|"
+    )
+    table_md = head + "\n" + "\n".join(lines)
+    print(table_md)
+    append_result("bench_search idw400m - zennas-idw, 400M MACs, <= 14 layers, vs published ZenNet-400M", table_md)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="what", required=True)
+    t = sub.add_parser("throughput")
+    t.add_argument("--iterations", type=int, default=96)
+    i = sub.add_parser("idw400m")
+    i.add_argument("--iterations", type=int, default=600)
+    i.add_argument("--analytic-iterations", type=int, default=20000)
+    i.add_argument("--workers", type=int, default=2)
+    i.add_argument("--proxy-batch-size", type=int, default=16)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    {"throughput": throughput, "idw400m": idw400m}[args.what](args)
+
+
+if __name__ == "__main__":
+    main()
