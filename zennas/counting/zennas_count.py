@@ -74,8 +74,13 @@ def zen_units(block: ZenConv | ZenRes, side: int, use_se: bool) -> list[Unit]:
         # A SuperConv is one plain stack (no residual, never SE).
         return [Unit(tuple(convs))]
     k, b, out = block.kernel, block.bottleneck, block.out_channels
+    repeated: list[Unit] = []
     for i in range(block.sub_layers):
+        if i >= 2:  # sub-layers after the second see the same input (out channels, stride 1, same side)
+            units.extend(repeated)
+            continue
         first = i == 0
+        start = len(units)
         c, s = (block.in_channels, block.stride) if first else (out, 1)
         if block.kind == "KXKX":
             pairs = [(c, b, out, s)]
@@ -85,29 +90,30 @@ def zen_units(block: ZenConv | ZenRes, side: int, use_se: bool) -> list[Unit]:
             pairs = [(c, b, b, s), (b, out, out, 1)]  # IDW: A ends at b, B at out
         for j, (c_in, width, c_out, stride) in enumerate(pairs):
             unit_first = first and j == 0
+            mid = conv_out(side, k, stride)  # side after the strided conv (sides computed once: a search hot path)
             if block.kind == "KXKX":
-                c1 = Conv(c_in, width, k, stride, side)
-                convs = (c1, Conv(width, c_out, k, 1, c1.out_side))
-                se = width
+                convs = (Conv(c_in, width, k, stride, side), Conv(width, c_out, k, 1, mid))
+                se, se_side = width, mid
             elif block.kind == "K1KXK1":
-                c1 = Conv(c_in, width, 1, 1, side)
-                c2 = Conv(width, width, k, stride, side)
-                convs = (c1, c2, Conv(width, c_out, 1, 1, c2.out_side))
-                se = width
+                convs = (
+                    Conv(c_in, width, 1, 1, side),
+                    Conv(width, width, k, stride, side),
+                    Conv(width, c_out, 1, 1, mid),
+                )
+                se, se_side = width, mid
             else:
                 # IDW: expanded width from the unit's output width (A: b, B: out) times E.
                 d = smart_round((b if j == 0 else out) * block.expansion, 8)
-                c1 = Conv(c_in, d, 1, 1, side)
-                c2 = Conv(d, d, k, stride, side, groups=d)
-                convs = (c1, c2, Conv(d, c_out, 1, 1, c2.out_side))
-                se = d
+                convs = (Conv(c_in, d, 1, 1, side), Conv(d, d, k, stride, side, groups=d), Conv(d, c_out, 1, 1, mid))
+                se, se_side = d, mid
             # The first unit of a super-block always projects (biased 1x1 + BN), later ones only on a change.
             projection = None
             if unit_first or stride > 1 or c_in != c_out:
                 projection = Conv(c_in, c_out, 1, stride, side, bias=True)
-            se_side = convs[-2].out_side if len(convs) == 3 else convs[0].out_side
             units.append(Unit(convs, projection, (se,) if use_se else (), se_side))
-            side = convs[-1].out_side
+            side = mid
+        if i == 1:
+            repeated = units[start:]
     return units
 
 

@@ -141,8 +141,13 @@ def _genet_block_ops(block, side: int) -> tuple[tuple[Op, ...], int]:
     return (), side  # BN / ReLU tokens are folded; the final AdaptiveAvgPool is the head's pool
 
 
-def _unit_ops(unit, residual: bool) -> list[Op]:
-    """Operators of one ZenNAS/GENet unit: its convs (last one fused with the add), SE, projection."""
+@lru_cache(maxsize=200_000)
+def _unit_ops(unit, residual: bool) -> tuple[Op, ...]:
+    """Operators of one ZenNAS/GENet unit: its convs (last one fused with the add), SE, projection.
+
+    Memoised: the repeated units of a deep block, and units shared by the blocks of a population,
+    are listed once.
+    """
     convs = unit.convs
     last = len(convs) - 1
     ops = [
@@ -154,7 +159,7 @@ def _unit_ops(unit, residual: bool) -> list[Op]:
     if unit.projection is not None:
         p = unit.projection
         ops.append(conv_op(p.c_in, p.c_out, p.in_side, 1, p.stride))
-    return ops
+    return tuple(ops)
 
 
 @register_op_lister("zennas-v1")
@@ -264,5 +269,5 @@ def _binas_ops(spec: ArchSpec, resolution: int, num_classes: int, use_se: bool |
 
 def clear_memo() -> None:
     """Forget memoised block operator lists (for benchmarks that time cold calls)."""
-    for fn in (_zen_block_ops, _genet_block_ops, _tinynas_block_ops, _binas_block_ops, head_op):
+    for fn in (_zen_block_ops, _genet_block_ops, _tinynas_block_ops, _binas_block_ops, _unit_ops, head_op):
         fn.cache_clear()
