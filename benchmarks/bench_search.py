@@ -78,7 +78,7 @@ def throughput(args: argparse.Namespace) -> None:
 
 
 def zen_of(arch: str, batch: int) -> float:
-    spec, _ = resolve_arch(arch, "zennas-v1")
+    spec, _ = resolve_arch(arch, None)  # a zoo name or a zennas-v1 string
     return score(spec, "zen", batch_size=batch, resolution=224, num_classes=1000, seed=0, device="cpu")["zen"].mean
 
 
