@@ -11,12 +11,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from zennas.errors import ConfigError
+from zennas.io import atomic_write_bytes
 
 DEFAULT_CACHE_DIR = ".zennas-cache"
 _FORMAT = 1  # bump when the entry layout changes
@@ -64,16 +64,7 @@ class ScoreCache:
         path.parent.mkdir(parents=True, exist_ok=True)
         self._ignore_in_git()
         payload = json.dumps({"format": _FORMAT, "key": fields, "result": result}, default=str)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".json")
-        try:
-            with os.fdopen(fd, "w") as handle:
-                handle.write(payload)
-                handle.flush()
-                os.fsync(handle.fileno())  # the bytes are on disk before the name points at them
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_write_bytes(path, payload.encode())  # fsync before the rename: bytes on disk first
         self.writes += 1
 
     def _ignore_in_git(self) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import os
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ import torch
 from torch import nn
 
 from zennas.errors import ConfigError, DependencyError, TimingError
+from zennas.io import atomic_write_bytes
 from zennas.latency.engines.base import Engine, Session, measure_cuda, prepare_model, torch_versions
 
 TRT_INSTALL_HINT = "TensorRT is required for the tensorrt engine: pip install tensorrt (needs an NVIDIA GPU and driver)"
@@ -116,20 +116,6 @@ def _errors(trt: Any, logger: Any) -> str:
     return "; ".join(msg for severity, msg in logger.messages if severity in bad)
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Write `data` to `path` through a temporary file in the same folder and os.replace."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
 def build_serialized_engine(
     trt: Any,
     onnx_path: str | Path,
@@ -165,7 +151,7 @@ def build_serialized_engine(
     if serialized is None:
         raise TimingError(f"TensorRT failed to build the engine: {_errors(trt, logger) or 'no details'}")
     if cache is not None:
-        _write_atomic(Path(timing_cache), bytes(config.get_timing_cache().serialize()))
+        atomic_write_bytes(Path(timing_cache), bytes(config.get_timing_cache().serialize()))
     return bytes(serialized)
 
 
