@@ -685,9 +685,14 @@ def search_command(
         err=True,
     )
     if strategy == "milp":
-        from zennas.search.milp_cli import run_milp
+        from zennas.search.run import run_milp
 
-        result = run_milp(problem, settings, out, workers=workers)
+        if resume:
+            raise click.UsageError("--strategy milp runs in one go (minutes); it has no --resume")
+        result = run_milp(
+            problem, settings, out, workers=workers, ray=ray_address is not None,
+            ray_address=None if ray_address in (None, "local") else ray_address,
+        )  # fmt: skip
     else:
         best = {"score": None}
 

@@ -19,7 +19,7 @@ from cli import main
 from zennas.counting import count
 from zennas.errors import ConfigError
 from zennas.latency.predict import predict
-from zennas.latency.shipped import table_for_gpu
+from zennas.latency.shipped import open_table, table_for_gpu
 from zennas.search.budget import Budgets, parse_count_budget, parse_latency_budget
 from zennas.search.evolution import Settings
 from zennas.search.problem import Problem, parse_proxy
@@ -316,3 +316,27 @@ def test_ray_missing_says_how_to_install(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ImportError
     with pytest.raises(DependencyError, match=r"pip install 'zennas\[ray\]'"):
         search(res_problem(), Settings(iterations=8, population=8, batch=4), tmp_path / "r", ray=True, plots=False)
+
+
+def test_cli_milp_strategy_on_binas(tmp_path):
+    out = tmp_path / "m"
+    result = CliRunner().invoke(main, ["search", "--space", "binas", "--table", "cpu-ort-fp32-b1", "--budget", "9ms",
+                                       "--proxy", "params", "--strategy", "milp", "--iterations", "400",
+                                       "--out", str(out)])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    data = json.loads((out / "result.json").read_text())
+    spec = Problem(space="binas", proxy=parse_proxy("params"), resolution=224, num_classes=1000).parse(data["arch"])
+    p = predict(spec, open_table("cpu-ort-fp32-b1"), resolution=224, num_classes=1000, batch_size=1)
+    assert p.latency_ms_per_image <= 9.0 and data["latency_ms_per_image"] == pytest.approx(p.latency_ms_per_image)
+    assert data["score"] == data["params"] == count(spec, resolution=224, num_classes=1000).params
+    assert data["proxy_evaluations"] == 400 and data["kendall_tau_heldout"] > 0.9
+    assert data["best_sample"]["score"] <= data["score"]  # the solver beats random search at equal cost
+    history = read_history(out / "history.jsonl")
+    assert len(history) == 400 and history[-1]["status"] == "solution"
+
+
+def test_cli_milp_needs_a_binas_like_space(tmp_path):
+    result = CliRunner().invoke(main, ["search", "--budget", "1ms", "--gpu", "V100", "--strategy", "milp",
+                                       "--proxy", "params", "--out", str(tmp_path / "x")])  # fmt: skip
+    assert result.exit_code != 0 and "strategy milp needs a space with per-stage depths" in result.output
+    assert "Traceback" not in result.output

@@ -715,11 +715,13 @@ def milp_search(
     macs_budget: float | None = None,
     params_budget: float | None = None,
     time_limit: float | None = None,
+    score_many: Callable[[Sequence[ArchSpec]], Sequence[float]] | None = None,
 ) -> MilpSearchResult:
     """Sample and score `samples` members, fit the estimator, solve exactly, score the winner (see module doc).
 
     The budget is in ms per batch at the latency table's batch (`batch_size`, default the table's
-    budget batch): the figure zennas.latency.predict.latency_ms_per_batch returns.
+    budget batch): the figure zennas.latency.predict.latency_ms_per_batch returns. `score_many`, when
+    given, scores the whole sample in one call (same values as `score_fn`, e.g. on worker processes).
     """
     space_layout(space)
     if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
@@ -737,7 +739,12 @@ def milp_search(
     rng = np.random.default_rng(seed)
     specs = [space.sample(rng) for _ in range(samples)]
     start = time.perf_counter()
-    scores = [_score(score_fn, spec) for spec in specs]
+    if score_many is not None:  # e.g. worker processes scoring the whole sample at once
+        scores = [
+            _score(lambda _, value=value: value, spec) for spec, value in zip(specs, score_many(specs), strict=True)
+        ]
+    else:
+        scores = [_score(score_fn, spec) for spec in specs]
     scoring = time.perf_counter() - start
     start = time.perf_counter()
     estimator = fit_estimator(space, specs, scores, heldout_fraction=heldout_fraction, ridge=ridge, seed=seed)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable
 from typing import Any
@@ -38,4 +39,90 @@ def search(
         scorer_map.close()
     result = write_outputs(run, state, plots=plots)
     result["workers"] = scorer_map.workers
+    return result
+
+
+def run_milp(
+    problem: Problem, settings: Settings, out: str | os.PathLike, *, workers: int = 1, ray: bool = False,
+    ray_address: str | None = None,
+) -> dict[str, Any]:  # fmt: skip
+    """BINAS-style exact search (zennas.search.milp) with `settings.iterations` proxy evaluations.
+
+    iterations - 1 seeded samples are scored (on the scorer map: serial, processes or Ray), a
+    bilinear estimator is fitted, the latency/MACs/params-constrained problem is solved exactly by
+    HiGHS, and the solution is scored: the same number of proxy evaluations as an evolution run of
+    `iterations`. Writes best.txt, result.json and history.jsonl (every sample, then the solution).
+    """
+    import time
+    from pathlib import Path
+
+    from zennas.errors import ConfigError, ProxyError
+    from zennas.io import atomic_write_json, atomic_write_text
+    from zennas.search import milp
+    from zennas.search.parallel import make_map
+    from zennas.search.report import _versions
+
+    b = problem.budgets
+    if problem.latency_table is None or b.latency_ms_per_image is None:
+        raise ConfigError(
+            "--strategy milp needs a latency budget and table, e.g. --budget 10ms --table cpu-ort-fp32-b1"
+        )
+    if b.max_layers is not None or b.convention != "correct":
+        raise ConfigError("--strategy milp takes latency, --flops-budget and --params-budget only (correct counts)")
+    if settings.iterations < 2:
+        raise ConfigError("--strategy milp needs --iterations of at least 2 (samples to fit, plus the solution)")
+    out = Path(out)
+    if (out / "result.json").exists() or (out / "history.jsonl").exists():
+        raise ConfigError(f"{out} already holds a search: choose another --out (a MILP run takes minutes to redo)")
+    space = problem.search_space
+    milp.space_layout(space)  # not a per-block/per-stage space: a clear error before any work
+    scorer_map = make_map(problem, workers=workers, ray=ray, ray_address=ray_address)
+    records: list[dict[str, Any]] = []
+
+    def score_many(specs: Any) -> list[float]:
+        values = []
+        for spec, scored in zip(specs, scorer_map([s.canonical for s in specs]), strict=True):
+            if scored.score is None:
+                raise ProxyError(f"the proxy cannot score sampled network {spec.canonical} ({scored.note})")
+            records.append({"it": len(records) + 1, "status": "scored", "hash": spec.hash, "arch": spec.canonical,
+                            "score": scored.score, "t_score_s": round(scored.seconds, 6)})  # fmt: skip
+            values.append(scored.score)
+        return values
+
+    batch = b.latency_batch_size or problem.latency_table.default_batch_size()
+    start = time.monotonic()
+    try:
+        found = milp.milp_search(
+            space, lambda spec: score_many([spec])[0], problem.latency_table, b.latency_ms_per_image * batch,
+            settings.iterations - 1, problem.seed, resolution=problem.resolution, num_classes=problem.num_classes,
+            batch_size=batch, use_se=problem.use_se, macs_budget=b.macs, params_budget=b.params, score_many=score_many,
+        )  # fmt: skip
+    finally:
+        scorer_map.close()
+    wall = time.monotonic() - start
+    records[-1]["status"] = "solution"
+    spec = found.spec
+    metrics, violated = problem.measure(spec)
+    if violated:
+        raise AssertionError(f"internal error: the MILP solution breaks the {violated[0]} budget; please report it")
+    result: dict[str, Any] = {
+        "arch": spec.canonical, "dialect": space.dialect, "hash": spec.hash, "space": problem.space,
+        "preset": problem.preset, "proxy": problem.to_dict()["proxy"], "strategy": "milp", "score": found.score,
+        "estimated_score": found.estimated_score, "kendall_tau_heldout": found.kendall_tau,
+        "latency_ms_per_image": metrics["latency_ms_per_image"], "latency_batch_size": batch,
+        "table": problem.latency_table.name, "macs": metrics["macs"], "params": metrics["params"],
+        "layers": metrics["layers"], "resolution": problem.resolution, "num_classes": problem.num_classes,
+        "budgets": b.to_dict(), "seed": problem.seed, "iterations": found.proxy_evaluations,
+        "proxy_evaluations": found.proxy_evaluations, "wall_time_s": wall,
+        "scoring_seconds": found.scoring_seconds, "fit_seconds": found.fit_seconds,
+        "solve_seconds": found.solve_seconds, "solver_status": found.solution.status,
+        "best_sample": None if found.best_sampled_spec is None else {
+            "arch": found.best_sampled_spec.canonical, "score": found.best_sampled_score},
+        "settings": settings.to_dict(), "problem": problem.to_dict(), "versions": _versions(),
+        "workers": scorer_map.workers,
+    }  # fmt: skip
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "history.jsonl", "".join(json.dumps(r) + "\n" for r in records))
+    atomic_write_text(out / "best.txt", spec.canonical + "\n")
+    atomic_write_json(out / "result.json", result)
     return result
