@@ -3,6 +3,7 @@
     python benchmarks/bench_search.py throughput [--iterations 96]
     python benchmarks/bench_search.py idw400m [--iterations 600] [--workers 2] [--proxy-batch-size 16]
                                               [--analytic-iterations 20000]
+    python benchmarks/bench_search.py milp [--evaluations 300] [--budget-ms 9] [--seeds 3] [--workers 2]
 
 throughput: the same zennas-res search (V100 table, 1 ms/image at batch 64) run serially and with
 2 workers, for a sampled proxy (zen) and a closed form (zen-analytic); candidates/s counts every
@@ -15,6 +16,12 @@ idw400m: zennas-idw with MACs <= 400M and <= 14 layers (REFERENCE 5.3's budget i
 for many more iterations, its winner then scored with the sampled Zen. Both winners and the published
 ZenNet-400M (SE off, as Zen-Score builds it) are scored with the same settings (224 px, batch
 `--proxy-batch-size`, seed 0, 1 thread), so the comparison is like for like.
+
+milp: the binas space under a CPU-table latency budget (ms per image at batch 1): the BINAS-style
+exact solver (`--strategy milp`: evaluations - 1 samples, fit, solve, score the solution) against
+evolution and random sampling, each with the same number of proxy evaluations (evolution and random
+count the scored seed, so they get evaluations - 1 children that reach the proxy at most), for
+the params proxy (whose optimum the solver can reach exactly) and the sampled Zen-Score.
 """
 
 from __future__ import annotations
@@ -121,6 +128,43 @@ def idw400m(args: argparse.Namespace) -> None:
     append_result("bench_search idw400m - zennas-idw, 400M MACs, <= 14 layers, vs published ZenNet-400M", table_md)
 
 
+def milp_vs_evolution(args: argparse.Namespace) -> None:
+    from zennas.search.run import run_milp
+
+    budgets = Budgets(latency_ms_per_image=args.budget_ms, latency_batch_size=1)
+    rows = []
+    for proxy, batch, seeds in (("params", None, args.seeds), ("zen", 8, 1)):
+        for seed in range(seeds):
+            problem = Problem(
+                space="binas", proxy=parse_proxy(proxy), resolution=224, num_classes=1000, table="cpu-ort-fp32-b1",
+                budgets=budgets, proxy_batch_size=batch, seed=seed,
+            )  # fmt: skip
+            found = {}
+            with tempfile.TemporaryDirectory() as tmp:
+                settings = Settings(iterations=args.evaluations, population=64, batch=16)
+                found["milp"] = run_milp(problem, settings, Path(tmp) / "milp", workers=args.workers)
+                for strategy in ("evolution", "random"):
+                    # the seed counts as one evaluation: evaluations - 1 children
+                    s = Settings(iterations=args.evaluations - 1, population=64, batch=16, strategy=strategy)
+                    found[strategy] = search(problem, s, Path(tmp) / strategy, workers=args.workers, plots=False)
+            m, evo = found["milp"], found["evolution"]
+            rows.append(
+                f"| {proxy} | {seed} | {args.evaluations} | {m['score']:.6g} (tau {m['kendall_tau_heldout']:.3f}, "
+                f"{m['wall_time_s']:.0f} s) | {evo['score']:.6g} ({evo['wall_time_s']:.0f} s)"
+                f" | {found['random']['score']:.6g} | {m['best_sample']['score']:.6g} |"
+            )
+            print(rows[-1], flush=True)
+    head = (
+        f"binas, latency <= {args.budget_ms} ms/image (cpu-ort-fp32-b1, batch 1); every method gets "
+        f"{args.evaluations} proxy evaluations; {args.workers} worker(s); zen at batch 8, 224 px\n\n"
+        "| proxy | seed | evaluations | MILP score (held-out tau, wall) | evolution score (wall) | random search | "
+        "best of the MILP's own samples |\n|---|---|---|---|---|---|---|"
+    )
+    table_md = head + "\n" + "\n".join(rows)
+    print(table_md)
+    append_result("bench_search milp - BINAS-style exact solver vs evolution at equal proxy evaluations", table_md)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="what", required=True)
@@ -131,9 +175,14 @@ def main() -> None:
     i.add_argument("--analytic-iterations", type=int, default=20000)
     i.add_argument("--workers", type=int, default=2)
     i.add_argument("--proxy-batch-size", type=int, default=16)
+    m = sub.add_parser("milp")
+    m.add_argument("--evaluations", type=int, default=300)
+    m.add_argument("--budget-ms", type=float, default=9.0)
+    m.add_argument("--seeds", type=int, default=3)
+    m.add_argument("--workers", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(1)
-    {"throughput": throughput, "idw400m": idw400m}[args.what](args)
+    {"throughput": throughput, "idw400m": idw400m, "milp": milp_vs_evolution}[args.what](args)
 
 
 if __name__ == "__main__":
