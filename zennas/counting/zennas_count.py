@@ -7,6 +7,7 @@ convention (REFERENCE 2.2, for reproducing published budgets) are both sums over
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import NamedTuple
 
 from zennas.arch import ArchSpec
@@ -192,6 +193,22 @@ def _se_flag(use_se: bool | None) -> bool:
     return bool(use_se)
 
 
+@lru_cache(maxsize=200_000)
+def _block_counts(block: ZenConv | ZenRes, side: int, se: bool) -> tuple[int, int, float, int, int]:
+    """(params, MACs, repo FLOPs, repo params, output side) of one super-block at input side `side`.
+
+    Memoised: blocks are frozen and hashable, and a search counts mostly unchanged blocks.
+    """
+    units = zen_units(block, side, se)
+    return (
+        sum(unit_params(u) for u in units),
+        sum(unit_macs(u) for u in units),
+        sum(unit_repo_flops(u) for u in units),
+        sum(unit_repo_params(u) for u in units),
+        units[-1].out_side,
+    )
+
+
 @register_counter("zennas-v1")
 def count_zennas(
     spec: ArchSpec, *, resolution: int, num_classes: int, use_se: bool | None, convention: str
@@ -204,12 +221,10 @@ def count_zennas(
     blocks: list[BlockCount] = []
     repo_flops, repo_params = 0.0, 0
     for block in spec.blocks:
-        units = zen_units(block, side, se)
-        params = sum(unit_params(u) for u in units)
-        macs = sum(unit_macs(u) for u in units)
-        repo_flops += sum(unit_repo_flops(u) for u in units)
-        repo_params += sum(unit_repo_params(u) for u in units)
-        side, stride = units[-1].out_side, stride * block.stride
+        params, macs, flops, conv_params, side = _block_counts(block, side, se)
+        repo_flops += flops
+        repo_params += conv_params
+        stride *= block.stride
         blocks.append(BlockCount(block.name, params, macs, block.out_channels, side, stride))
     c_last = spec.blocks[-1].out_channels
     head_params, head_macs = linear_head(c_last, num_classes)

@@ -215,6 +215,7 @@ class Evolution:
         self.out = Path(out)
         self.map = scorer_map
         self.history_path = self.out / "history.jsonl"
+        self._specs: dict[str, ArchSpec] = {}  # parsed population members (parents), by canonical text
         self.state_path = self.out / "checkpoint.json"
 
     # -- state -----------------------------------------------------------------------------------
@@ -325,7 +326,7 @@ class Evolution:
         to_score: list[str] = []
         pending: list[tuple[int, ArchSpec, dict[str, Any]]] = []
         parents = list(state.population)
-        seed_spec = problem.parse(state.seed_member.arch)
+        seed_spec = self._parsed(state.seed_member.arch)
         batch_seen: set[str] = set()
         for _ in range(min(s.batch, s.iterations - state.iteration)):
             state.iteration += 1
@@ -335,7 +336,7 @@ class Evolution:
             elif len(parents) <= SEED_PARENT_BELOW:
                 parent, draws = seed_spec, 1
             else:
-                parent, draws = problem.parse(parents[int(rng.integers(len(parents)))].arch), 2
+                parent, draws = self._parsed(parents[int(rng.integers(len(parents)))].arch), 2
             child = self._child(parent, draws, rng)
             tries = 0
             while (child.hash in state.seen or child.hash in batch_seen) and tries < s.retries:
@@ -360,6 +361,12 @@ class Evolution:
             pending.append((it, child, metrics))
         return lines, to_score, pending
 
+    def _parsed(self, arch: str) -> ArchSpec:
+        spec = self._specs.get(arch)
+        if spec is None:
+            spec = self._specs[arch] = self.problem.parse(arch)
+        return spec
+
     def _child(self, parent: ArchSpec | None, draws: int, rng: np.random.Generator) -> ArchSpec:
         if parent is None:
             return self.problem.search_space.sample(rng)
@@ -375,6 +382,7 @@ class Evolution:
             return {**record, "status": "degenerate", "note": scored.note}
         state.counts["scored"] += 1
         state.population.append(Member(spec.canonical, spec.hash, scored.score, it, metrics, scored.values))
+        self._specs[spec.canonical] = spec
         return {**record, "status": "scored", "score": scored.score, "values": scored.values}
 
     def _prune(self, state: State) -> None:
@@ -385,6 +393,9 @@ class Evolution:
                 range(len(state.population)), key=lambda i: (state.population[i].score, -state.population[i].iteration)
             )
             drop = set(order[:excess])
+            for i in drop:
+                if state.population[i].arch != state.seed_member.arch:
+                    self._specs.pop(state.population[i].arch, None)
             state.population = [m for i, m in enumerate(state.population) if i not in drop]
 
     def _rescore(self, state: State) -> list[dict[str, Any]]:
