@@ -1,0 +1,1 @@
+"""Trainers: a shared recipe (schedule, EMA, mixup, distillation, checkpoints) and task plug-ins."""
