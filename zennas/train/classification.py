@@ -1,0 +1,522 @@
+"""Image-classification training: the standard recipe, distillation, exact resume and DDP.
+
+Recipe: SGD (Nesterov, momentum 0.9) or AdamW without weight decay on norms and biases; linear
+warm-up then cosine decay, set per step as a pure function of the step (no scheduler state);
+label smoothing; mixup/cutmix; an EMA of the weights (both evaluated, the EMA's figures reported);
+AMP and channels_last only on CUDA; optional gradient clipping; optional distillation from a
+teacher (KL on softened logits plus MSE between pre-pool feature maps, as Zen-NAS trains its nets).
+
+Exact resume: every random draw of epoch E (shuffling, augmentation, mixup) comes from generators
+seeded with (seed, E, rank), and the checkpoint written after each epoch holds the weights, the
+EMA, the optimizer and the AMP scaler. So a run interrupted after any epoch and resumed with the
+same settings ends with the same weights and metrics as one that was never interrupted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from zennas.errors import ConfigError
+from zennas.io import atomic_write_json, atomic_write_text
+from zennas.train.checkpoint import SIDECAR, load_checkpoint, load_weights, read_sidecar, save_checkpoint, save_weights
+from zennas.train.data import load_classification_data, make_loader
+
+OPTIMIZERS = ("sgd", "adamw")
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+# Settings that may differ between an interrupted run and its resumption (they do not change results).
+_RESUME_FREE = ("out", "resume", "device", "workers")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Every setting of a classification run (None = derived: see `train_classification`)."""
+
+    data: str
+    out: str
+    arch: str | None = None
+    run: str | None = None  # a search's --out folder: arch, dialect and resolution from result.json
+    dialect: str | None = None
+    epochs: int = 10
+    batch_size: int = 128
+    resolution: int | None = None
+    lr: float | None = None  # default: 0.1 x batch/256 for SGD, 1e-3 x batch/256 for AdamW
+    optimizer: str = "sgd"
+    weight_decay: float | None = None  # default: 5e-4 for SGD, 0.05 for AdamW
+    warmup_epochs: float = 1.0
+    min_lr: float = 0.0
+    label_smoothing: float = 0.1
+    mixup: float = 0.0  # Beta(alpha, alpha); 0 = off
+    cutmix: float = 0.0
+    ema_decay: float = 0.9998  # 0 = no EMA
+    grad_clip: float = 0.0  # max gradient norm; 0 = off
+    amp: str = "bf16"  # "bf16", "fp16" or "off"; CUDA only
+    channels_last: bool = True  # CUDA only
+    hflip: float = 0.5
+    teacher: str | None = None  # a training --out folder, a weights .safetensors with its .json, or an ARCH
+    teacher_weights: str | None = None  # weights for a teacher given as ARCH
+    kd_alpha: float = 0.5  # weight of the KL term (1 - kd_alpha on the label loss)
+    kd_temperature: float = 4.0
+    kd_feature_weight: float = 1.0
+    seed: int = 0
+    device: str | None = None  # default: cuda if available, else cpu
+    workers: int = 0
+    resume: bool = False
+
+    def __post_init__(self) -> None:
+        if (self.arch is None) == (self.run is None):
+            raise ConfigError("give exactly one of --arch ARCH or --run DIR (a search's --out folder)")
+        if self.optimizer not in OPTIMIZERS:
+            raise ConfigError(f"unknown optimizer {self.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
+        if self.amp not in (*AMP_DTYPES, "off"):
+            raise ConfigError(f"unknown AMP mode {self.amp!r}; choose bf16, fp16 or off")
+        for name in ("epochs", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.resolution is not None and self.resolution < 8:
+            raise ConfigError(f"resolution must be at least 8 pixels, got {self.resolution}")
+        if not 0 <= self.ema_decay < 1:
+            raise ConfigError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
+        if not 0 <= self.kd_alpha <= 1 or self.kd_temperature <= 0:
+            raise ConfigError("kd_alpha must be in [0, 1] and kd_temperature positive")
+        if min(self.mixup, self.cutmix, self.label_smoothing, self.grad_clip, self.warmup_epochs, self.min_lr) < 0:
+            raise ConfigError("mixup, cutmix, label_smoothing, grad_clip, warmup_epochs and min_lr must be >= 0")
+
+    def settings(self) -> dict[str, Any]:
+        """The settings that fix the result (JSON-able), as stored in checkpoints."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in _RESUME_FREE}
+
+
+# ----------------------------------------------------------------------------------------------
+# Pieces of the recipe
+
+
+def lr_at(step: int, *, total: int, warmup: int, base: float, minimum: float) -> float:
+    """Linear warm-up over `warmup` steps, then cosine from `base` to `minimum` at `total`."""
+    if step < warmup:
+        return base * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return minimum + 0.5 * (base - minimum) * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def soft_targets(labels: torch.Tensor, num_classes: int, smoothing: float) -> torch.Tensor:
+    """One-hot labels with label smoothing: [B] -> [B, num_classes]."""
+    off = smoothing / num_classes
+    y = torch.full((labels.shape[0], num_classes), off, device=labels.device)
+    return y.scatter_(1, labels[:, None], 1.0 - smoothing + off)
+
+
+def mix_batch(
+    x: torch.Tensor, y: torch.Tensor, rng: np.random.Generator, *, mixup: float, cutmix: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mixup or cutmix (half the batches each when both are on) with the batch reversed as partner."""
+    if mixup <= 0 and cutmix <= 0:
+        return x, y
+    use_cutmix = cutmix > 0 and (mixup <= 0 or rng.random() < 0.5)
+    lam = float(rng.beta(cutmix, cutmix) if use_cutmix else rng.beta(mixup, mixup))
+    if use_cutmix:
+        h, w = x.shape[-2:]
+        cut_h, cut_w = int(h * math.sqrt(1 - lam)), int(w * math.sqrt(1 - lam))
+        cy, cx = int(rng.integers(h)), int(rng.integers(w))
+        y0, y1 = max(cy - cut_h // 2, 0), min(cy + cut_h // 2, h)
+        x0, x1 = max(cx - cut_w // 2, 0), min(cx + cut_w // 2, w)
+        x = x.clone()
+        x[..., y0:y1, x0:x1] = x.flip(0)[..., y0:y1, x0:x1]
+        lam = 1 - (y1 - y0) * (x1 - x0) / (h * w)  # the box was clipped at the border
+    else:
+        x = lam * x + (1 - lam) * x.flip(0)
+    return x, lam * y + (1 - lam) * y.flip(0)
+
+
+class ModelEma:
+    """Exponential moving average of a model's weights; buffers (BN statistics) are copied."""
+
+    def __init__(self, model: nn.Module, decay: float):
+        self.module = copy.deepcopy(model).eval().requires_grad_(False)
+        self.decay = decay
+
+    @torch.no_grad()
+    def update(self, model: nn.Module, step: int) -> None:
+        """Blend in `model`; the decay ramps up over the first steps so short runs still track."""
+        decay = min(self.decay, (1 + step) / (10 + step))
+        for ema_v, v in zip(self.module.state_dict().values(), model.state_dict().values(), strict=True):
+            if ema_v.dtype.is_floating_point:
+                ema_v.mul_(decay).add_(v.detach(), alpha=1 - decay)
+            else:
+                ema_v.copy_(v)
+
+
+class _Student(nn.Module):
+    """The network plus the distillation adapter; forward -> (logits [B, K], features [B, C', H, W])."""
+
+    def __init__(self, net: nn.Module, adapter: nn.Module | None):
+        super().__init__()
+        self.net = net
+        self.adapter = adapter
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if self.adapter is None:
+            return self.net(x), None
+        features = self.net.forward_features(x)  # [B, C, H, W]
+        return self.net.head(features), self.adapter(features)
+
+
+def _has_features(net: nn.Module) -> bool:
+    return hasattr(net, "forward_features") and getattr(net, "head", None) is not None
+
+
+# ----------------------------------------------------------------------------------------------
+# Architecture, teacher and devices
+
+
+def _resolve_architecture(config: TrainConfig) -> tuple[Any, Any, int, bool | None]:
+    """(spec, entry, resolution, use_se) from --arch or --run."""
+    from zennas.api import settings_for
+    from zennas.models import resolve_arch
+
+    if config.run is not None:
+        path = Path(config.run) / "result.json"
+        try:
+            result = json.loads(path.read_text(encoding="utf-8"))
+            text, dialect = result["arch"], result.get("dialect")
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            raise ConfigError(f"--run {config.run!r} holds no readable result.json with an arch ({error})") from None
+        spec, entry = resolve_arch(text, config.dialect or dialect)
+        resolution = config.resolution or result.get("resolution")
+    else:
+        spec, entry = resolve_arch(config.arch, config.dialect)
+        resolution = config.resolution
+    resolution, _, use_se = settings_for(spec, entry, resolution)
+    return spec, entry, resolution, use_se
+
+
+def _build(spec: Any, num_classes: int, use_se: bool | None) -> nn.Module:
+    from zennas.build import BuildOptions, build
+
+    return build(spec, BuildOptions(num_classes=num_classes, use_se=use_se))
+
+
+def load_teacher(teacher: str, weights: str | None, num_classes: int) -> tuple[nn.Module, str]:
+    """A frozen teacher from a training --out folder, a model.safetensors (+ .json) or ARCH + weights."""
+    from zennas.api import settings_for
+    from zennas.models import resolve_arch
+
+    path = Path(teacher)
+    if path.is_dir():
+        path = path / "model.safetensors"
+    if path.suffix == ".safetensors":
+        sidecar = path.with_suffix(".json")
+        try:
+            meta = json.loads(sidecar.read_text(encoding="utf-8"))
+            text, dialect, use_se = meta["arch"], meta["dialect"], meta.get("use_se")
+        except (OSError, ValueError, KeyError, TypeError):
+            raise ConfigError(
+                f"teacher {teacher!r}: no readable {sidecar.name} next to the weights; give the training --out folder"
+            ) from None
+        weights, (spec, _) = str(path), resolve_arch(text, dialect)
+    else:
+        if weights is None:
+            raise ConfigError(f"teacher {teacher!r} has no weights; pass --teacher-weights FILE.safetensors")
+        spec, entry = resolve_arch(teacher)
+        use_se = settings_for(spec, entry)[2]
+    net = _build(spec, num_classes, use_se)
+    load_weights(weights, net, spec.canonical)
+    if not _has_features(net):
+        raise ConfigError(f"teacher {teacher!r} does not expose pre-pool features; distillation needs a zennas network")
+    return net.eval().requires_grad_(False), spec.canonical
+
+
+@dataclass
+class _Dist:
+    world: int = 1
+    rank: int = 0
+    local_rank: int = 0
+    created: bool = False
+
+
+def _distributed(device_name: str | None) -> tuple[_Dist, torch.device]:
+    """Join the torchrun process group (gloo on CPU, nccl on CUDA) when WORLD_SIZE > 1."""
+    dist = _Dist(int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0")),
+                 int(os.environ.get("LOCAL_RANK", "0")))  # fmt: skip
+    if device_name is None:
+        device_name = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(device_name)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device {device_name!r} requested but CUDA is not available; use --device cpu")
+        if dist.world > 1 and device.index is None:
+            device = torch.device("cuda", dist.local_rank)
+    if dist.world > 1:
+        import torch.distributed as td
+
+        if not td.is_initialized():
+            td.init_process_group("nccl" if device.type == "cuda" else "gloo")
+            dist.created = True
+    return dist, device
+
+
+# ----------------------------------------------------------------------------------------------
+# The loop
+
+
+@torch.no_grad()
+def evaluate(net: nn.Module, loader: Any, device: torch.device, autocast: Any, channels_last: bool) -> dict[str, float]:
+    """Top-1/top-5 accuracy (percent) and mean cross-entropy of `net` on `loader`."""
+    net.eval()
+    correct1 = correct5 = seen = 0
+    loss = 0.0
+    for x, y in loader:
+        x, y = x.to(device), y.to(device)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with autocast():
+            logits = net(x).float()  # [B, K]
+        loss += F.cross_entropy(logits, y, reduction="sum").item()
+        top = logits.topk(min(5, logits.shape[1]), dim=1).indices  # [B, 5]
+        hit = top == y[:, None]
+        correct1 += hit[:, 0].sum().item()
+        correct5 += hit.any(dim=1).sum().item()
+        seen += y.shape[0]
+    return {"top1": 100.0 * correct1 / seen, "top5": 100.0 * correct5 / seen, "loss": loss / seen}
+
+
+StepHook = Callable[[int, int, int, float], None]  # (epoch, step, steps, loss)
+EpochHook = Callable[[dict[str, Any]], None]
+
+
+def train_classification(
+    config: TrainConfig, *, on_step: StepHook | None = None, on_epoch: EpochHook | None = None
+) -> dict[str, Any]:
+    """Train, checkpoint every epoch in `config.out`, write metrics.jsonl/metrics.json; return metrics.json's content.
+
+    `on_step` and `on_epoch` are called on rank 0 only; `on_epoch` runs after the epoch's
+    checkpoint is on disk (an exception there interrupts the run at a resumable point).
+    """
+    dist, device = _distributed(config.device)
+    cuda = device.type == "cuda"
+    devices = [device.index or 0] if cuda else []
+    try:
+        with torch.random.fork_rng(devices=devices):  # leave the caller's global RNG as it was
+            return _train(config, dist, device, cuda, on_step, on_epoch)
+    finally:
+        if dist.created:
+            import torch.distributed as td
+
+            td.destroy_process_group()
+
+
+def _train(config: TrainConfig, dist: _Dist, device: torch.device, cuda: bool, on_step, on_epoch) -> dict[str, Any]:
+    from zennas.counting import count
+
+    out = Path(config.out)
+    main = dist.rank == 0
+    spec, _, resolution, use_se = _resolve_architecture(config)
+    data = load_classification_data(config.data, resolution, hflip=config.hflip)
+    num_classes = len(data.classes)
+    if num_classes < 2:
+        raise ConfigError(f"the dataset in {config.data!r} has {num_classes} class; classification needs at least 2")
+
+    torch.manual_seed(config.seed)
+    net = _build(spec, num_classes, use_se)
+    teacher = adapter = None
+    if config.teacher is not None:
+        teacher, _ = load_teacher(config.teacher, config.teacher_weights, num_classes)
+        if not _has_features(net):
+            raise ConfigError("distillation needs a student that exposes pre-pool features (a zennas network)")
+        with torch.no_grad():
+            probe = torch.zeros(1, 3, resolution, resolution)
+            c_student = net.eval().forward_features(probe).shape[1]
+            c_teacher = teacher.forward_features(probe).shape[1]
+        adapter = nn.Conv2d(c_student, c_teacher, 1, bias=False) if c_student != c_teacher else nn.Identity()
+        teacher.to(device)
+    channels_last = config.channels_last and cuda
+    memory = torch.channels_last if channels_last else torch.contiguous_format
+    student = _Student(net, adapter).to(device, memory_format=memory)
+    if teacher is not None:
+        teacher.to(memory_format=memory)
+    ema = ModelEma(net, config.ema_decay) if config.ema_decay > 0 else None
+
+    batch_per_rank = max(1, config.batch_size // dist.world)
+    lr = config.lr if config.lr is not None else (0.1 if config.optimizer == "sgd" else 1e-3) * config.batch_size / 256
+    wd = config.weight_decay if config.weight_decay is not None else (5e-4 if config.optimizer == "sgd" else 0.05)
+    decay = [p for p in student.parameters() if p.ndim > 1]
+    no_decay = [p for p in student.parameters() if p.ndim <= 1]  # BatchNorm and biases
+    groups = [{"params": decay, "weight_decay": wd}, {"params": no_decay, "weight_decay": 0.0}]
+    if config.optimizer == "sgd":
+        optimizer: torch.optim.Optimizer = torch.optim.SGD(groups, lr=lr, momentum=0.9, nesterov=True)
+    else:
+        optimizer = torch.optim.AdamW(groups, lr=lr)
+    amp = cuda and config.amp != "off"
+    scaler = torch.amp.GradScaler("cuda", enabled=amp and config.amp == "fp16")
+
+    def autocast():
+        return torch.autocast("cuda", dtype=AMP_DTYPES[config.amp]) if amp else contextlib.nullcontext()
+
+    settings = config.settings()
+    start, history = 0, []
+    has_checkpoint = (out / SIDECAR).is_file()
+    if has_checkpoint and not config.resume:
+        raise ConfigError(f"{str(out)!r} already holds a training checkpoint; pass --resume or choose another --out")
+    if config.resume and has_checkpoint:
+        saved = read_sidecar(out)
+        changed = sorted(k for k in set(settings) | set(saved.get("settings", {}))
+                         if settings.get(k) != saved.get("settings", {}).get(k))  # fmt: skip
+        if changed:
+            raise ConfigError(
+                f"cannot resume {str(out)!r} with different settings ({', '.join(changed)}); "
+                "rerun with the original settings or choose another --out"
+            )
+        info = load_checkpoint(out, model=net, optimizer=optimizer, arch=spec.canonical,
+                               ema=ema.module if ema else None, extra=adapter)  # fmt: skip
+        if info.get("scaler"):
+            scaler.load_state_dict(info["scaler"])
+        start, history = info["epoch"], info["history"]
+
+    model: nn.Module = student
+    train_sampler = None
+    if dist.world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+        from torch.utils.data.distributed import DistributedSampler
+
+        model = DistributedDataParallel(student, device_ids=[device.index] if cuda else None)
+        train_sampler = DistributedSampler(data.train, num_replicas=dist.world, rank=dist.rank, shuffle=True,
+                                           seed=config.seed, drop_last=True)  # fmt: skip
+    loader_gen = torch.Generator()
+    train_loader = make_loader(data.train, batch_size=batch_per_rank, train=True, generator=loader_gen,
+                               workers=config.workers, sampler=train_sampler, pin_memory=cuda)  # fmt: skip
+    # Every rank evaluates the whole val set: exact figures without the padding DistributedSampler adds.
+    val_loader = make_loader(data.val, batch_size=batch_per_rank, train=False, generator=torch.Generator(),
+                             workers=config.workers, pin_memory=cuda)  # fmt: skip
+    steps = len(train_loader)
+    if steps == 0:
+        raise ConfigError(
+            f"train/ holds fewer images ({len(data.train)}) than one batch per process; lower --batch-size"
+        )
+    total, warmup = config.epochs * steps, round(config.warmup_epochs * steps)
+
+    base_info = {
+        "arch": spec.canonical, "dialect": spec.dialect, "num_classes": num_classes, "resolution": resolution,
+        "use_se": use_se, "classes": data.classes, "layout": data.layout, "settings": settings,
+        "world_size": dist.world,
+    }  # fmt: skip
+    for epoch in range(start, config.epochs):
+        started = time.monotonic()
+        # Everything random in this epoch follows from (seed, epoch, rank): resuming replays it exactly.
+        torch.manual_seed(config.seed * 100_003 + epoch * 1_009 + dist.rank)
+        loader_gen.manual_seed(config.seed * 100_003 + epoch)
+        if train_sampler is not None:
+            train_sampler.set_epoch(epoch)
+        mix_rng = np.random.default_rng([config.seed, epoch, dist.rank])
+        student.train()
+        loss_sum = torch.zeros((), device=device)
+        for step, (x, y) in enumerate(train_loader):
+            global_step = epoch * steps + step
+            for group in optimizer.param_groups:
+                group["lr"] = lr_at(global_step, total=total, warmup=warmup, base=lr, minimum=config.min_lr)
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            x, target = mix_batch(x, soft_targets(y, num_classes, config.label_smoothing), mix_rng,
+                                  mixup=config.mixup, cutmix=config.cutmix)  # fmt: skip
+            with autocast():
+                logits, features = model(x)  # [B, K], [B, C_teacher, H, W] or None
+                logits = logits.float()
+                loss = torch.sum(-target * F.log_softmax(logits, dim=1), dim=1).mean()
+                if teacher is not None:
+                    with torch.no_grad():
+                        t_features = teacher.forward_features(x)  # [B, C_teacher, H', W']
+                        t_logits = teacher.head(t_features).float()
+                    temp = config.kd_temperature
+                    kl = F.kl_div(F.log_softmax(logits / temp, 1), F.softmax(t_logits / temp, 1),
+                                  reduction="batchmean") * temp**2  # fmt: skip
+                    side = min(features.shape[-1], t_features.shape[-1])
+                    mimic = F.mse_loss(F.adaptive_avg_pool2d(features.float(), side),
+                                       F.adaptive_avg_pool2d(t_features.float(), side))  # fmt: skip
+                    loss = (1 - config.kd_alpha) * loss + config.kd_alpha * kl + config.kd_feature_weight * mimic
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            if config.grad_clip > 0:
+                scaler.unscale_(optimizer)
+                nn.utils.clip_grad_norm_(student.parameters(), config.grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
+            if ema is not None:
+                ema.update(net, global_step)
+            loss_sum += loss.detach()
+            if main and on_step is not None:
+                on_step(epoch + 1, step + 1, steps, loss.item())
+        train_loss = float(loss_sum) / steps  # checked once per epoch: a per-step check would sync the GPU
+        if not math.isfinite(train_loss):
+            raise ConfigError(f"the training loss became {train_loss} in epoch {epoch + 1}; lower --lr")
+        if dist.world > 1:
+            import torch.distributed as td
+
+            mean = torch.tensor([train_loss], device=device)
+            td.all_reduce(mean)
+            train_loss = float(mean) / dist.world
+        val = evaluate(net, val_loader, device, autocast, channels_last)
+        ema_val = evaluate(ema.module, val_loader, device, autocast, channels_last) if ema else None
+        record = {
+            "epoch": epoch + 1,
+            "lr": optimizer.param_groups[0]["lr"],
+            "train_loss": train_loss,
+            "val_loss": val["loss"],
+            "top1": val["top1"],
+            "top5": val["top5"],
+            "ema_top1": ema_val["top1"] if ema_val else None,
+            "ema_top5": ema_val["top5"] if ema_val else None,
+            "seconds": time.monotonic() - started,
+        }
+        history.append(record)
+        if main:
+            save_checkpoint(out, epoch=epoch + 1, model=net, optimizer=optimizer, ema=ema.module if ema else None,
+                            extra=adapter, info={**base_info, "scaler": scaler.state_dict() if scaler.is_enabled()
+                                                 else None, "history": history})  # fmt: skip
+            atomic_write_text(out / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in history))
+            if on_epoch is not None:
+                on_epoch(record)
+
+    final = history[-1]
+    key = "ema_" if ema is not None else ""
+    cx = count(spec, resolution=resolution, num_classes=num_classes, use_se=use_se)
+    metrics = {
+        "top1": final[f"{key}top1"],
+        "top5": final[f"{key}top5"],
+        "model_top1": final["top1"],
+        "model_top5": final["top5"],
+        "reported": "ema" if ema is not None else "model",
+        "best_top1": max(r[f"{key}top1"] for r in history),
+        "epochs": len(history),
+        "train_loss": final["train_loss"],
+        "params": cx.params,
+        "macs": cx.macs,
+        "arch": spec.canonical,
+        "dialect": spec.dialect,
+        "resolution": resolution,
+        "num_classes": num_classes,
+        "train_images": len(data.train),
+        "val_images": len(data.val),
+        "seconds": sum(r["seconds"] for r in history),
+    }
+    if main:
+        weights = ema.module if ema is not None else net
+        sidecar = {**base_info, "weights": metrics["reported"], "top1": metrics["top1"], "top5": metrics["top5"]}
+        save_weights(out / "model.safetensors", weights, sidecar)
+        atomic_write_json(out / "metrics.json", metrics)
+    return metrics
+
+
+__all__ = ["TrainConfig", "evaluate", "load_teacher", "lr_at", "mix_batch", "soft_targets", "train_classification"]

@@ -1,0 +1,171 @@
+"""Classification data: an ImageFolder pair (DIR/train, DIR/val) or a CIFAR python-pickle folder.
+
+CIFAR files are pickles (their published format, read by torchvision): only open data you trust.
+
+Class indices always follow train/'s sorted class list, so a val/ folder holding only some of the
+classes still gets the right labels; a val/ class unknown to train/ is an error.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from zennas.errors import ConfigError, DependencyError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+SMALL_IMAGE = 64  # at or below this side, pad-and-crop (CIFAR recipe) instead of RandomResizedCrop
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+CIFAR_FOLDERS = {"cifar-10-batches-py": "CIFAR10", "cifar-100-python": "CIFAR100"}
+
+
+@dataclass
+class ClassificationData:
+    """The two splits, the class names (index order) and the layout they were read from."""
+
+    train: Dataset
+    val: Dataset
+    classes: list[str]
+    layout: str  # "imagefolder", "cifar10" or "cifar100"
+
+
+def _torchvision():
+    try:
+        import torchvision
+    except ImportError:
+        raise DependencyError("training needs torchvision; install it with `pip install torchvision==0.29.1`") from None
+    return torchvision
+
+
+def build_transforms(resolution: int, *, train: bool, hflip: float = 0.5):
+    """torchvision transforms: random crop + flip for training, resize + centre crop for evaluation."""
+    t = _torchvision().transforms
+    if train:
+        if resolution <= SMALL_IMAGE:
+            crop = [t.Resize(resolution), t.RandomCrop(resolution, padding=max(1, resolution // 8))]
+        else:
+            crop = [t.RandomResizedCrop(resolution)]
+        flip = [t.RandomHorizontalFlip(hflip)] if hflip > 0 else []
+        steps = [*crop, *flip]
+    else:
+        # Large images: resize to side/0.875 then crop the centre, as ImageNet evaluation does.
+        side = resolution if resolution <= SMALL_IMAGE else round(resolution / 0.875)
+        steps = [t.Resize(side), t.CenterCrop(resolution)]
+    return t.Compose([*steps, t.ToTensor(), t.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+
+
+def _class_dirs(split: Path) -> list[str]:
+    return sorted(e.name for e in os.scandir(split) if e.is_dir() and not e.name.startswith("."))
+
+
+def _find_cifar(root: Path) -> tuple[Path, str] | None:
+    """(folder torchvision's CIFAR class takes as `root`, class name) if `root` holds a CIFAR pickle set."""
+    for folder, name in CIFAR_FOLDERS.items():
+        if (root / folder).is_dir():
+            return root, name
+        if root.name == folder:
+            return root.parent, name
+    return None
+
+
+def load_classification_data(data_dir: str | os.PathLike, resolution: int, *, hflip: float = 0.5) -> ClassificationData:
+    """Read DIR/train and DIR/val (ImageFolder layout) or a CIFAR-10/100 python folder, with transforms."""
+    root = Path(data_dir)
+    if not root.is_dir():
+        raise ConfigError(f"dataset folder {str(root)!r} not found; --data must hold train/ and val/ class folders")
+    tv = _torchvision()
+    cifar = _find_cifar(root)
+    if cifar is not None:
+        cifar_root, name = cifar
+        base = getattr(tv.datasets, name)
+        # Same layout, no md5 check: a CIFAR-style set (a subset, a relabelling) is welcome too.
+        cls = type(name, (base,), {
+            "train_list": [[f, None] for f, _ in base.train_list],
+            "test_list": [[f, None] for f, _ in base.test_list],
+            "meta": {**base.meta, "md5": None},
+        })  # fmt: skip
+        try:
+            train = cls(
+                cifar_root, train=True, download=False, transform=build_transforms(resolution, train=True, hflip=hflip)
+            )
+            val = cls(cifar_root, train=False, download=False, transform=build_transforms(resolution, train=False))
+        except (RuntimeError, OSError, EOFError, KeyError, ValueError, pickle.UnpicklingError) as error:
+            raise ConfigError(
+                f"cannot read the {name} files in {str(root)!r}: {' '.join(str(error).split())}"
+            ) from None
+        return ClassificationData(train, val, list(train.classes), name.lower())
+    missing = [s for s in ("train", "val") if not (root / s).is_dir()]
+    if missing:
+        raise ConfigError(
+            f"unknown dataset format in {str(root)!r}: no {' or '.join(s + '/' for s in missing)} folder; expected "
+            "train/ and val/ with one sub-folder per class (ImageFolder), or a cifar-10-batches-py or "
+            "cifar-100-python folder"
+        )
+    classes = _class_dirs(root / "train")
+    if not classes:
+        raise ConfigError(f"{str(root / 'train')!r} holds no class folders; put each class's images in train/CLASS/")
+    val_classes = _class_dirs(root / "val")
+    unknown = [c for c in val_classes if c not in classes]
+    if unknown:
+        raise ConfigError(
+            f"val/ has class folders unknown to train/: {', '.join(unknown[:5])}"
+            f"{' and more' if len(unknown) > 5 else ''}; val/ classes must be a subset of train/'s"
+        )
+    mapping = {c: i for i, c in enumerate(classes)}
+
+    class _Folder(tv.datasets.ImageFolder):
+        def find_classes(self, directory):  # train/'s mapping for both splits
+            return classes, mapping
+
+    try:
+        train = _Folder(root / "train", transform=build_transforms(resolution, train=True, hflip=hflip))
+    except FileNotFoundError as error:  # torchvision names the empty class folders
+        raise ConfigError(
+            f"train/ in {str(root)!r}: {' '.join(str(error).split())}; remove the folder or add images"
+        ) from None
+    val = _Folder(root / "val", transform=build_transforms(resolution, train=False), allow_empty=True)
+    if len(val) == 0:
+        raise ConfigError(
+            f"{str(root / 'val')!r} holds no images ({', '.join(IMAGE_SUFFIXES[:4])}, ...) in class folders"
+        )
+    return ClassificationData(train, val, classes, "imagefolder")
+
+
+def _seed_worker(worker_id: int) -> None:
+    """Seed Python and NumPy in a worker from torch's per-worker seed (which the loader's generator fixes)."""
+    seed = torch.initial_seed() % 2**32
+    random.seed(seed)
+    np.random.seed(seed)
+
+
+def make_loader(
+    dataset: Dataset,
+    *,
+    batch_size: int,
+    train: bool,
+    generator: torch.Generator,
+    workers: int = 0,
+    sampler: Sampler | None = None,
+    pin_memory: bool = False,
+) -> DataLoader:
+    """A DataLoader whose shuffling and worker seeds come only from `generator` (reseed it per epoch)."""
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=train and sampler is None,
+        sampler=sampler,
+        drop_last=train and len(dataset) >= 2 * batch_size,  # BatchNorm dislikes a last batch of one
+        num_workers=workers,
+        worker_init_fn=_seed_worker,
+        generator=generator,
+        pin_memory=pin_memory,
+        persistent_workers=False,
+    )
