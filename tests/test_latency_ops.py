@@ -103,3 +103,16 @@ def test_group_convolutions_and_unsupported_dialects_are_errors():
     spec, _ = resolve_arch("|avg_pool_3x3~0|+|nor_conv_1x1~0|skip_connect~1|+|nor_conv_1x1~0|skip_connect~1|none~2|")
     with pytest.raises(ConfigError, match="not available for the 'nb201' dialect"):
         network_ops(spec, resolution=32)
+
+
+def test_fused_residual_moves_with_the_module():
+    # the residual of a fused conv is a buffer: .to(dtype/device) must move it (it stayed on the CPU in FP32)
+    import torch
+
+    from zennas.latency.profile import op_module
+
+    module, shape = op_module(Op("conv", 16, 16, 8, 3, 1, 1), 2)
+    assert "residual" in dict(module.named_buffers())
+    half = module.to(torch.float64)
+    assert half.residual.dtype == torch.float64
+    assert half(torch.randn(shape, dtype=torch.float64)).shape == (2, 16, 8, 8)

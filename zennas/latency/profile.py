@@ -89,7 +89,8 @@ class _Conv(nn.Module):
         groups = op.c_in if op.kind == "dwconv" else 1
         self.conv = nn.Conv2d(op.c_in, op.c_out, op.kernel, op.stride, (op.kernel - 1) // 2, groups=groups, bias=False)
         self.bn = nn.BatchNorm2d(op.c_out)
-        self.residual: torch.Tensor | None = None
+        # A buffer, so that .to(device/dtype) moves it with the weights (a plain attribute stayed on the CPU)
+        self.register_buffer("residual", None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.bn(self.conv(x))  # [B, C_out, H', W']
@@ -127,7 +128,7 @@ def op_module(op: Op, batch_size: int) -> tuple[nn.Module, tuple[int, int, int, 
             module = _Conv(op)
             if op.fused:
                 out_side = (op.side + 2 * ((op.kernel - 1) // 2) - op.kernel) // op.stride + 1
-                module.residual = torch.randn(batch_size, op.c_out, out_side, out_side, generator=g)
+                module.register_buffer("residual", torch.randn(batch_size, op.c_out, out_side, out_side, generator=g))
         elif op.kind == "se":
             module = _SE(op.c_in, op.c_out)
         elif op.kind == "head":
