@@ -593,6 +593,8 @@ def latency_validate_command(
         f"{space}: {a.n} networks, table {chosen.name}, {engine} on {device}, batch {report.settings['batch_size']}, "
         f"resolution {resolution}"
     )
+    if report.settings["outside_table"]:
+        click.echo(f"{report.settings['outside_table']} sampled networks lie outside the table and were skipped")
     click.echo(f"within +-10%: {a.within_10pct:.1%}  within +-5%: {a.within_5pct:.1%}  MAPE {a.mape:.2f}%  "
                f"Spearman {a.spearman:.4f}")  # fmt: skip
     if report.fit is not None:

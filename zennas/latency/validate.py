@@ -26,7 +26,7 @@ import numpy as np
 from scipy import stats
 
 from zennas.build import BuildOptions, build
-from zennas.errors import ConfigError
+from zennas.errors import ConfigError, LatencyError
 from zennas.latency.predict import predict
 from zennas.latency.table import LatencyTable
 
@@ -121,8 +121,20 @@ def validate(
     batch = table.default_batch_size() if batch_size is None else batch_size
     sp = get_space(space)
     rng = np.random.default_rng(seed)
-    specs = [sp.sample(rng) for _ in range(samples)]
-    preds = [predict(s, table, resolution=resolution, num_classes=num_classes, batch_size=batch) for s in specs]
+    specs, preds, outside = [], [], []
+    for _ in range(samples):
+        spec = sp.sample(rng)
+        try:
+            preds.append(predict(spec, table, resolution=resolution, num_classes=num_classes, batch_size=batch))
+        except LatencyError as error:  # a member the table cannot cost is reported, not guessed
+            outside.append({"arch": spec.canonical, "reason": str(error)})
+            continue
+        specs.append(spec)
+    if len(specs) < 3:
+        raise ConfigError(
+            f"only {len(specs)} of {samples} sampled networks lie inside table {table.name!r}; profile the space "
+            "with more --samples or validate another space"
+        )
     log_path = Path(log) if log is not None else None
     known = _read_log(log_path) if log_path else {}
     measured = []
@@ -154,6 +166,7 @@ def validate(
         "device": engine.device,
         "precision": engine.precision,
         "samples": samples,
+        "outside_table": len(outside),
         "seed": seed,
         "batch_size": batch,
         "resolution": resolution,
@@ -161,10 +174,11 @@ def validate(
         "runs": runs,
     }
     report = ValidationReport(
-        [s.canonical for s in specs], sums, predicted, measured_arr, accuracy(predicted, measured_arr), settings
-    )
+        [s.canonical for s in specs], sums, predicted, measured_arr, accuracy(predicted, measured_arr), settings,
+        extra={"outside_table": outside},
+    )  # fmt: skip
     if fit:
-        order = np.random.default_rng(seed + 1).permutation(samples)
+        order = np.random.default_rng(seed + 1).permutation(len(specs))
         fit_idx, held = order[::2], order[1::2]
         intercept, slope = fit_correction(sums[fit_idx], measured_arr[fit_idx])
         corrected = intercept + slope * sums[held]
