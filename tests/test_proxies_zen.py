@@ -328,3 +328,15 @@ def test_zen_analytic_list_and_numpy_profiles_agree(monkeypatch):
         results.append(expected_zen(spec, resolution=64, batch_size=16))
     clear_memo()
     assert results[0].score == pytest.approx(results[1].score, rel=1e-12)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_zen_on_cuda_equals_cpu():
+    # the same seed gives the same network and inputs on every device (drawn on the CPU, then moved);
+    # the BN variances computed on CUDA are combined on the CPU (a mixed-device product failed before)
+    from zennas.proxies import score
+
+    cpu = score("zennet-400m-se", "zen", batch_size=8, resolution=64, device="cpu")["zen"].mean
+    gpu = score("zennet-400m-se", "zen", batch_size=8, resolution=64, device="cuda")["zen"].mean
+    assert gpu == pytest.approx(cpu, rel=1e-4)

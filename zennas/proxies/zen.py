@@ -122,11 +122,12 @@ def zen_score(model: nn.Module, x: torch.Tensor, eps: torch.Tensor, *, gamma: fl
     v = torch.zeros(0, dtype=torch.float64)  # [num_bn] per-layer sigma_i^2; empty without BN
     if mode == "paper" and ran:
         n = torch.tensor([samples[bn] for bn in ran], dtype=torch.float64)  # [num_bn]
-        # Unbiased -> biased: BN normalises with the variance over N * H * W values.
-        v = torch.stack(variances).double() * (n - 1) / n
+        # Unbiased -> biased: BN normalises with the variance over N * H * W values. In FP64 on the
+        # CPU whatever the scoring device (the variances came from CUDA on a GPU run).
+        v = torch.stack(variances).double().cpu() * (n - 1) / n
     elif mode == "zennas" and bns:
         # The ZenNAS quirk: running_var after two forwards (0.81 + 0.09 v(x) + 0.1 v(x')), not v(x).
-        v = torch.stack([bn.running_var.mean() for bn in bns]).double()
+        v = torch.stack([bn.running_var.mean() for bn in bns]).double().cpu()
     # A BN whose input is identically zero sits on no live path to the output (e.g. behind an NB201
     # `none` edge): it rescales no signal, so it contributes nothing rather than ln 0.
     live = v[v > 0]
