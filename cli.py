@@ -890,5 +890,32 @@ def train_classification_command(arch, run_dir, data, out, **options) -> None:
     )
 
 
+@main.command("eval")
+@click.argument("checkpoint", type=click.Path())
+@click.option("--data", required=True, type=click.Path(), help="Folder with val/ class folders (or CIFAR).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
+@click.option("--device", default="cpu", show_default=True)
+@click.option(
+    "--plot", "plot_path", help="Confusion-matrix PNG (default: confusion_matrix.png in the checkpoint folder)."
+)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@_one_line_errors
+def eval_command(checkpoint, data, batch_size, device, plot_path, as_json) -> None:
+    """Accuracy of trained weights (a training --out folder or its model.safetensors) on val/."""
+    from pathlib import Path
+
+    from zennas.train.evaluate import evaluate_checkpoint
+
+    if plot_path is None:
+        folder = Path(checkpoint) if Path(checkpoint).is_dir() else Path(checkpoint).parent
+        plot_path = folder / "confusion_matrix.png"
+    result = evaluate_checkpoint(checkpoint, data, batch_size=batch_size, device=device, plot=plot_path)
+    if as_json:
+        click.echo(json.dumps(result))
+        return
+    click.echo(f"top-1 {result['top1']:.2f}%  top-5 {result['top5']:.2f}%  on {result['images']} images; "
+               f"confusion matrix: {result['plot']}")  # fmt: skip
+
+
 if __name__ == "__main__":
     main()

@@ -97,6 +97,19 @@ def test_learns_real_digits_and_writes_metrics(digits, tmp_path):
     loader = make_loader(val, batch_size=64, train=False, generator=torch.Generator())
     assert evaluate(net, loader, torch.device("cpu"), torch.no_grad, False)["top1"] == pytest.approx(metrics["top1"])
 
+    # zennas eval: the same top-1 again, a confusion matrix whose diagonal is that top-1, and a PNG
+    from cli import main
+
+    result = CliRunner().invoke(main, ["eval", str(out), "--data", str(digits), "--json"])
+    assert result.exit_code == 0, result.output
+    ev = json.loads(result.output)
+    confusion = np.array(ev["confusion_matrix"])
+    assert ev["top1"] == pytest.approx(metrics["top1"]) and ev["top5"] == pytest.approx(metrics["top5"])
+    assert confusion.sum() == ev["images"] == len(val) and 100 * np.trace(confusion) / confusion.sum() == ev["top1"]
+    assert (out / "confusion_matrix.png").read_bytes()[:4] == b"\x89PNG"
+    other = CliRunner().invoke(main, ["eval", str(out / "nothing"), "--data", str(digits)])
+    assert other.exit_code != 0 and "no weights at" in other.output and "Traceback" not in other.output
+
 
 class _StopError(Exception):
     """Raised by a hook to interrupt a run."""
