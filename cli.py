@@ -143,18 +143,34 @@ def _fmt(value: float | None, width: int = 12) -> str:
 
 
 @contextlib.contextmanager
-def _progress(total: int, label: str) -> Iterator[Callable[[int], None]]:
-    """Progress on stderr: a bar on a terminal, else a line per ~5 % (readable in a nohup log)."""
+def _progress(total: int, label: str, status: Callable[[], str] | None = None) -> Iterator[Callable[[int], None]]:
+    """Progress on stderr: a bar on a terminal, else a line per ~5 % (readable in a nohup log) with an ETA.
+
+    `status` adds a short text (e.g. the best score so far). The ETA counts from the first progress
+    reported, so a resumed job that starts part-way gets its own rate.
+    """
     if sys.stderr.isatty():
-        with click.progressbar(length=total, label=label, file=sys.stderr) as bar:
+
+        def show(_: object) -> str:
+            return status() if status is not None else ""
+
+        with click.progressbar(length=total, label=label, file=sys.stderr, show_pos=status is not None,
+                               item_show_func=show if status is not None else None) as bar:  # fmt: skip
             yield lambda done: bar.update(done - bar.pos)
         return
     start = time.monotonic()
     step = max(1, total // 20)
+    seen: dict[str, int | None] = {"last": -1, "first": None}
 
     def advance(done: int) -> None:
-        if done % step == 0 or done == total:
-            click.echo(f"{label} {done}/{total} ({time.monotonic() - start:.0f} s)", err=True)
+        if seen["first"] is None:
+            seen["first"] = done - 1
+        if done // step != seen["last"] // step or done == total:
+            seen["last"] = done
+            elapsed = time.monotonic() - start
+            eta = elapsed / max(1, done - seen["first"]) * (total - done)
+            extra = f" {status()}" if status is not None else ""
+            click.echo(f"{label} {done}/{total}{extra} ({elapsed:.0f} s, ETA {eta:.0f} s)", err=True)
 
     yield advance
 
@@ -696,12 +712,20 @@ def search_command(
             ray_address=None if ray_address in (None, "local") else ray_address,
         )  # fmt: skip
     else:
-        best = {"score": None}
+        best: dict[str, float | None] = {"score": None}
 
-        with _search_progress(iterations, best) as advance:
+        def status() -> str:
+            return f"best {best['score']:.6g}" if best["score"] is not None else ""
+
+        with _progress(iterations, "search", status) as advance:
+
+            def progress(done: int, _total: int, score: float | None) -> None:
+                best["score"] = score
+                advance(done)
+
             result = search(
                 problem, settings, out, resume=resume, workers=workers, ray=ray_address is not None,
-                ray_address=None if ray_address in (None, "local") else ray_address, progress=advance,
+                ray_address=None if ray_address in (None, "local") else ray_address, progress=progress,
                 plots=not no_plots,
             )  # fmt: skip
     lat = result.get("latency_ms_per_image")
@@ -735,40 +759,6 @@ def _search_problem(space, preset, proxy, resolution, num_classes, budgets, tabl
         budgets=budgets, table=table.name if table is not None else None, proxy_batch_size=proxy_batch_size,
         seed=seed, threads=threads, device=device,
     )  # fmt: skip
-
-
-@contextlib.contextmanager
-def _search_progress(total: int, best: dict) -> Iterator[Callable[[int, int, float | None], None]]:
-    """A progress bar (iterations, best score, ETA) on a terminal; a line per ~5 % otherwise."""
-    if sys.stderr.isatty():
-
-        def show(_: object) -> str:
-            return f"best {best['score']:.5g}" if best["score"] is not None else ""
-
-        with click.progressbar(
-            length=total, label="search", file=sys.stderr, show_pos=True, item_show_func=show
-        ) as bar:
-
-            def advance(done: int, _total: int, score: float | None) -> None:
-                best["score"] = score
-                bar.update(done - bar.pos)
-
-            yield advance
-        return
-    start = time.monotonic()
-    step = max(1, total // 20)
-    state: dict = {"last": -1, "first": None}
-
-    def advance(done: int, _total: int, score: float | None) -> None:
-        if state["first"] is None:
-            state["first"] = done - 1  # a resumed run starts part-way: rate from this process's progress
-        if done // step != state["last"] // step or done == total:
-            state["last"] = done
-            elapsed = time.monotonic() - start
-            eta = elapsed / max(1, done - state["first"]) * (total - done)
-            click.echo(f"search {done}/{total} best {score:.6g} ({elapsed:.0f} s, ETA {eta:.0f} s)", err=True)
-
-    yield advance
 
 
 @main.command("profile")
