@@ -75,18 +75,3 @@ class Budgets:
         if self.max_layers is not None:
             parts.append(f"layers <= {self.max_layers}")
         return ", ".join(parts) or "no budget"
-
-
-def violations(metrics: dict[str, Any], budgets: Budgets) -> list[str]:
-    """Names of the budgets a candidate's metrics break (empty: feasible), cheapest checks first."""
-    out = []
-    if budgets.max_layers is not None and metrics["layers"] > budgets.max_layers:
-        out.append("layers")
-    if budgets.params is not None and metrics["params"] > budgets.params:
-        out.append("params")
-    if budgets.macs is not None and metrics["macs"] > budgets.macs:
-        out.append("macs")
-    latency = metrics.get("latency_ms_per_image")
-    if budgets.latency_ms_per_image is not None and latency is not None and latency > budgets.latency_ms_per_image:
-        out.append("latency")
-    return out

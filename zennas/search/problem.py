@@ -196,43 +196,37 @@ class Scorer:
         self.problem = problem
         torch.set_num_threads(problem.threads)
 
-    def __call__(self, canonical: str) -> Scored:
+    def _results(self, canonical: str, repeats: int) -> dict[str, Any]:
+        """zennas.proxies.score of every proxy of the objective, with the problem's settings."""
         from zennas.proxies import score
 
         p = self.problem
-        spec = p.parse(canonical)
-        start = time.perf_counter()
-        results = score(
-            spec, [t.name for t in p.proxy], batch_size=p.proxy_batch_size, resolution=p.resolution,
-            num_classes=p.num_classes, seed=p.seed, device=p.device, options=dict(p.proxy_options),
+        return score(
+            p.parse(canonical), [t.name for t in p.proxy], batch_size=p.proxy_batch_size, resolution=p.resolution,
+            num_classes=p.num_classes, seed=p.seed, device=p.device, options=dict(p.proxy_options), repeats=repeats,
         )  # fmt: skip
+
+    def _objective(self, results: dict[str, Any], repeat: int) -> float:
+        """sum(weight x value) of one repeat, lower-is-better proxies negated."""
+        total = 0.0
+        for term in self.problem.proxy:
+            r = results[term.name]
+            total += term.weight * (r.values[repeat] if r.higher_is_better else -r.values[repeat])
+        return total
+
+    def __call__(self, canonical: str) -> Scored:
+        start = time.perf_counter()
+        results = self._results(canonical, 1)
         seconds = time.perf_counter() - start
         values = {name: r.mean for name, r in results.items()}
         if any(r.degenerate for r in results.values()):
             reasons = "; ".join(str(r.meta.get("reason", "")) for r in results.values() if r.degenerate)
             return Scored(canonical, None, values, seconds, f"degenerate: {reasons}")
-        total = 0.0
-        for term in p.proxy:
-            r = results[term.name]
-            total += term.weight * (r.mean if r.higher_is_better else -r.mean)
-        return Scored(canonical, total, values, seconds)
+        return Scored(canonical, self._objective(results, 0), values, seconds)
 
     def repeats(self, canonical: str, repeats: int) -> list[float]:
-        """Objective values of `repeats` independent draws (repeat 0 is the single-draw score)."""
-        from zennas.proxies import score
-
-        p = self.problem
-        results = score(
-            p.parse(canonical), [t.name for t in p.proxy], batch_size=p.proxy_batch_size, resolution=p.resolution,
-            num_classes=p.num_classes, seed=p.seed, device=p.device, options=dict(p.proxy_options), repeats=repeats,
-        )  # fmt: skip
-        out = []
-        for i in range(repeats):
-            total = 0.0
-            for term in p.proxy:
-                r = results[term.name]
-                if r.degenerate:
-                    return []
-                total += term.weight * (r.values[i] if r.higher_is_better else -r.values[i])
-            out.append(total)
-        return out
+        """Objective values of `repeats` independent draws (repeat 0 is the single-draw score); [] if degenerate."""
+        results = self._results(canonical, repeats)
+        if any(r.degenerate for r in results.values()):
+            return []
+        return [self._objective(results, i) for i in range(repeats)]
