@@ -208,12 +208,18 @@ def _check_seed(problem: Problem, spec: ArchSpec) -> dict[str, Any]:
 class Evolution:
     """One search run writing into `out` (see the module docstring)."""
 
-    def __init__(self, problem: Problem, settings: Settings, out: str | os.PathLike, *, scorer_map: Any = None):
+    def __init__(
+        self, problem: Problem, settings: Settings, out: str | os.PathLike, *,
+        make_scorer_map: Callable[[], Any] | None = None,
+    ) -> None:  # fmt: skip
+        """`make_scorer_map` builds the scorer map (processes, Ray) when scoring first starts, after the
+        checkpoint checks; None scores in this process."""
         settings.validate()
         self.problem = problem
         self.settings = settings
         self.out = Path(out)
-        self.map = scorer_map
+        self.make_scorer_map = make_scorer_map
+        self.map: Any = None  # the scorer map, once built
         self.history_path = self.out / "history.jsonl"
         self._specs: dict[str, ArchSpec] = {}  # parsed population members (parents), by canonical text
         self.state_path = self.out / "checkpoint.json"
@@ -260,27 +266,31 @@ class Evolution:
         atomic_write_json(self.state_path, state.to_dict(self.problem, self.settings), indent=None)
 
     # -- scoring ---------------------------------------------------------------------------------
-    def _score(self, canonicals: list[str]) -> list[Scored]:
+    def _scorer_map(self) -> Any:
         if self.map is None:
-            self.map = SerialMap(self.problem)
-        return self.map(canonicals) if canonicals else []
+            self.map = self.make_scorer_map() if self.make_scorer_map is not None else SerialMap(self.problem)
+        return self.map
 
-    def check_resumable(self, resume: bool) -> None:
-        """Fail before any work when `out` holds another run (without --resume) or a different one."""
+    def _score(self, canonicals: list[str]) -> list[Scored]:
+        return self._scorer_map()(canonicals) if canonicals else []
+
+    def _checked_state(self, resume: bool) -> State | None:
+        """The checkpoint to continue (None: start afresh); an error when `out` holds another run
+        (without --resume) or one with other settings."""
         if resume:
-            self._load_state()
-        elif self.state_path.exists() or self.history_path.exists():
+            return self._load_state()
+        if self.state_path.exists() or self.history_path.exists():
             raise ConfigError(
                 f"{self.out} already holds a search: add --resume to continue it, or choose another --out"
             )
+        return None
 
     # -- the loop --------------------------------------------------------------------------------
     def run(self, *, resume: bool = False, progress: Progress | None = None) -> State:
         """Run (or continue) the search and return its final state."""
         self.out.mkdir(parents=True, exist_ok=True)
-        state = self._load_state() if resume else None
+        state = self._checked_state(resume)
         if state is None:
-            self.check_resumable(resume)
             state = self._fresh_state()
             self.history_path.write_bytes(b"")
             self._save(state)
@@ -400,12 +410,11 @@ class Evolution:
 
     def _rescore(self, state: State) -> list[dict[str, Any]]:
         """Mean objective over `rescore_repeats` draws for the top `rescore` members, best mean first."""
-        if self.map is None:
-            self.map = SerialMap(self.problem)
+        scorer_map = self._scorer_map()
         top = sorted(state.population, key=lambda m: (-m.score, m.iteration))[: self.settings.rescore]
         out = []
         for m in top:
-            values = self.map.repeats(m.arch, self.settings.rescore_repeats)
+            values = scorer_map.repeats(m.arch, self.settings.rescore_repeats)
             if values:
                 std = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
                 mean = float(np.mean(values))

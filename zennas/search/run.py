@@ -29,16 +29,17 @@ def search(
     """Run (or resume) a search into `out` and return the content of its result.json."""
     from zennas.search.parallel import make_map
 
-    run = Evolution(problem, settings, out)
-    run.check_resumable(resume)
-    scorer_map = make_map(problem, workers=workers, ray=ray, ray_address=ray_address)
+    run = Evolution(
+        problem, settings, out,
+        make_scorer_map=lambda: make_map(problem, workers=workers, ray=ray, ray_address=ray_address),
+    )  # fmt: skip
     try:
-        run.map = scorer_map
         state: State = run.run(resume=resume, progress=progress)
     finally:
-        scorer_map.close()
+        if run.map is not None:
+            run.map.close()
     result = write_outputs(run, state, plots=plots)
-    result["workers"] = scorer_map.workers
+    result["workers"] = run.map.workers if run.map is not None else workers  # None: a finished run, re-reported
     return result
 
 
