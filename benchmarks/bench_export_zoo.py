@@ -23,23 +23,9 @@ from torch import nn
 
 import zennas
 from zennas.api import settings_for
-from zennas.export import check_onnx, export_onnx, fuse_bn, output_names_for
+from zennas.export import check_onnx, export_onnx, fuse_bn, output_names_for, randomize_bn_
 from zennas.models import list_models, resolve_arch
 from zennas.spaces import get_space
-
-
-def randomize_bn_(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Non-trivial BN statistics and affine terms, so that folding them is exercised."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                n = m.num_features
-                m.running_mean.copy_(0.1 * torch.randn(n, generator=g))
-                m.running_var.copy_(0.5 + torch.rand(n, generator=g))
-                m.weight.copy_(0.5 + torch.rand(n, generator=g))
-                m.bias.copy_(0.1 * torch.randn(n, generator=g))
-    return model
 
 
 def run(label: str, model: nn.Module, resolution: int, folder: Path) -> str:

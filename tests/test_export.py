@@ -21,7 +21,7 @@ from torch import nn
 import cli
 import zennas
 from zennas.errors import ConfigError, DependencyError, ExportError
-from zennas.export import check_onnx, export_onnx, fuse_bn, load_safetensors, output_names_for
+from zennas.export import check_onnx, export_onnx, fuse_bn, load_safetensors, output_names_for, randomize_bn_
 from zennas.spaces import get_space
 
 ZEN_TINY = "SuperConvK3BNRELU(3,8,2,1)SuperResK3K3(8,16,2,8,1)SuperConvK1BNRELU(16,32,1,1)"
@@ -46,20 +46,6 @@ def seeded(factory, *args, seed: int = 0, **kwargs):
 def build(arch, *, seed: int = 0, **options) -> nn.Module:
     """create_model under a fixed seed, without touching the global RNG."""
     return seeded(zennas.create_model, arch, seed=seed, **options)
-
-
-@torch.no_grad()
-def randomize_bn_(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Non-trivial BN statistics and affine terms, so that folding them is actually tested."""
-    generator = torch.Generator().manual_seed(seed)
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            n = m.num_features
-            m.running_mean.copy_(0.1 * torch.randn(n, generator=generator))
-            m.running_var.copy_(0.5 + torch.rand(n, generator=generator))
-            m.weight.copy_(0.5 + torch.rand(n, generator=generator))
-            m.bias.copy_(0.1 * torch.randn(n, generator=generator))
-    return model
 
 
 def bn_count(model: nn.Module) -> int:

@@ -489,6 +489,25 @@ def _fold(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> None:
         conv.bias.copy_(shift)
 
 
+@torch.no_grad()
+def randomize_bn_(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Give every BatchNorm2d seeded, non-trivial statistics and affine terms, in place.
+
+    A freshly built network has mean 0, variance 1, gamma 1 and beta 0, for which folding BN into
+    the convolutions is the identity; checks of `fuse_bn` and of an exported graph use this so that
+    folding is really exercised.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            n = m.num_features
+            m.running_mean.copy_(0.1 * torch.randn(n, generator=generator))
+            m.running_var.copy_(0.5 + torch.rand(n, generator=generator))
+            m.weight.copy_(0.5 + torch.rand(n, generator=generator))
+            m.bias.copy_(0.1 * torch.randn(n, generator=generator))
+    return model
+
+
 def fuse_bn(model: nn.Module) -> nn.Module:
     """An eval-mode copy of `model` with each BatchNorm2d that directly follows a Conv2d folded into it.
 
