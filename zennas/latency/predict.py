@@ -45,7 +45,7 @@ def apply_correction(table: LatencyTable, total_ms: float) -> float:
     return correction["intercept_ms"] + correction["slope"] * total_ms
 
 
-def _group_ms(table: LatencyTable, group: tuple[Op, ...], batch: int) -> tuple[float, int, dict[str, int]]:
+def group_ms(table: LatencyTable, group: tuple[Op, ...], batch: int) -> tuple[float, int, dict[str, int]]:
     """(ms, extrapolated operators, {kind: count} not costed) of one block's operators."""
     kinds = table.op_kinds
     total, extrapolated = 0.0, 0
@@ -74,7 +74,7 @@ def _entry(table: LatencyTable, group: tuple[Op, ...], batch: int) -> tuple:
     if entry is None or entry[0] is not group:
         if len(memo) >= GROUP_MEMO_LIMIT:
             memo.clear()
-        entry = memo[(id(group), batch)] = (group, *_group_ms(table, group, batch))
+        entry = memo[(id(group), batch)] = (group, *group_ms(table, group, batch))
     return entry
 
 

@@ -44,8 +44,8 @@ from zennas.arch import ArchSpec
 from zennas.arch.binas import BinasLayout
 from zennas.counting import count
 from zennas.errors import ConfigError, ZennasError
-from zennas.latency.ops import Op, network_op_groups
-from zennas.latency.predict import latency_ms_per_batch
+from zennas.latency.ops import network_op_groups
+from zennas.latency.predict import group_ms, latency_ms_per_batch
 from zennas.latency.table import LatencyTable
 from zennas.models import DIALECT_DEFAULTS
 
@@ -186,18 +186,6 @@ def _reference_networks(layout: BinasLayout) -> list[ArchSpec]:
     return [layout.make([depth] * n_stages, [(c,) * depth] * n_stages) for c in range(len(layout.configs))]
 
 
-def _group_ms(table: LatencyTable, group: tuple[Op, ...], batch_size: int, skipped: set[str]) -> float:
-    """Table ms of one block's operators; kinds the table lacks are left out (as predict does)."""
-    kinds = table.op_kinds
-    total = 0.0
-    for op in group:
-        if op.kind not in kinds:
-            skipped.add(op.kind)
-            continue
-        total += table.op_ms(op, batch_size)[0]
-    return total
-
-
 def block_latency_model(
     space: Any,
     table: LatencyTable,
@@ -233,7 +221,11 @@ def block_latency_model(
                 f"the binas operator lister returned {len(groups)} groups for {n_stages * depth + 4} blocks; "
                 "this is a zennas bug, please report it"
             )
-        ms = [_group_ms(table, group, batch, skipped) for group in groups]
+        ms = []
+        for group in groups:
+            total, _, missing = group_ms(table, group, batch)  # kinds the table lacks: left out, as predict does
+            ms.append(total)
+            skipped.update(missing)
         block[:, :, c] = np.reshape(ms[2:-2], (n_stages, depth))
         fixed.append(ms[0] + ms[1] + ms[-2] + ms[-1])
     if max(fixed) != min(fixed):
