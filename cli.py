@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 import click
 
 from zennas.errors import ZennasError
+from zennas.train import LONGTAIL_METHODS
 
 
 def _one_line_errors(fn):
@@ -818,65 +819,124 @@ def train_group() -> None:
     """Train a network found by a search (or any architecture) on a dataset."""
 
 
-@train_group.command("classification")
-@click.option("--arch", help="Architecture: a registered name, a string or a file (or use --run).")
-@click.option("--run", "run_dir", type=click.Path(file_okay=False), help="A search's --out folder (uses result.json).")
-@click.option("--data", required=True, type=click.Path(), help="Folder with train/ and val/ class folders, or CIFAR.")
-@click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder for checkpoints and metrics.")
-@click.option("--epochs", type=click.IntRange(min=1), default=10, show_default=True)
-@click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True, help="Global batch.")
-@click.option("--resolution", type=click.IntRange(min=8), help="Input side (default: the run's or the model's).")
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), help="Peak learning rate (default: scaled).")
-@click.option("--optimizer", type=click.Choice(["sgd", "adamw"]), default="sgd", show_default=True)
-@click.option("--weight-decay", type=click.FloatRange(min=0), help="Default: 5e-4 (SGD), 0.05 (AdamW).")
-@click.option("--warmup-epochs", type=click.FloatRange(min=0), default=1.0, show_default=True)
-@click.option("--label-smoothing", type=click.FloatRange(0, 1), default=0.1, show_default=True)
-@click.option("--mixup", type=click.FloatRange(min=0), default=0.0, show_default=True, help="Beta alpha; 0 = off.")
-@click.option("--cutmix", type=click.FloatRange(min=0), default=0.0, show_default=True, help="Beta alpha; 0 = off.")
-@click.option("--ema-decay", type=click.FloatRange(0, 1, max_open=True), default=0.9998, show_default=True)
-@click.option("--grad-clip", type=click.FloatRange(min=0), default=0.0, show_default=True, help="0 = off.")
-@click.option("--amp", type=click.Choice(["bf16", "fp16", "off"]), default="bf16", show_default=True, help="CUDA only.")
-@click.option("--hflip", type=click.FloatRange(0, 1), default=0.5, show_default=True, help="Flip probability.")
-@click.option("--teacher", help="Distil from a training --out folder, a model.safetensors, or ARCH.")
-@click.option("--teacher-weights", type=click.Path(dir_okay=False), help="Weights of a teacher given as ARCH.")
-@click.option("--kd-alpha", type=click.FloatRange(0, 1), default=0.5, show_default=True)
-@click.option("--kd-temperature", type=click.FloatRange(min=0, min_open=True), default=4.0, show_default=True)
-@click.option("--kd-feature-weight", type=click.FloatRange(min=0), default=1.0, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--device", help="cpu, cuda or cuda:N (default: cuda if available).")
-@click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True, help="Data-loading processes.")
-@click.option("--dialect", help="Parse --arch in this dialect instead of detecting it.")
-@click.option("--resume", is_flag=True, help="Continue from the last checkpoint in --out.")
-@_one_line_errors
-def train_classification_command(arch, run_dir, data, out, **options) -> None:
-    """Train ARCH on an image-classification dataset; checkpoints and metrics go to --out."""
-    from zennas.train.classification import TrainConfig, train_classification
+def _train_options(fn):
+    """The options `train classification` and `train longtail` share (applied in this order)."""
+    options = [
+        click.option("--arch", help="Architecture: a registered name, a string or a file (or use --run)."),
+        click.option("--run", "run_dir", type=click.Path(file_okay=False),
+                     help="A search's --out folder (uses result.json)."),
+        click.option("--data", required=True, type=click.Path(),
+                     help="Folder with train/ and val/ class folders, or CIFAR."),
+        click.option("--out", required=True, type=click.Path(file_okay=False),
+                     help="Folder for checkpoints and metrics."),
+        click.option("--epochs", type=click.IntRange(min=1), default=10, show_default=True),
+        click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True, help="Global batch."),
+        click.option("--resolution", type=click.IntRange(min=8), help="Input side (default: the run's or model's)."),
+        click.option("--lr", type=click.FloatRange(min=0, min_open=True), help="Peak learning rate (default: scaled)."),
+        click.option("--optimizer", type=click.Choice(["sgd", "adamw"]), default="sgd", show_default=True),
+        click.option("--weight-decay", type=click.FloatRange(min=0), help="Default: 5e-4 (SGD), 0.05 (AdamW)."),
+        click.option("--warmup-epochs", type=click.FloatRange(min=0), default=1.0, show_default=True),
+        click.option("--label-smoothing", type=click.FloatRange(0, 1), default=0.1, show_default=True),
+        click.option("--mixup", type=click.FloatRange(min=0), default=0.0, show_default=True,
+                     help="Beta alpha; 0 = off."),
+        click.option("--cutmix", type=click.FloatRange(min=0), default=0.0, show_default=True,
+                     help="Beta alpha; 0 = off."),
+        click.option("--ema-decay", type=click.FloatRange(0, 1, max_open=True), default=0.9998, show_default=True),
+        click.option("--grad-clip", type=click.FloatRange(min=0), default=0.0, show_default=True, help="0 = off."),
+        click.option("--amp", type=click.Choice(["bf16", "fp16", "off"]), default="bf16", show_default=True,
+                     help="CUDA only."),
+        click.option("--hflip", type=click.FloatRange(0, 1), default=0.5, show_default=True,
+                     help="Flip probability."),
+        click.option("--teacher", help="Distil from a training --out folder, a model.safetensors, or ARCH."),
+        click.option("--teacher-weights", type=click.Path(dir_okay=False), help="Weights of a teacher given as ARCH."),
+        click.option("--kd-alpha", type=click.FloatRange(0, 1), default=0.5, show_default=True),
+        click.option("--kd-temperature", type=click.FloatRange(min=0, min_open=True), default=4.0, show_default=True),
+        click.option("--kd-feature-weight", type=click.FloatRange(min=0), default=1.0, show_default=True),
+        click.option("--seed", type=int, default=0, show_default=True),
+        click.option("--device", help="cpu, cuda or cuda:N (default: cuda if available)."),
+        click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True,
+                     help="Data-loading processes."),
+        click.option("--dialect", help="Parse --arch in this dialect instead of detecting it."),
+        click.option("--resume", is_flag=True, help="Continue from the last checkpoint in --out."),
+    ]  # fmt: skip
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
 
-    config = TrainConfig(data=data, out=out, arch=arch, run=run_dir, **options)
-    started = time.monotonic()
+
+def _train_with_progress(config) -> dict:
+    """Run `train_classification(config)` with a progress bar per epoch and a line per finished epoch."""
+    from zennas.train.classification import train_classification
 
     bar = contextlib.ExitStack()
+    epochs = config.epochs + getattr(config, "stage2_epochs", 0)  # cRT adds classifier epochs
 
     def on_step(epoch: int, step: int, steps: int, loss: float) -> None:
         if step == 1:  # one progress bar per epoch
             bar.close()
-            bar.advance = bar.enter_context(_progress(steps, f"epoch {epoch}/{config.epochs}"))
+            bar.advance = bar.enter_context(_progress(steps, f"epoch {epoch}/{epochs}"))
         bar.advance(step)
         if step == steps:
             bar.close()
 
     def on_epoch(r: dict) -> None:
         ema = f"  ema top-1 {r['ema_top1']:.2f}" if r["ema_top1"] is not None else ""
+        stage = " (classifier re-training)" if r.get("stage") == 2 else ""
         click.echo(
-            f"epoch {r['epoch']}: loss {r['train_loss']:.4f}  top-1 {r['top1']:.2f}{ema}  ({r['seconds']:.0f} s)",
+            f"epoch {r['epoch']}{stage}: loss {r['train_loss']:.4f}  top-1 {r['top1']:.2f}{ema}  "
+            f"({r['seconds']:.0f} s)",
             err=True,
         )
 
     with bar:
-        metrics = train_classification(config, on_step=on_step, on_epoch=on_epoch)
+        return train_classification(config, on_step=on_step, on_epoch=on_epoch)
+
+
+@train_group.command("classification")
+@_train_options
+@_one_line_errors
+def train_classification_command(arch, run_dir, data, out, **options) -> None:
+    """Train ARCH on an image-classification dataset; checkpoints and metrics go to --out."""
+    from zennas.train.classification import TrainConfig
+
+    config = TrainConfig(data=data, out=out, arch=arch, run=run_dir, **options)
+    started = time.monotonic()
+    metrics = _train_with_progress(config)
     click.echo(
         f"{out}: top-1 {metrics['top1']:.2f} %  top-5 {metrics['top5']:.2f} % ({metrics['reported']} weights) after "
         f"{metrics['epochs']} epochs in {time.monotonic() - started:.0f} s"
+    )
+
+
+@train_group.command("longtail")
+@_train_options
+@click.option("--method", type=click.Choice(LONGTAIL_METHODS), default="ce", show_default=True, help="Recipe.")
+@click.option("--imbalance-factor", type=click.FloatRange(min=1), help="Train on a long-tailed subset (n_max/n_min).")
+@click.option("--subset-seed", type=int, default=0, show_default=True, help="Seed of the long-tailed subset.")
+@click.option("--crt-epochs", type=click.IntRange(min=1), help="cRT classifier epochs (default: epochs/10).")
+@click.option("--tau", type=click.FloatRange(min=0), default=1.0, show_default=True, help="tau-normalisation exponent.")
+@click.option("--la-tau", type=click.FloatRange(min=0), default=1.0, show_default=True, help="Logit adjustment's tau.")
+@click.option("--cb-beta", type=click.FloatRange(0, 1, max_open=True), default=0.9999, show_default=True)
+@click.option("--dive-temperature", type=click.FloatRange(min=0, min_open=True), default=3.0, show_default=True)
+@click.option("--dive-power", type=click.FloatRange(0, 1, min_open=True), default=0.5, show_default=True)
+@click.option("--many-threshold", type=click.IntRange(min=0), default=100, show_default=True, help="Many-shot: > N.")
+@click.option("--few-threshold", type=click.IntRange(min=0), default=20, show_default=True, help="Few-shot: < N.")
+@_one_line_errors
+def train_longtail_command(arch, run_dir, data, out, **options) -> None:
+    """Train ARCH on long-tailed data with a re-balancing METHOD; reports many/medium/few-shot accuracy."""
+    from zennas.train.classification import LongtailConfig
+
+    config = LongtailConfig(data=data, out=out, arch=arch, run=run_dir, **options)
+    started = time.monotonic()
+    m = _train_with_progress(config)
+
+    def group(name: str) -> str:
+        return "n/a" if m[name] is None else f"{m[name]:.2f}"
+
+    click.echo(
+        f"{out}: {m['method']}: top-1 {m['top1']:.2f} %  balanced {m['balanced_top1']:.2f} %  many {group('many')}  "
+        f"medium {group('medium')}  few {group('few')} (imbalance {m['imbalance']:.0f}) after {m['epochs']} epochs "
+        f"in {time.monotonic() - started:.0f} s"
     )
 
 

@@ -34,6 +34,23 @@ from zennas.errors import ConfigError
 from zennas.io import atomic_write_json, atomic_write_text
 from zennas.train.checkpoint import SIDECAR, load_checkpoint, load_weights, read_sidecar, save_checkpoint, save_weights
 from zennas.train.data import load_classification_data, make_loader
+from zennas.train.longtail import (
+    METHODS,
+    PRIOR_SHIFTED,
+    STAGE1_SAMPLING,
+    BilateralNetwork,
+    EpochSampler,
+    bbn_alpha,
+    class_balanced_weights,
+    class_counts,
+    flattened_teacher,
+    longtail_metrics,
+    longtail_subset,
+    reset_classifier_,
+    sample_weights,
+    soft_cross_entropy,
+    tau_normalize_,
+)
 
 OPTIMIZERS = ("sgd", "adamw")
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -98,6 +115,57 @@ class TrainConfig:
     def settings(self) -> dict[str, Any]:
         """The settings that fix the result (JSON-able), as stored in checkpoints."""
         return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in _RESUME_FREE}
+
+
+@dataclass(frozen=True)
+class LongtailConfig(TrainConfig):
+    """A classification run with a long-tail `method` (see zennas.train.longtail for the definitions).
+
+    imbalance_factor: train on a seeded long-tailed subset of train/ (class i keeps
+        n_max * IF^(-i/(C-1)) images; `subset_seed` draws it); None = train/ as it is.
+    crt_epochs: classifier re-training epochs of cRT after `epochs` (default: epochs / 10, at least 1).
+    tau: tau-normalisation's exponent. la_tau: logit adjustment's tau. cb_beta: Cui et al.'s beta.
+    dive_temperature, dive_power: DiVE's softening and flattening; kd_alpha weighs its KL term. Without
+        --teacher, DiVE first trains a balanced-softmax teacher of the same architecture in OUT/teacher.
+    many_threshold, few_threshold: many-shot classes have more training images than the first,
+        few-shot classes fewer than the second (Liu et al.'s 100 and 20 by default).
+    """
+
+    method: str = "ce"
+    imbalance_factor: float | None = None
+    subset_seed: int = 0
+    crt_epochs: int | None = None
+    tau: float = 1.0
+    la_tau: float = 1.0
+    cb_beta: float = 0.9999
+    dive_temperature: float = 3.0
+    dive_power: float = 0.5
+    many_threshold: int = 100
+    few_threshold: int = 20
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.method not in METHODS:
+            raise ConfigError(f"unknown long-tail method {self.method!r}; choose one of {', '.join(METHODS)}")
+        if self.teacher is not None and self.method != "dive":
+            raise ConfigError(f"--teacher is used by --method dive only, not {self.method}")
+        if self.imbalance_factor is not None and not 1 <= self.imbalance_factor < math.inf:
+            raise ConfigError(f"imbalance factor must be a number >= 1, got {self.imbalance_factor}")
+        if self.crt_epochs is not None and self.crt_epochs < 1:
+            raise ConfigError(f"crt_epochs must be at least 1, got {self.crt_epochs}")
+        if not 0 <= self.cb_beta < 1:
+            raise ConfigError(f"cb_beta must lie in [0, 1), got {self.cb_beta}")
+        if self.dive_temperature <= 0 or not 0 < self.dive_power <= 1:
+            raise ConfigError("dive_temperature must be positive and dive_power in (0, 1]")
+        if self.few_threshold > self.many_threshold:
+            raise ConfigError(f"few_threshold {self.few_threshold} exceeds many_threshold {self.many_threshold}")
+
+    @property
+    def stage2_epochs(self) -> int:
+        """Epochs of cRT's classifier re-training (0 for every other method)."""
+        if self.method != "crt":
+            return 0
+        return self.crt_epochs if self.crt_epochs is not None else max(1, math.ceil(self.epochs / 10))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -167,9 +235,9 @@ class _Student(nn.Module):
         self.net = net
         self.adapter = adapter
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def forward(self, x: torch.Tensor, *extra: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
         if self.adapter is None:
-            return self.net(x), None
+            return self.net(x, *extra), None
         features = self.net.forward_features(x)  # [B, C, H, W]
         return self.net.head(features), self.adapter(features)
 
@@ -227,12 +295,13 @@ def load_teacher(teacher: str, weights: str | None, num_classes: int) -> tuple[n
                 f"teacher {teacher!r}: no readable {sidecar.name} next to the weights; give the training --out folder"
             ) from None
         weights, (spec, _) = str(path), resolve_arch(text, dialect)
+        head = meta.get("head", "linear")
     else:
         if weights is None:
             raise ConfigError(f"teacher {teacher!r} has no weights; pass --teacher-weights FILE.safetensors")
         spec, entry = resolve_arch(teacher)
-        use_se = settings_for(spec, entry)[2]
-    net = _build(spec, num_classes, use_se)
+        use_se, head = settings_for(spec, entry)[2], "linear"
+    net = build_trained(spec, num_classes, use_se, head)
     load_weights(weights, net, spec.canonical)
     if not _has_features(net):
         raise ConfigError(f"teacher {teacher!r} does not expose pre-pool features; distillation needs a zennas network")
@@ -273,11 +342,19 @@ def _distributed(device_name: str | None) -> tuple[_Dist, torch.device]:
 
 
 @torch.no_grad()
-def evaluate(net: nn.Module, loader: Any, device: torch.device, autocast: Any, channels_last: bool) -> dict[str, float]:
-    """Top-1/top-5 accuracy (percent) and mean cross-entropy of `net` on `loader`."""
+def evaluate(
+    net: nn.Module, loader: Any, device: torch.device, autocast: Any, channels_last: bool, *,
+    predictions: bool = False,
+) -> dict[str, Any]:  # fmt: skip
+    """Top-1/top-5 accuracy (percent) and mean cross-entropy of `net` on `loader`.
+
+    With `predictions`, also the arg-max class and the label of every image (`predicted`, `targets`).
+    """
     net.eval()
     correct1 = correct5 = seen = 0
     loss = 0.0
+    predicted: list[int] = []
+    targets: list[int] = []
     for x, y in loader:
         x, y = x.to(device), y.to(device)
         if channels_last:
@@ -290,7 +367,13 @@ def evaluate(net: nn.Module, loader: Any, device: torch.device, autocast: Any, c
         correct1 += hit[:, 0].sum().item()
         correct5 += hit.any(dim=1).sum().item()
         seen += y.shape[0]
-    return {"top1": 100.0 * correct1 / seen, "top5": 100.0 * correct5 / seen, "loss": loss / seen}
+        if predictions:
+            predicted += top[:, 0].tolist()
+            targets += y.tolist()
+    result = {"top1": 100.0 * correct1 / seen, "top5": 100.0 * correct5 / seen, "loss": loss / seen}
+    if predictions:
+        result.update(predicted=predicted, targets=targets)
+    return result
 
 
 StepHook = Callable[[int, int, int, float], None]  # (epoch, step, steps, loss)
@@ -318,29 +401,72 @@ def train_classification(
             td.destroy_process_group()
 
 
+def build_trained(spec: Any, num_classes: int, use_se: bool | None, head: str = "linear") -> nn.Module:
+    """The network a training run produces: the plain classifier, or BBN's bilateral head ("bbn")."""
+    net = _build(spec, num_classes, use_se)
+    return BilateralNetwork(net, num_classes) if head == "bbn" else net
+
+
+def _targets(dataset: Any) -> np.ndarray:
+    """Labels of an ImageFolder or CIFAR dataset without decoding its images."""
+    return np.asarray(dataset.targets, dtype=np.int64)
+
+
+def _dive_teacher(config: LongtailConfig, out: Path) -> str:
+    """DiVE's teacher: the run's --teacher, or a balanced-softmax twin trained (or resumed) in OUT/teacher."""
+    if config.teacher is not None:
+        return config.teacher
+    folder = out / "teacher"
+    if not (folder / "model.safetensors").is_file():
+        import dataclasses
+
+        twin = dataclasses.replace(config, method="balanced-softmax", out=str(folder), resume=True, teacher=None)
+        train_classification(twin)
+    return str(folder)
+
+
 def _train(config: TrainConfig, dist: _Dist, device: torch.device, cuda: bool, on_step, on_epoch) -> dict[str, Any]:
+    from torch.utils.data import Subset
+
     from zennas.counting import count
 
     out = Path(config.out)
     main = dist.rank == 0
+    lt = config if isinstance(config, LongtailConfig) else None
+    method = lt.method if lt else None
+    has_checkpoint = (out / SIDECAR).is_file()
+    if has_checkpoint and not config.resume:
+        raise ConfigError(f"{str(out)!r} already holds a training checkpoint; pass --resume or choose another --out")
     spec, _, resolution, use_se = _resolve_architecture(config)
     data = load_classification_data(config.data, resolution, hflip=config.hflip)
     num_classes = len(data.classes)
     if num_classes < 2:
         raise ConfigError(f"the dataset in {config.data!r} has {num_classes} class; classification needs at least 2")
+    train_set, counts = data.train, None
+    if lt is not None:
+        labels = _targets(data.train)
+        if lt.imbalance_factor is not None:
+            keep = longtail_subset(labels, lt.imbalance_factor, seed=lt.subset_seed)
+            train_set, labels = Subset(data.train, keep.tolist()), labels[keep]
+        counts = class_counts(labels, num_classes)  # [C]; an empty class is an error
+    teacher_source = _dive_teacher(lt, out) if method == "dive" else config.teacher
 
     torch.manual_seed(config.seed)
-    net = _build(spec, num_classes, use_se)
+    head = "bbn" if method == "bbn" else "linear"
+    net = build_trained(spec, num_classes, use_se, head)
+    if method in ("crt", "tau-norm") and not isinstance(getattr(getattr(net, "head", None), "fc", None), nn.Linear):
+        raise ConfigError(f"--method {method} re-trains or re-scales a linear classifier; use a zennas network")
     teacher = adapter = None
-    if config.teacher is not None:
-        teacher, _ = load_teacher(config.teacher, config.teacher_weights, num_classes)
+    if teacher_source is not None:
+        teacher, _ = load_teacher(teacher_source, config.teacher_weights, num_classes)
         if not _has_features(net):
             raise ConfigError("distillation needs a student that exposes pre-pool features (a zennas network)")
-        with torch.no_grad():
-            probe = torch.zeros(1, 3, resolution, resolution)
-            c_student = net.eval().forward_features(probe).shape[1]
-            c_teacher = teacher.forward_features(probe).shape[1]
-        adapter = nn.Conv2d(c_student, c_teacher, 1, bias=False) if c_student != c_teacher else nn.Identity()
+        if method != "dive":  # DiVE distils predictions only; Zen-NAS's recipe also mimics features
+            with torch.no_grad():
+                probe = torch.zeros(1, 3, resolution, resolution)
+                c_student = net.eval().forward_features(probe).shape[1]
+                c_teacher = teacher.forward_features(probe).shape[1]
+            adapter = nn.Conv2d(c_student, c_teacher, 1, bias=False) if c_student != c_teacher else nn.Identity()
         teacher.to(device)
     channels_last = config.channels_last and cuda
     memory = torch.channels_last if channels_last else torch.contiguous_format
@@ -352,13 +478,30 @@ def _train(config: TrainConfig, dist: _Dist, device: torch.device, cuda: bool, o
     batch_per_rank = max(1, config.batch_size // dist.world)
     lr = config.lr if config.lr is not None else (0.1 if config.optimizer == "sgd" else 1e-3) * config.batch_size / 256
     wd = config.weight_decay if config.weight_decay is not None else (5e-4 if config.optimizer == "sgd" else 0.05)
-    decay = [p for p in student.parameters() if p.ndim > 1]
-    no_decay = [p for p in student.parameters() if p.ndim <= 1]  # BatchNorm and biases
-    groups = [{"params": decay, "weight_decay": wd}, {"params": no_decay, "weight_decay": 0.0}]
-    if config.optimizer == "sgd":
-        optimizer: torch.optim.Optimizer = torch.optim.SGD(groups, lr=lr, momentum=0.9, nesterov=True)
-    else:
-        optimizer = torch.optim.AdamW(groups, lr=lr)
+
+    def make_optimizer(params: list[nn.Parameter]) -> torch.optim.Optimizer:
+        groups = [
+            {"params": [p for p in params if p.ndim > 1], "weight_decay": wd},
+            {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0},
+        ]  # BatchNorm and biases
+        if config.optimizer == "sgd":
+            return torch.optim.SGD(groups, lr=lr, momentum=0.9, nesterov=True)
+        return torch.optim.AdamW(groups, lr=lr)
+
+    stage1_epochs = config.epochs
+    total_epochs = stage1_epochs + (lt.stage2_epochs if lt else 0)
+
+    def freeze_for_stage2() -> torch.optim.Optimizer:
+        """cRT's second stage: the backbone frozen (BatchNorm statistics too), only the classifier trains."""
+        student.requires_grad_(False)
+        net.head.fc.requires_grad_(True)
+        return make_optimizer(list(net.head.fc.parameters()))
+
+    start, history = 0, []
+    resuming = config.resume and has_checkpoint
+    saved = read_sidecar(out) if resuming else {}
+    in_stage2 = saved.get("epoch", 0) > stage1_epochs  # the checkpoint's optimizer is the classifier's
+    optimizer = freeze_for_stage2() if in_stage2 else make_optimizer(list(student.parameters()))
     amp = cuda and config.amp != "off"
     scaler = torch.amp.GradScaler("cuda", enabled=amp and config.amp == "fp16")
 
@@ -366,12 +509,7 @@ def _train(config: TrainConfig, dist: _Dist, device: torch.device, cuda: bool, o
         return torch.autocast("cuda", dtype=AMP_DTYPES[config.amp]) if amp else contextlib.nullcontext()
 
     settings = config.settings()
-    start, history = 0, []
-    has_checkpoint = (out / SIDECAR).is_file()
-    if has_checkpoint and not config.resume:
-        raise ConfigError(f"{str(out)!r} already holds a training checkpoint; pass --resume or choose another --out")
-    if config.resume and has_checkpoint:
-        saved = read_sidecar(out)
+    if resuming:
         changed = sorted(k for k in set(settings) | set(saved.get("settings", {}))
                          if settings.get(k) != saved.get("settings", {}).get(k))  # fmt: skip
         if changed:
@@ -385,67 +523,143 @@ def _train(config: TrainConfig, dist: _Dist, device: torch.device, cuda: bool, o
             scaler.load_state_dict(info["scaler"])
         start, history = info["epoch"], info["history"]
 
-    model: nn.Module = student
-    train_sampler = None
-    if dist.world > 1:
+    def wrap(module: nn.Module) -> nn.Module:
+        if dist.world == 1:
+            return module
         from torch.nn.parallel import DistributedDataParallel
+
+        return DistributedDataParallel(module, device_ids=[device.index] if cuda else None)
+
+    model = wrap(student)
+
+    def loader(sampler: Any) -> Any:
+        return make_loader(train_set, batch_size=batch_per_rank, train=True, generator=loader_gen,
+                           workers=config.workers, sampler=sampler, pin_memory=cuda)  # fmt: skip
+
+    def weighted(mode: str) -> EpochSampler:
+        return EpochSampler(sample_weights(labels, num_classes, mode), seed=config.seed, rank=dist.rank,
+                            world=dist.world)  # fmt: skip
+
+    loader_gen = torch.Generator()
+    if method in STAGE1_SAMPLING:
+        train_sampler: Any = weighted(STAGE1_SAMPLING[method])
+    elif dist.world > 1:
         from torch.utils.data.distributed import DistributedSampler
 
-        model = DistributedDataParallel(student, device_ids=[device.index] if cuda else None)
-        train_sampler = DistributedSampler(data.train, num_replicas=dist.world, rank=dist.rank, shuffle=True,
+        train_sampler = DistributedSampler(train_set, num_replicas=dist.world, rank=dist.rank, shuffle=True,
                                            seed=config.seed, drop_last=True)  # fmt: skip
-    loader_gen = torch.Generator()
-    train_loader = make_loader(data.train, batch_size=batch_per_rank, train=True, generator=loader_gen,
-                               workers=config.workers, sampler=train_sampler, pin_memory=cuda)  # fmt: skip
+    else:
+        train_sampler = None
+    train_loader = loader(train_sampler)
+    samplers = [train_sampler]
+    reversed_loader = stage2_loader = None
+    if method == "bbn":
+        samplers.append(weighted("reversed"))
+        reversed_loader = loader(samplers[-1])
+    if lt is not None and lt.stage2_epochs:
+        samplers.append(weighted("balanced"))
+        stage2_loader = loader(samplers[-1])
     # Every rank evaluates the whole val set: exact figures without the padding DistributedSampler adds.
     val_loader = make_loader(data.val, batch_size=batch_per_rank, train=False, generator=torch.Generator(),
                              workers=config.workers, pin_memory=cuda)  # fmt: skip
     steps = len(train_loader)
     if steps == 0:
         raise ConfigError(
-            f"train/ holds fewer images ({len(data.train)}) than one batch per process; lower --batch-size"
+            f"train/ holds fewer images ({len(train_set)}) than one batch per process; lower --batch-size"
         )
-    total, warmup = config.epochs * steps, round(config.warmup_epochs * steps)
+    total, warmup = stage1_epochs * steps, round(config.warmup_epochs * steps)
+    class_weights = None
+    if method == "cb-reweight":
+        class_weights = class_balanced_weights(counts, lt.cb_beta).to(device)
+    log_prior = None
+    if method in PRIOR_SHIFTED:
+        tau = lt.la_tau if method == "logit-adjust" else 1.0
+        log_prior = tau * torch.log(torch.as_tensor(counts / counts.sum(), dtype=torch.float32)).to(device)  # [C]
+
+    def stage1_loss(logits: torch.Tensor, target: torch.Tensor, features, x: torch.Tensor) -> torch.Tensor:
+        if log_prior is not None:  # logit adjustment, balanced softmax and DiVE's label term
+            loss = soft_cross_entropy(logits + log_prior, target)
+        else:
+            loss = soft_cross_entropy(logits, target, class_weights)
+        if teacher is None:
+            return loss
+        with torch.no_grad():
+            t_features = teacher.forward_features(x)  # [B, C_teacher, H', W']
+            t_logits = teacher.head(t_features).float()
+        if method == "dive":  # KL to the teacher's flattened predictions at temperature T (He et al.)
+            temp = lt.dive_temperature
+            q = flattened_teacher(t_logits, temp, lt.dive_power)
+            kl = F.kl_div(F.log_softmax(logits / temp, 1), q, reduction="batchmean") * temp**2
+            return (1 - config.kd_alpha) * loss + config.kd_alpha * kl
+        temp = config.kd_temperature
+        kl = F.kl_div(F.log_softmax(logits / temp, 1), F.softmax(t_logits / temp, 1),
+                      reduction="batchmean") * temp**2  # fmt: skip
+        side = min(features.shape[-1], t_features.shape[-1])
+        mimic = F.mse_loss(F.adaptive_avg_pool2d(features.float(), side),
+                           F.adaptive_avg_pool2d(t_features.float(), side))  # fmt: skip
+        return (1 - config.kd_alpha) * loss + config.kd_alpha * kl + config.kd_feature_weight * mimic
 
     base_info = {
         "arch": spec.canonical, "dialect": spec.dialect, "num_classes": num_classes, "resolution": resolution,
         "use_se": use_se, "classes": data.classes, "layout": data.layout, "settings": settings,
-        "world_size": dist.world,
+        "world_size": dist.world, "head": head,
     }  # fmt: skip
-    for epoch in range(start, config.epochs):
+    if lt is not None:
+        base_info.update(method=method, train_counts=counts.tolist())
+    for epoch in range(start, total_epochs):
         started = time.monotonic()
+        stage2 = epoch >= stage1_epochs
+        if stage2 and epoch == stage1_epochs:  # cRT: keep the (EMA) backbone, re-train a fresh classifier
+            if ema is not None:
+                net.load_state_dict(ema.module.state_dict())
+            reset_classifier_(net.head.fc, config.seed + 1)
+            optimizer = freeze_for_stage2()
+            ema = ModelEma(net, config.ema_decay) if ema is not None else None
+            model = wrap(student)  # DDP must see which parameters still train
         # Everything random in this epoch follows from (seed, epoch, rank): resuming replays it exactly.
         torch.manual_seed(config.seed * 100_003 + epoch * 1_009 + dist.rank)
         loader_gen.manual_seed(config.seed * 100_003 + epoch)
-        if train_sampler is not None:
-            train_sampler.set_epoch(epoch)
+        for sampler in samplers:
+            if sampler is not None:
+                sampler.set_epoch(epoch)
         mix_rng = np.random.default_rng([config.seed, epoch, dist.rank])
-        student.train()
+        if stage2:
+            student.eval()  # frozen BatchNorm statistics; the linear classifier has no train mode
+            batches: Any = stage2_loader
+        else:
+            student.train()
+            batches = zip(train_loader, reversed_loader, strict=True) if reversed_loader else train_loader
+        alpha = bbn_alpha(epoch, stage1_epochs)
         loss_sum = torch.zeros((), device=device)
-        for step, (x, y) in enumerate(train_loader):
+        for step, batch in enumerate(batches):
+            offset = stage1_epochs * steps if stage2 else 0
             global_step = epoch * steps + step
             for group in optimizer.param_groups:
-                group["lr"] = lr_at(global_step, total=total, warmup=warmup, base=lr, minimum=config.min_lr)
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            if channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            x, target = mix_batch(x, soft_targets(y, num_classes, config.label_smoothing), mix_rng,
-                                  mixup=config.mixup, cutmix=config.cutmix)  # fmt: skip
+                group["lr"] = (
+                    lr_at(global_step - offset, total=lt.stage2_epochs * steps, warmup=0, base=lr,
+                          minimum=config.min_lr) if stage2
+                    else lr_at(global_step, total=total, warmup=warmup, base=lr, minimum=config.min_lr)
+                )  # fmt: skip
+            pairs = batch if reversed_loader is not None and not stage2 else (batch,)
+            inputs = []
+            for x, y in pairs:  # BBN: the uniform batch, then the reversed-sampler batch
+                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+                if channels_last:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                inputs.append(mix_batch(x, soft_targets(y, num_classes, config.label_smoothing), mix_rng,
+                                        mixup=config.mixup, cutmix=config.cutmix))  # fmt: skip
+            (x, target), *rest = inputs
             with autocast():
-                logits, features = model(x)  # [B, K], [B, C_teacher, H, W] or None
-                logits = logits.float()
-                loss = torch.sum(-target * F.log_softmax(logits, dim=1), dim=1).mean()
-                if teacher is not None:
-                    with torch.no_grad():
-                        t_features = teacher.forward_features(x)  # [B, C_teacher, H', W']
-                        t_logits = teacher.head(t_features).float()
-                    temp = config.kd_temperature
-                    kl = F.kl_div(F.log_softmax(logits / temp, 1), F.softmax(t_logits / temp, 1),
-                                  reduction="batchmean") * temp**2  # fmt: skip
-                    side = min(features.shape[-1], t_features.shape[-1])
-                    mimic = F.mse_loss(F.adaptive_avg_pool2d(features.float(), side),
-                                       F.adaptive_avg_pool2d(t_features.float(), side))  # fmt: skip
-                    loss = (1 - config.kd_alpha) * loss + config.kd_alpha * kl + config.kd_feature_weight * mimic
+                if rest:  # BBN: one classifier on both branches, each batch's loss weighted by alpha
+                    ((x_r, target_r),) = rest
+                    logits = model(x, x_r, alpha)[0].float()
+                    loss = alpha * soft_cross_entropy(logits, target) + (1 - alpha) * soft_cross_entropy(
+                        logits, target_r
+                    )
+                else:
+                    logits, features = model(x)  # [B, K], [B, C_teacher, H, W] or None
+                    logits = logits.float()
+                    loss = soft_cross_entropy(logits, target) if stage2 else stage1_loss(logits, target, features, x)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             if config.grad_clip > 0:
@@ -454,7 +668,7 @@ def _train(config: TrainConfig, dist: _Dist, device: torch.device, cuda: bool, o
             scaler.step(optimizer)
             scaler.update()
             if ema is not None:
-                ema.update(net, global_step)
+                ema.update(net, global_step - offset)
             loss_sum += loss.detach()
             if main and on_step is not None:
                 on_step(epoch + 1, step + 1, steps, loss.item())
@@ -480,6 +694,8 @@ def _train(config: TrainConfig, dist: _Dist, device: torch.device, cuda: bool, o
             "ema_top5": ema_val["top5"] if ema_val else None,
             "seconds": time.monotonic() - started,
         }
+        if lt is not None:
+            record["stage"] = 2 if stage2 else 1
         history.append(record)
         if main:
             save_checkpoint(out, epoch=epoch + 1, model=net, optimizer=optimizer, ema=ema.module if ema else None,
@@ -491,6 +707,7 @@ def _train(config: TrainConfig, dist: _Dist, device: torch.device, cuda: bool, o
 
     final = history[-1]
     key = "ema_" if ema is not None else ""
+    weights = ema.module if ema is not None else net
     cx = count(spec, resolution=resolution, num_classes=num_classes, use_se=use_se)
     metrics = {
         "top1": final[f"{key}top1"],
@@ -507,16 +724,49 @@ def _train(config: TrainConfig, dist: _Dist, device: torch.device, cuda: bool, o
         "dialect": spec.dialect,
         "resolution": resolution,
         "num_classes": num_classes,
-        "train_images": len(data.train),
+        "train_images": len(train_set),
         "val_images": len(data.val),
         "seconds": sum(r["seconds"] for r in history),
     }
+    if lt is not None:
+        metrics.update(_longtail_report(lt, weights, val_loader, device, autocast, channels_last, counts))
+        if head == "bbn":
+            metrics["trained_params"] = sum(p.numel() for p in weights.parameters())
     if main:
-        weights = ema.module if ema is not None else net
         sidecar = {**base_info, "weights": metrics["reported"], "top1": metrics["top1"], "top5": metrics["top5"]}
         save_weights(out / "model.safetensors", weights, sidecar)
         atomic_write_json(out / "metrics.json", metrics)
     return metrics
 
 
-__all__ = ["TrainConfig", "evaluate", "load_teacher", "lr_at", "mix_batch", "soft_targets", "train_classification"]
+def _longtail_report(
+    lt: LongtailConfig, weights: nn.Module, val_loader: Any, device: torch.device, autocast: Any,
+    channels_last: bool, counts: np.ndarray,
+) -> dict[str, Any]:  # fmt: skip
+    """top1, top5, many/medium/few, balanced_top1 and per_class of the final weights (tau-normalised for
+    tau-norm, in place: those are the weights saved), plus the method's settings."""
+    report: dict[str, Any] = {}
+    if lt.method == "tau-norm":
+        before = evaluate(weights, val_loader, device, autocast, channels_last, predictions=True)
+        report["before_tau_norm"] = {
+            k: v for k, v in longtail_metrics(before["predicted"], before["targets"], counts,
+                                              many=lt.many_threshold, few=lt.few_threshold).items()
+            if k != "per_class"
+        }  # fmt: skip
+        tau_normalize_(weights.head.fc, lt.tau)
+    result = evaluate(weights, val_loader, device, autocast, channels_last, predictions=True)
+    groups = longtail_metrics(result["predicted"], result["targets"], counts, many=lt.many_threshold,
+                              few=lt.few_threshold)  # fmt: skip
+    report.update(groups, top5=result["top5"])
+    report.update(
+        method=lt.method, imbalance_factor=lt.imbalance_factor, train_counts=counts.tolist(),
+        imbalance=float(counts.max() / counts.min()),
+        shot_thresholds={"many": f"> {lt.many_threshold}", "few": f"< {lt.few_threshold}"},
+    )  # fmt: skip
+    return report
+
+
+__all__ = [
+    "LongtailConfig", "TrainConfig", "build_trained", "evaluate", "load_teacher", "lr_at", "mix_batch", "soft_targets",
+    "train_classification",
+]  # fmt: skip

@@ -42,13 +42,13 @@ def evaluate_checkpoint(
 ) -> dict[str, Any]:  # fmt: skip
     """top1/top5 (percent), per-class accuracy and the confusion matrix [true, predicted] on val/."""
     from zennas.arch import parse
-    from zennas.build import BuildOptions, build
     from zennas.train.checkpoint import load_weights
+    from zennas.train.classification import build_trained
     from zennas.train.data import load_classification_data, make_loader
 
     weights, info = _weights_and_sidecar(checkpoint)
     spec = parse(info["arch"], info.get("dialect"))
-    net = build(spec, BuildOptions(num_classes=info["num_classes"], use_se=info.get("use_se")))
+    net = build_trained(spec, info["num_classes"], info.get("use_se"), info.get("head", "linear"))
     load_weights(weights, net, spec.canonical)
     data = load_classification_data(data_dir, info["resolution"])
     if info.get("classes") is not None and list(data.classes) != list(info["classes"]):

@@ -22,6 +22,7 @@ Definitions (each from its paper; the trainer composes them into the `--method` 
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Sequence
 
@@ -31,6 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from zennas.errors import ConfigError
+from zennas.train import LONGTAIL_METHODS
 
 
 def longtail_counts(n_max: int, num_classes: int, imbalance_factor: float) -> list[int]:
@@ -168,3 +170,100 @@ def longtail_metrics(predictions: Sequence[int], targets: Sequence[int], train_c
         values = values[~np.isnan(values)]
         out[name] = float(values.mean()) if len(values) else None
     return out
+
+
+# ----------------------------------------------------------------------------------------------
+# The `zennas train longtail --method` recipes
+
+METHODS = LONGTAIL_METHODS
+# Stage-1 sampling of each method (None: every image once per epoch, shuffled).
+STAGE1_SAMPLING = {"cb-resample": "balanced", "sqrt-resample": "sqrt"}
+# Shift of the training logits by tau * log(prior): logit adjustment (tau = --la-tau), balanced softmax, DiVE.
+PRIOR_SHIFTED = ("logit-adjust", "balanced-softmax", "dive")
+
+
+def soft_cross_entropy(logits: torch.Tensor, target: torch.Tensor, class_weights: torch.Tensor | None = None):
+    """mean_i sum_c -w_c t_ic log softmax(z_i)_c for soft targets t [N, C] (w = 1 without weights).
+
+    With one-hot targets this is (weighted) cross-entropy averaged over the batch, Cui et al.'s form
+    of class-balanced re-weighting (not normalised by the sum of the weights).
+    """
+    log_p = F.log_softmax(logits, dim=1)  # [N, C]
+    if class_weights is not None:
+        target = target * class_weights.to(target.device)
+    return -(target * log_p).sum(dim=1).mean()
+
+
+class EpochSampler(torch.utils.data.Sampler):
+    """Weighted sampling with replacement, redrawn each epoch from (seed, epoch); this rank's share.
+
+    `num_samples` draws (default: the dataset's size, so an epoch keeps its length) are made on
+    every rank with the same generator and split rank::world, so DDP ranks see disjoint slices and
+    a resumed run draws exactly what the uninterrupted one drew.
+    """
+
+    def __init__(
+        self, weights: np.ndarray, *, seed: int, rank: int = 0, world: int = 1, num_samples: int | None = None
+    ):
+        self.weights = torch.as_tensor(weights, dtype=torch.float64)
+        self.seed, self.rank, self.world, self.epoch = seed, rank, world, 0
+        total = len(self.weights) if num_samples is None else num_samples
+        self.per_rank = total // world
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch * 1_009 + 7)
+        drawn = torch.multinomial(self.weights, self.per_rank * self.world, replacement=True, generator=g)
+        return iter(drawn[self.rank :: self.world].tolist())
+
+    def __len__(self) -> int:
+        return self.per_rank
+
+
+class BilateralNetwork(nn.Module):
+    """BBN (Zhou et al. CVPR 2020) on a zennas Network: shared blocks, then two copies of the last block.
+
+    The conventional branch is the network's own last block; the re-balancing branch a fresh copy
+    of it (re-initialised). Each branch is pooled; the classifier sees [alpha f_c, (1 - alpha) f_r]
+    (one linear layer on the concatenation is W_c alpha f_c + W_r (1 - alpha) f_r). Training feeds
+    the uniform batch to the conventional branch and the reversed-sampler batch to the re-balancing
+    one; inference feeds the same images to both with alpha = 0.5.
+    """
+
+    def __init__(self, net: nn.Module, num_classes: int):
+        super().__init__()
+        blocks = list(net.blocks)
+        if len(blocks) < 2 or not isinstance(getattr(net.head, "fc", None), nn.Linear):
+            raise ConfigError("BBN needs a zennas network with at least 2 blocks and a linear classifier")
+        self.shared = nn.Sequential(*blocks[:-1])
+        self.conventional = blocks[-1]
+        self.rebalancing = copy.deepcopy(blocks[-1])
+        for module in self.rebalancing.modules():
+            if module is not self.rebalancing and hasattr(module, "reset_parameters"):
+                module.reset_parameters()
+        self.fc = nn.Linear(2 * net.head.fc.in_features, num_classes)
+
+    @staticmethod
+    def _pool(x: torch.Tensor) -> torch.Tensor:
+        return torch.flatten(F.adaptive_avg_pool2d(x, 1), 1)  # [B, C]
+
+    def forward(self, x: torch.Tensor, x_reversed: torch.Tensor | None = None, alpha: float = 0.5) -> torch.Tensor:
+        """Logits [B, K]; with `x_reversed` (training) the two batches share one pass of the shared blocks."""
+        if x_reversed is None:
+            h = self.shared(x)
+            h_c = h_r = h
+        else:
+            # one pass over both batches: BatchNorm sees them together, as BBN's shared backbone does
+            h_c, h_r = self.shared(torch.cat([x, x_reversed])).split([x.shape[0], x_reversed.shape[0]])
+        f_c = self._pool(self.conventional(h_c))  # [B, C]
+        f_r = self._pool(self.rebalancing(h_r))  # [B, C]
+        return self.fc(torch.cat([alpha * f_c, (1 - alpha) * f_r], dim=1))
+
+
+def reset_classifier_(linear: nn.Linear, seed: int) -> None:
+    """Re-initialise a classifier deterministically (cRT's second stage starts from a fresh one)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        linear.reset_parameters()
