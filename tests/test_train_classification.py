@@ -17,12 +17,11 @@ import torch
 from click.testing import CliRunner
 
 pytest.importorskip("torchvision")
-datasets = pytest.importorskip("sklearn.datasets")
-from PIL import Image  # noqa: E402
+pytest.importorskip("sklearn.datasets")
 
-from zennas.errors import ConfigError  # noqa: E402
-from zennas.train.checkpoint import load_checkpoint, load_weights, save_checkpoint  # noqa: E402
-from zennas.train.classification import TrainConfig, lr_at, mix_batch, train_classification  # noqa: E402
+from zennas.errors import ConfigError
+from zennas.train.checkpoint import load_checkpoint, load_weights, save_checkpoint
+from zennas.train.classification import TrainConfig, lr_at, mix_batch, train_classification
 
 ARCH = "SuperConvK3BNRELU(3,16,1,1)SuperResK3K3(16,32,2,16,1)SuperConvK1BNRELU(32,64,1,1)"
 OTHER = "SuperConvK3BNRELU(3,8,1,1)SuperResK3K3(8,16,2,8,1)SuperConvK1BNRELU(16,32,1,1)"
@@ -31,16 +30,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def write_digits(root: Path, *, val_per_class: int, limit: int | None = None) -> Path:
     """sklearn's 8x8 digits as grey PNGs in ImageFolder layout (a fixed, seeded split)."""
-    digits = datasets.load_digits()
-    images = (digits.images * 255 / 16).astype(np.uint8)  # [N, 8, 8], values 0..16 -> 0..255
-    seen: dict[int, int] = {}
-    for i in np.random.default_rng(0).permutation(len(images))[:limit]:
-        label = int(digits.target[i])
-        seen[label] = seen.get(label, 0) + 1
-        folder = root / ("val" if seen[label] <= val_per_class else "train") / f"digit{label}"
-        folder.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(images[i], "L").save(folder / f"{i}.png")
-    return root
+    from zennas.train.synthetic import write_digits_folder
+
+    return write_digits_folder(root, val_per_class=val_per_class, limit=limit)
 
 
 @pytest.fixture(scope="module")
