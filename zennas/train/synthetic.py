@@ -5,6 +5,7 @@ real (scikit-learn's 1,797 hand-written 8x8 digits), the layout is the real on-d
 trainer reads, and everything is seeded. They are learning checks, not benchmarks.
 
 - `write_coco_digits`: digits pasted on noisy canvases, boxes and labels known, in COCO format.
+- `write_market_digits`: each digit image a person, seen by simulated cameras, in Market-1501 layout.
 """
 
 from __future__ import annotations
@@ -161,8 +162,6 @@ __all__ = ["write_coco_digits"]
 
 # ----------------------------------------------------------------------------------------------
 # Re-identification: digits as people, in Market-1501 layout
-
-REID_CAMERA_STYLES = 6  # distinct simulated cameras available
 
 
 def _camera_styles(rng: np.random.Generator, cameras: int) -> list[dict[str, Any]]:
