@@ -940,6 +940,69 @@ def train_longtail_command(arch, run_dir, data, out, **options) -> None:
     )
 
 
+@train_group.command("detection")
+@click.option("--arch", help="Backbone: a registered name, a string or a file (or use --run).")
+@click.option("--run", "run_dir", type=click.Path(file_okay=False), help="A search's --out folder (uses result.json).")
+@click.option("--data", required=True, type=click.Path(), help="COCO folder: annotations/instances_{train,val}*.json.")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder for checkpoints and metrics.")
+@click.option("--epochs", type=click.IntRange(min=1), default=12, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True, help="Global batch.")
+@click.option("--resolution", type=click.IntRange(min=32), help="Shorter image side (default: the run's or model's).")
+@click.option("--max-size", type=click.IntRange(min=32), help="Longer side cap (default: resolution x 1333/800).")
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), help="Peak learning rate (default: scaled).")
+@click.option("--optimizer", type=click.Choice(["sgd", "adamw"]), default="sgd", show_default=True)
+@click.option("--weight-decay", type=click.FloatRange(min=0), help="Default: 1e-4 (SGD), 0.05 (AdamW).")
+@click.option("--warmup-epochs", type=click.FloatRange(min=0), default=1.0, show_default=True)
+@click.option("--ema-decay", type=click.FloatRange(0, 1, max_open=True), default=0.9998, show_default=True)
+@click.option("--grad-clip", type=click.FloatRange(min=0), default=0.0, show_default=True, help="0 = off.")
+@click.option("--amp", type=click.Choice(["bf16", "fp16", "off"]), default="bf16", show_default=True, help="CUDA only.")
+@click.option("--hflip", type=click.FloatRange(0, 1), default=0.5, show_default=True, help="Flip probability.")
+@click.option("--fpn-channels", type=click.IntRange(min=8), default=128, show_default=True, help="Multiple of 8.")
+@click.option("--head-convs", type=click.IntRange(min=1), default=4, show_default=True, help="Convs per head tower.")
+@click.option("--score-thresh", type=click.FloatRange(0, 1, max_open=True), default=0.05, show_default=True)
+@click.option("--nms-thresh", type=click.FloatRange(0, 1, min_open=True), default=0.6, show_default=True)
+@click.option("--detections-per-img", type=click.IntRange(min=1), default=100, show_default=True)
+@click.option("--backbone-weights", type=click.Path(), help="Start from a classification --out folder's weights.")
+@click.option("--skip-bad-boxes", is_flag=True, help="Drop (and count) degenerate or out-of-image boxes.")
+@click.option("--eval-every", type=click.IntRange(min=1), default=1, show_default=True, help="Epochs between mAPs.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--device", help="cpu, cuda or cuda:N (default: cuda if available).")
+@click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True, help="Data-loading processes.")
+@click.option("--dialect", help="Parse --arch in this dialect instead of detecting it.")
+@click.option("--resume", is_flag=True, help="Continue from the last checkpoint in --out.")
+@click.option("--onnx/--no-onnx", "export_onnx", default=True, show_default=True, help="Write OUT/detector.onnx.")
+@click.option("--onnx-exporter", type=click.Choice(["auto", "dynamo", "torchscript"]), default="auto",
+              show_default=True)  # fmt: skip
+@_one_line_errors
+def train_detection_command(arch, run_dir, data, out, **options) -> None:
+    """Train an FCOS detector (FPN on C3-C5) on a COCO dataset; COCO mAP and detector.onnx go to --out."""
+    from zennas.train.detection import DetectionConfig, train_detection
+
+    config = DetectionConfig(data=data, out=out, arch=arch, run=run_dir, **options)
+    started = time.monotonic()
+    bar = contextlib.ExitStack()
+
+    def on_step(epoch: int, step: int, steps: int, loss: float) -> None:
+        if step == 1:  # one progress bar per epoch
+            bar.close()
+            bar.advance = bar.enter_context(_progress(steps, f"epoch {epoch}/{config.epochs}"))
+        bar.advance(step)
+        if step == steps:
+            bar.close()
+
+    def on_epoch(r: dict) -> None:
+        scores = f"  mAP {r['map']:.3f}  mAP@0.5 {r['map_50']:.3f}" if r["map"] is not None else ""
+        click.echo(f"epoch {r['epoch']}: loss {r['train_loss']:.4f}{scores}  ({r['seconds']:.0f} s)", err=True)
+
+    with bar:
+        m = train_detection(config, on_step=on_step, on_epoch=on_epoch)
+    onnx = f"; {m['onnx']['path']} (max rel. error {m['onnx']['max_rel_error']:.1e})" if "onnx" in m else ""
+    click.echo(
+        f"{out}: mAP {m['map']:.3f}  mAP@0.5 {m['map_50']:.3f}  mAP@0.75 {m['map_75']:.3f} ({m['reported']} weights) "
+        f"after {m['epochs']} epochs in {time.monotonic() - started:.0f} s{onnx}"
+    )
+
+
 @main.command("eval")
 @click.argument("checkpoint", type=click.Path())
 @click.option("--data", required=True, type=click.Path(), help="Folder with val/ class folders (or CIFAR).")
@@ -965,6 +1028,87 @@ def eval_command(checkpoint, data, batch_size, device, plot_path, as_json) -> No
         return
     click.echo(f"top-1 {result['top1']:.2f}%  top-5 {result['top5']:.2f}%  on {result['images']} images; "
                f"confusion matrix: {result['plot']}")  # fmt: skip
+
+
+@train_group.command("reid")
+@click.option("--arch", help="Backbone architecture: a registered name, a string or a file (or use --run).")
+@click.option("--run", "run_dir", type=click.Path(file_okay=False), help="A search's --out folder (uses result.json).")
+@click.option("--data", required=True, type=click.Path(),
+              help="Market-1501 layout: bounding_box_train/, query/, bounding_box_test/.")  # fmt: skip
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder for checkpoints and metrics.")
+@click.option("--epochs", type=click.IntRange(min=1), default=60, show_default=True)
+@click.option("--ids-per-batch", "-P", "p", type=click.IntRange(min=2), default=16, show_default=True,
+              help="P: identities per batch (per process).")  # fmt: skip
+@click.option("--images-per-id", "-K", "k", type=click.IntRange(min=2), default=4, show_default=True,
+              help="K: images per identity in a batch.")  # fmt: skip
+@click.option("--height", type=click.IntRange(min=8), default=256, show_default=True, help="Input height.")
+@click.option("--width", type=click.IntRange(min=8), default=128, show_default=True, help="Input width.")
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), help="Peak learning rate (default: scaled).")
+@click.option("--optimizer", type=click.Choice(["adam", "adamw", "sgd"]), default="adam", show_default=True)
+@click.option("--weight-decay", type=click.FloatRange(min=0), default=5e-4, show_default=True)
+@click.option("--warmup-epochs", type=click.FloatRange(min=0), default=5.0, show_default=True)
+@click.option("--label-smoothing", type=click.FloatRange(0, 1, max_open=True), default=0.1, show_default=True)
+@click.option("--margin", type=click.FloatRange(min=0), default=0.3, show_default=True, help="Triplet margin.")
+@click.option("--soft-margin", is_flag=True, help="Triplet loss log(1 + exp(d_ap - d_an)) instead of a margin.")
+@click.option("--id-weight", type=click.FloatRange(min=0), default=1.0, show_default=True)
+@click.option("--triplet-weight", type=click.FloatRange(min=0), default=1.0, show_default=True)
+@click.option("--hflip", type=click.FloatRange(0, 1), default=0.5, show_default=True, help="Flip probability.")
+@click.option("--pad", type=click.IntRange(min=0), help="Pad-and-crop pixels (default: 10 at height 256, scaled).")
+@click.option("--erasing", type=click.FloatRange(0, 1), default=0.5, show_default=True,
+              help="Random-erasing probability.")  # fmt: skip
+@click.option("--neck", type=click.Choice(["after", "before"]), default="after", show_default=True,
+              help="Embed with the BNNeck's output (after) or its input (before).")  # fmt: skip
+@click.option("--metric", type=click.Choice(["cosine", "euclidean"]), default="cosine", show_default=True)
+@click.option("--eval-every", type=click.IntRange(min=1), default=10, show_default=True,
+              help="Evaluate every N epochs (and after the last).")  # fmt: skip
+@click.option("--rerank", is_flag=True, help="Also report k-reciprocal re-ranked figures (last epoch).")
+@click.option("--k1", type=click.IntRange(min=1), default=20, show_default=True, help="Re-ranking k1.")
+@click.option("--k2", type=click.IntRange(min=1), default=6, show_default=True, help="Re-ranking k2.")
+@click.option("--lambda", "lambda_value", type=click.FloatRange(0, 1), default=0.3, show_default=True,
+              help="Re-ranking weight of the original distance.")  # fmt: skip
+@click.option("--ema-decay", type=click.FloatRange(0, 1, max_open=True), default=0.0, show_default=True,
+              help="0 = no EMA.")  # fmt: skip
+@click.option("--grad-clip", type=click.FloatRange(min=0), default=0.0, show_default=True, help="0 = off.")
+@click.option("--amp", type=click.Choice(["bf16", "fp16", "off"]), default="bf16", show_default=True, help="CUDA only.")
+@click.option("--pretrained", type=click.Path(), help="Backbone weights: a training --out folder or .safetensors.")
+@click.option("--eval-batch-size", type=click.IntRange(min=1), default=128, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--device", help="cpu, cuda or cuda:N (default: cuda if available).")
+@click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True, help="Data-loading processes.")
+@click.option("--dialect", help="Parse --arch in this dialect instead of detecting it.")
+@click.option("--resume", is_flag=True, help="Continue from the last checkpoint in --out.")
+@_one_line_errors
+def train_reid_command(arch, run_dir, data, out, **options) -> None:
+    """Train a ReID embedding (BNNeck, ID + triplet loss, P x K batches) on a Market-1501-layout folder.
+
+    Reports CMC rank-1/5/10 and mAP in percent (Market-1501 protocol) in --out/metrics.json.
+    """
+    from zennas.train.reid import ReidConfig, train_reid
+
+    config = ReidConfig(data=data, out=out, arch=arch, run=run_dir, **options)
+    started = time.monotonic()
+    bar = contextlib.ExitStack()
+
+    def on_step(epoch: int, step: int, steps: int, loss: float) -> None:
+        if step == 1:  # one progress bar per epoch
+            bar.close()
+            bar.advance = bar.enter_context(_progress(steps, f"epoch {epoch}/{config.epochs}"))
+        bar.advance(step)
+        if step == steps:
+            bar.close()
+
+    def on_epoch(r: dict) -> None:
+        scores = f"  rank-1 {r['rank1']:.2f}  mAP {r['map']:.2f}" if "rank1" in r else ""
+        click.echo(f"epoch {r['epoch']}: loss {r['train_loss']:.4f}{scores}  ({r['seconds']:.0f} s)", err=True)
+
+    with bar:
+        m = train_reid(config, on_step=on_step, on_epoch=on_epoch)
+    rerank = f"; re-ranked rank-1 {m['rerank_rank1']:.2f} %  mAP {m['rerank_map']:.2f} %" if config.rerank else ""
+    click.echo(
+        f"{out}: rank-1 {m['rank1']:.2f} %  rank-5 {m['rank5']:.2f} %  mAP {m['map']:.2f} % "
+        f"(random ranking: {m['chance_rank1']:.2f} % / {m['chance_map']:.2f} %){rerank} after {m['epochs']} epochs "
+        f"in {time.monotonic() - started:.0f} s"
+    )
 
 
 if __name__ == "__main__":
