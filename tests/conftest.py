@@ -50,9 +50,10 @@ def hook_macs(model: nn.Module, input_shape: tuple[int, ...]) -> int:
     return total
 
 
-@pytest.fixture(autouse=True, scope="session")
+@pytest.fixture(autouse=True)
 def _one_torch_thread():
-    """Test networks are tiny: one intra-op thread is faster and immune to a busy 2-core runner; restored after."""
+    """Test networks are tiny: one intra-op thread is faster and immune to a busy 2-core runner; set for
+    every test (a test that changes it cannot leak its setting) and restored after."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield

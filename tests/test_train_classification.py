@@ -52,15 +52,6 @@ def config(data: Path, out: Path, **kw) -> TrainConfig:
     return TrainConfig(data=str(data), out=str(out), **{**settings, **kw})
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """The machine is shared and small nets gain nothing from threads; also makes timing stable."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_learns_real_digits_and_writes_metrics(digits, tmp_path):
     out = tmp_path / "run"
     metrics = train_classification(config(digits, out, epochs=3))

@@ -30,14 +30,6 @@ def digits(tmp_path_factory) -> Path:
     return write_digits(tmp_path_factory.mktemp("lt-digits"), val_per_class=30)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def config(data: Path, out: Path, **kw) -> LongtailConfig:
     settings = dict(arch=ARCH, epochs=1, batch_size=32, resolution=16, hflip=0.0, lr=0.2, warmup_epochs=0.5,
                     imbalance_factor=20.0)  # fmt: skip

@@ -38,15 +38,6 @@ from zennas.train.synthetic import write_market_digits
 ARCH = "SuperConvK3BNRELU(3,16,1,1)SuperResK3K3(16,32,2,16,1)SuperConvK1BNRELU(32,64,1,1)"
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """The machine is shared and small nets gain nothing from threads."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory) -> Path:
     """12 training people, 6 test people: enough for plumbing tests."""
