@@ -115,7 +115,7 @@ def longtail(work: Path, args: argparse.Namespace) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--part", choices=["searched", "longtail"], required=True)
-    parser.add_argument("--epochs", type=int, help="default: 6 (searched), 15 (longtail)")
+    parser.add_argument("--epochs", type=int, help="default: 10 (searched), 15 (longtail)")
     parser.add_argument("--iterations", type=int, default=1000, help="search iterations (searched)")
     parser.add_argument("--params-budget", default="0.1M")
     parser.add_argument("--flops-budget", default="15M")
@@ -124,7 +124,7 @@ def main() -> None:
     parser.add_argument("--imbalance-factor", type=float, default=100.0)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
-    args.epochs = args.epochs or (6 if args.part == "searched" else 15)
+    args.epochs = args.epochs or (10 if args.part == "searched" else 15)
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
         (searched if args.part == "searched" else longtail)(Path(tmp), args)
