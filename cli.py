@@ -864,12 +864,10 @@ def _train_options(fn):
     return fn
 
 
-def _train_with_progress(config) -> dict:
-    """Run `train_classification(config)` with a progress bar per epoch and a line per finished epoch."""
-    from zennas.train.classification import train_classification
-
+def _train_with_progress(train, config, epochs: int, describe: Callable[[dict], str]) -> dict:
+    """Run `train(config, on_step=..., on_epoch=...)` with a progress bar per epoch and, after each
+    epoch, a line `epoch N<describe(record)>`; returns the trainer's metrics."""
     bar = contextlib.ExitStack()
-    epochs = config.epochs + getattr(config, "stage2_epochs", 0)  # cRT adds classifier epochs
 
     def on_step(epoch: int, step: int, steps: int, loss: float) -> None:
         if step == 1:  # one progress bar per epoch
@@ -880,16 +878,16 @@ def _train_with_progress(config) -> dict:
             bar.close()
 
     def on_epoch(r: dict) -> None:
-        ema = f"  ema top-1 {r['ema_top1']:.2f}" if r["ema_top1"] is not None else ""
-        stage = " (classifier re-training)" if r.get("stage") == 2 else ""
-        click.echo(
-            f"epoch {r['epoch']}{stage}: loss {r['train_loss']:.4f}  top-1 {r['top1']:.2f}{ema}  "
-            f"({r['seconds']:.0f} s)",
-            err=True,
-        )
+        click.echo(f"epoch {r['epoch']}{describe(r)}  ({r['seconds']:.0f} s)", err=True)
 
     with bar:
-        return train_classification(config, on_step=on_step, on_epoch=on_epoch)
+        return train(config, on_step=on_step, on_epoch=on_epoch)
+
+
+def _classification_epoch(r: dict) -> str:
+    ema = f"  ema top-1 {r['ema_top1']:.2f}" if r["ema_top1"] is not None else ""
+    stage = " (classifier re-training)" if r.get("stage") == 2 else ""
+    return f"{stage}: loss {r['train_loss']:.4f}  top-1 {r['top1']:.2f}{ema}"
 
 
 @train_group.command("classification")
@@ -897,11 +895,11 @@ def _train_with_progress(config) -> dict:
 @_one_line_errors
 def train_classification_command(arch, run_dir, data, out, **options) -> None:
     """Train ARCH on an image-classification dataset; checkpoints and metrics go to --out."""
-    from zennas.train.classification import TrainConfig
+    from zennas.train.classification import TrainConfig, train_classification
 
     config = TrainConfig(data=data, out=out, arch=arch, run=run_dir, **options)
     started = time.monotonic()
-    metrics = _train_with_progress(config)
+    metrics = _train_with_progress(train_classification, config, config.epochs, _classification_epoch)
     click.echo(
         f"{out}: top-1 {metrics['top1']:.2f} %  top-5 {metrics['top5']:.2f} % ({metrics['reported']} weights) after "
         f"{metrics['epochs']} epochs in {time.monotonic() - started:.0f} s"
@@ -924,11 +922,12 @@ def train_classification_command(arch, run_dir, data, out, **options) -> None:
 @_one_line_errors
 def train_longtail_command(arch, run_dir, data, out, **options) -> None:
     """Train ARCH on long-tailed data with a re-balancing METHOD; reports many/medium/few-shot accuracy."""
-    from zennas.train.classification import LongtailConfig
+    from zennas.train.classification import LongtailConfig, train_classification
 
     config = LongtailConfig(data=data, out=out, arch=arch, run=run_dir, **options)
     started = time.monotonic()
-    m = _train_with_progress(config)
+    epochs = config.epochs + config.stage2_epochs  # cRT adds classifier epochs
+    m = _train_with_progress(train_classification, config, epochs, _classification_epoch)
 
     def group(name: str) -> str:
         return "n/a" if m[name] is None else f"{m[name]:.2f}"
@@ -980,22 +979,12 @@ def train_detection_command(arch, run_dir, data, out, **options) -> None:
 
     config = DetectionConfig(data=data, out=out, arch=arch, run=run_dir, **options)
     started = time.monotonic()
-    bar = contextlib.ExitStack()
 
-    def on_step(epoch: int, step: int, steps: int, loss: float) -> None:
-        if step == 1:  # one progress bar per epoch
-            bar.close()
-            bar.advance = bar.enter_context(_progress(steps, f"epoch {epoch}/{config.epochs}"))
-        bar.advance(step)
-        if step == steps:
-            bar.close()
-
-    def on_epoch(r: dict) -> None:
+    def describe(r: dict) -> str:
         scores = f"  mAP {r['map']:.3f}  mAP@0.5 {r['map_50']:.3f}" if r["map"] is not None else ""
-        click.echo(f"epoch {r['epoch']}: loss {r['train_loss']:.4f}{scores}  ({r['seconds']:.0f} s)", err=True)
+        return f": loss {r['train_loss']:.4f}{scores}"
 
-    with bar:
-        m = train_detection(config, on_step=on_step, on_epoch=on_epoch)
+    m = _train_with_progress(train_detection, config, config.epochs, describe)
     onnx = f"; {m['onnx']['path']} (max rel. error {m['onnx']['max_rel_error']:.1e})" if "onnx" in m else ""
     click.echo(
         f"{out}: mAP {m['map']:.3f}  mAP@0.5 {m['map_50']:.3f}  mAP@0.75 {m['map_75']:.3f} ({m['reported']} weights) "
@@ -1087,22 +1076,12 @@ def train_reid_command(arch, run_dir, data, out, **options) -> None:
 
     config = ReidConfig(data=data, out=out, arch=arch, run=run_dir, **options)
     started = time.monotonic()
-    bar = contextlib.ExitStack()
 
-    def on_step(epoch: int, step: int, steps: int, loss: float) -> None:
-        if step == 1:  # one progress bar per epoch
-            bar.close()
-            bar.advance = bar.enter_context(_progress(steps, f"epoch {epoch}/{config.epochs}"))
-        bar.advance(step)
-        if step == steps:
-            bar.close()
-
-    def on_epoch(r: dict) -> None:
+    def describe(r: dict) -> str:
         scores = f"  rank-1 {r['rank1']:.2f}  mAP {r['map']:.2f}" if "rank1" in r else ""
-        click.echo(f"epoch {r['epoch']}: loss {r['train_loss']:.4f}{scores}  ({r['seconds']:.0f} s)", err=True)
+        return f": loss {r['train_loss']:.4f}{scores}"
 
-    with bar:
-        m = train_reid(config, on_step=on_step, on_epoch=on_epoch)
+    m = _train_with_progress(train_reid, config, config.epochs, describe)
     rerank = f"; re-ranked rank-1 {m['rerank_rank1']:.2f} %  mAP {m['rerank_map']:.2f} %" if config.rerank else ""
     click.echo(
         f"{out}: rank-1 {m['rank1']:.2f} %  rank-5 {m['rank5']:.2f} %  mAP {m['map']:.2f} % "
