@@ -128,7 +128,7 @@ def output_names_for(model: nn.Module) -> tuple[str, ...] | None:
 
 
 @contextlib.contextmanager
-def _eval_mode(model: nn.Module) -> Iterator[None]:
+def eval_mode(model: nn.Module) -> Iterator[None]:
     """Eval mode for the block; the caller's train/eval flags of every submodule are restored after."""
     modes = [(m, m.training) for m in model.modules()]
     model.eval()
@@ -293,7 +293,7 @@ def export_onnx(
         notes.append(f"dynamic batch: traced with batch 2 (torch.export specialises a batch of {shape[0]})")
     device, dtype = _placement(model)
     x = torch.randn((batch, *shape[1:]), generator=torch.Generator().manual_seed(0)).to(device, dtype)  # [B, C, H, W]
-    with _eval_mode(model):
+    with eval_mode(model):
         try:
             with torch.no_grad():
                 out = model(x)
@@ -408,7 +408,7 @@ def check_onnx(
     for batch in batch_sizes:
         # [B, C, H, W]: drawn in FP32 on the CPU (same values on every device), then cast to the model's dtype
         x = torch.randn((batch, *shape[1:]), generator=generator).to(dtype)
-        with _eval_mode(model), strict_fp32(), torch.no_grad():
+        with eval_mode(model), strict_fp32(), torch.no_grad():
             expected = [t.detach().cpu().double() for t in _flat_outputs(model(x.to(device)), type(model).__name__)]
         try:
             actual = session.run(None, {inputs[0].name: x.numpy()})

@@ -250,7 +250,7 @@ def _has_features(net: nn.Module) -> bool:
 # Architecture, teacher and devices
 
 
-def _resolve_architecture(config: TrainConfig) -> tuple[Any, Any, int, bool | None]:
+def resolve_architecture(config: TrainConfig) -> tuple[Any, Any, int, bool | None]:
     """(spec, entry, resolution, use_se) from --arch or --run."""
     from zennas.api import settings_for
     from zennas.models import resolve_arch
@@ -309,16 +309,16 @@ def load_teacher(teacher: str, weights: str | None, num_classes: int) -> tuple[n
 
 
 @dataclass
-class _Dist:
+class DistInfo:
     world: int = 1
     rank: int = 0
     local_rank: int = 0
     created: bool = False
 
 
-def _distributed(device_name: str | None) -> tuple[_Dist, torch.device]:
+def join_distributed(device_name: str | None) -> tuple[DistInfo, torch.device]:
     """Join the torchrun process group (gloo on CPU, nccl on CUDA) when WORLD_SIZE > 1."""
-    dist = _Dist(int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0")),
+    dist = DistInfo(int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0")),
                  int(os.environ.get("LOCAL_RANK", "0")))  # fmt: skip
     if device_name is None:
         device_name = "cuda" if torch.cuda.is_available() else "cpu"
@@ -388,7 +388,7 @@ def train_classification(
     `on_step` and `on_epoch` are called on rank 0 only; `on_epoch` runs after the epoch's
     checkpoint is on disk (an exception there interrupts the run at a resumable point).
     """
-    dist, device = _distributed(config.device)
+    dist, device = join_distributed(config.device)
     cuda = device.type == "cuda"
     devices = [device.index or 0] if cuda else []
     try:
@@ -425,7 +425,7 @@ def _dive_teacher(config: LongtailConfig, out: Path) -> str:
     return str(folder)
 
 
-def _train(config: TrainConfig, dist: _Dist, device: torch.device, cuda: bool, on_step, on_epoch) -> dict[str, Any]:
+def _train(config: TrainConfig, dist: DistInfo, device: torch.device, cuda: bool, on_step, on_epoch) -> dict[str, Any]:
     from torch.utils.data import Subset
 
     from zennas.counting import count
@@ -437,7 +437,7 @@ def _train(config: TrainConfig, dist: _Dist, device: torch.device, cuda: bool, o
     has_checkpoint = (out / SIDECAR).is_file()
     if has_checkpoint and not config.resume:
         raise ConfigError(f"{str(out)!r} already holds a training checkpoint; pass --resume or choose another --out")
-    spec, _, resolution, use_se = _resolve_architecture(config)
+    spec, _, resolution, use_se = resolve_architecture(config)
     data = load_classification_data(config.data, resolution, hflip=config.hflip)
     num_classes = len(data.classes)
     if num_classes < 2:

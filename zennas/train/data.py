@@ -37,7 +37,7 @@ class ClassificationData:
     layout: str  # "imagefolder", "cifar10" or "cifar100"
 
 
-def _torchvision():
+def torchvision_module():
     try:
         import torchvision
     except ImportError:
@@ -47,7 +47,7 @@ def _torchvision():
 
 def build_transforms(resolution: int, *, train: bool, hflip: float = 0.5):
     """torchvision transforms: random crop + flip for training, resize + centre crop for evaluation."""
-    t = _torchvision().transforms
+    t = torchvision_module().transforms
     if train:
         if resolution <= SMALL_IMAGE:
             crop = [t.Resize(resolution), t.RandomCrop(resolution, padding=max(1, resolution // 8))]
@@ -81,7 +81,7 @@ def load_classification_data(data_dir: str | os.PathLike, resolution: int, *, hf
     root = Path(data_dir)
     if not root.is_dir():
         raise ConfigError(f"dataset folder {str(root)!r} not found; --data must hold train/ and val/ class folders")
-    tv = _torchvision()
+    tv = torchvision_module()
     cifar = _find_cifar(root)
     if cifar is not None:
         cifar_root, name = cifar
@@ -139,7 +139,7 @@ def load_classification_data(data_dir: str | os.PathLike, resolution: int, *, hf
     return ClassificationData(train, val, classes, "imagefolder")
 
 
-def _seed_worker(worker_id: int) -> None:
+def seed_worker(worker_id: int) -> None:
     """Seed Python and NumPy in a worker from torch's per-worker seed (which the loader's generator fixes)."""
     seed = torch.initial_seed() % 2**32
     random.seed(seed)
@@ -164,7 +164,7 @@ def make_loader(
         sampler=sampler,
         drop_last=train and len(dataset) >= 2 * batch_size,  # BatchNorm dislikes a last batch of one
         num_workers=workers,
-        worker_init_fn=_seed_worker,
+        worker_init_fn=seed_worker,
         generator=generator,
         pin_memory=pin_memory,
         persistent_workers=False,

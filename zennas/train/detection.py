@@ -50,7 +50,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from zennas.errors import ConfigError, DependencyError, ExportError
-from zennas.export import EXPORTERS, _eval_mode, check_onnx, export_onnx
+from zennas.export import EXPORTERS, check_onnx, eval_mode, export_onnx
 from zennas.io import atomic_write_json, atomic_write_text
 from zennas.train.checkpoint import (
     SIDECAR,
@@ -60,8 +60,8 @@ from zennas.train.checkpoint import (
     save_checkpoint,
     save_weights,
 )
-from zennas.train.classification import AMP_DTYPES, ModelEma, _Dist, _distributed, _resolve_architecture, lr_at
-from zennas.train.data import IMAGENET_MEAN, IMAGENET_STD, _seed_worker
+from zennas.train.classification import AMP_DTYPES, DistInfo, ModelEma, join_distributed, lr_at, resolve_architecture
+from zennas.train.data import IMAGENET_MEAN, IMAGENET_STD, seed_worker, torchvision_module
 
 OPTIMIZERS = ("sgd", "adamw")
 FPN_STRIDES = (8, 16, 32)  # C3, C4, C5: the backbone taps the FPN consumes
@@ -433,22 +433,12 @@ def _collate(batch: list) -> tuple[list, list]:
 # The detector
 
 
-def _torchvision():
-    try:
-        import torchvision
-    except ImportError:
-        raise DependencyError(
-            "detection needs torchvision; install it with `pip install torchvision==0.29.1`"
-        ) from None
-    return torchvision
-
-
 class BackboneFPN(nn.Module):
     """A zennas Network's C3-C5 through torchvision's FPN with P6/P7: image [B, 3, H, W] -> OrderedDict P3..P7."""
 
     def __init__(self, net: nn.Module, in_channels: Sequence[int], channels: int):
         super().__init__()
-        ops = _torchvision().ops
+        ops = torchvision_module().ops
         self.body = net
         self.taps = tuple(net.feature_strides.index(s) for s in FPN_STRIDES)  # positions in forward_stages()
         self.fpn = ops.FeaturePyramidNetwork(
@@ -492,7 +482,7 @@ def _fcos_head(channels: int, num_classes: int, convs: int) -> nn.Module:
     FCOSHead's constructor fixes GroupNorm(32, channels), which fails unless 32 divides the width;
     its two sub-heads take a norm_layer, so the head is assembled from them here.
     """
-    detection = _torchvision().models.detection
+    detection = torchvision_module().models.detection
     norm = partial(nn.GroupNorm, _norm_groups(channels))
     head = detection.fcos.FCOSHead.__new__(detection.fcos.FCOSHead)
     nn.Module.__init__(head)
@@ -516,7 +506,7 @@ def build_detector(
     detections_per_img: int = 100,
 ) -> nn.Module:
     """torchvision FCOS on the zennas backbone `spec` + FPN (P3-P7), for `num_classes` object classes."""
-    detection = _torchvision().models.detection
+    detection = torchvision_module().models.detection
     net, in_channels = _backbone(spec, use_se)
     backbone = BackboneFPN(net, in_channels, fpn_channels)
     head = _fcos_head(fpn_channels, num_classes, head_convs)
@@ -608,8 +598,8 @@ class DetectorGraph(nn.Module):
         device = next(detector.parameters()).device
         self.register_buffer("mean", torch.tensor(detector.transform.image_mean, device=device).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(detector.transform.image_std, device=device).view(1, 3, 1, 1))
-        image_list = _torchvision().models.detection.image_list.ImageList
-        with torch.no_grad(), _eval_mode(self.backbone):
+        image_list = torchvision_module().models.detection.image_list.ImageList
+        with torch.no_grad(), eval_mode(self.backbone):
             x = torch.zeros(1, 3, side, side, device=device)
             features = list(self.backbone(x).values())  # P3..P7
             anchors = detector.anchor_generator(image_list(x, [(side, side)]), features)[0]  # [A, 4]
@@ -642,7 +632,7 @@ def decode_detections(
     boxes [B, A, 4], scores [B, A, K]; per level: scores above `score_thresh`, the best
     `topk_candidates`, boxes clipped to `image_size` (H, W); then class-wise NMS over all levels.
     """
-    box_ops = _torchvision().ops.boxes
+    box_ops = torchvision_module().ops.boxes
     results = []
     for image_boxes, image_scores in zip(boxes, scores, strict=True):  # [A, 4], [A, K]
         kept_boxes, kept_scores, kept_labels = [], [], []
@@ -714,7 +704,7 @@ def train_detection(
     runs after the epoch's checkpoint is on disk (an exception there interrupts the run at a
     resumable point).
     """
-    dist, device = _distributed(config.device)
+    dist, device = join_distributed(config.device)
     devices = [device.index or 0] if device.type == "cuda" else []
     try:
         with torch.random.fork_rng(devices=devices):  # leave the caller's global RNG as it was
@@ -755,7 +745,7 @@ def _optimizer(config: DetectionConfig, model: nn.Module) -> tuple[torch.optim.O
 
 
 def _setup(config: DetectionConfig, device: torch.device) -> tuple[_Run, float]:
-    spec, _, resolution, use_se = _resolve_architecture(config)
+    spec, _, resolution, use_se = resolve_architecture(config)
     max_size = config.max_size or round(resolution * 1333 / 800)
     if max_size < resolution:
         raise ConfigError(f"max_size ({max_size}) must be at least the resolution ({resolution})")
@@ -802,7 +792,7 @@ def _restore(config: DetectionConfig, run: _Run) -> None:
     run.start, run.history = state["epoch"], state["history"]
 
 
-def _train(config: DetectionConfig, dist: _Dist, device: torch.device, on_step, on_epoch) -> dict[str, Any]:
+def _train(config: DetectionConfig, dist: DistInfo, device: torch.device, on_step, on_epoch) -> dict[str, Any]:
     out, main = Path(config.out), dist.rank == 0
     run, lr = _setup(config, device)
     _restore(config, run)
@@ -819,7 +809,7 @@ def _train(config: DetectionConfig, dist: _Dist, device: torch.device, on_step, 
     batch = max(1, config.batch_size // dist.world)
     generator = torch.Generator()
     loader = DataLoader(dataset, batch_size=batch, shuffle=sampler is None, sampler=sampler, drop_last=True,
-                        num_workers=config.workers, worker_init_fn=_seed_worker, generator=generator,
+                        num_workers=config.workers, worker_init_fn=seed_worker, generator=generator,
                         collate_fn=_collate, pin_memory=device.type == "cuda")  # fmt: skip
     steps = len(loader)
     if steps == 0:
@@ -874,7 +864,7 @@ def _train(config: DetectionConfig, dist: _Dist, device: torch.device, on_step, 
 def _end_epoch(
     config: DetectionConfig,
     run: _Run,
-    dist: _Dist,
+    dist: DistInfo,
     device: torch.device,
     epoch: int,
     means: torch.Tensor,

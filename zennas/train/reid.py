@@ -62,8 +62,8 @@ from zennas.train.checkpoint import (
     save_checkpoint,
     save_weights,
 )
-from zennas.train.classification import AMP_DTYPES, ModelEma, TrainConfig, _distributed, _resolve_architecture, lr_at
-from zennas.train.data import IMAGE_SUFFIXES, IMAGENET_MEAN, IMAGENET_STD, _seed_worker, _torchvision
+from zennas.train.classification import AMP_DTYPES, ModelEma, TrainConfig, join_distributed, lr_at, resolve_architecture
+from zennas.train.data import IMAGE_SUFFIXES, IMAGENET_MEAN, IMAGENET_STD, seed_worker, torchvision_module
 
 SPLITS = {"train": "bounding_box_train", "query": "query", "gallery": "bounding_box_test"}
 JUNK, DISTRACTOR = -1, 0
@@ -204,7 +204,7 @@ class ReidDataset(Dataset):
 def reid_transforms(height: int, width: int, *, train: bool, hflip: float = 0.5, pad: int | None = None,
                     erasing: float = 0.5):  # fmt: skip
     """Resize to H x W; for training also flip, pad-and-crop and random erasing (the BoT recipe)."""
-    t = _torchvision().transforms
+    t = torchvision_module().transforms
     steps = [t.Resize((height, width))]
     if train:
         pad = round(10 * height / 256) if pad is None else pad  # BoT pads 10 pixels at 256 x 128
@@ -638,7 +638,7 @@ def train_reid(config: ReidConfig, *, on_step: StepHook | None = None, on_epoch:
     `on_step` and `on_epoch` run on rank 0 only; `on_epoch` runs after the epoch's checkpoint is on
     disk (an exception there interrupts the run at a resumable point).
     """
-    dist, device = _distributed(config.device)
+    dist, device = join_distributed(config.device)
     cuda = device.type == "cuda"
     try:
         with torch.random.fork_rng(devices=[device.index or 0] if cuda else []):  # the caller's RNG stays as it was
@@ -671,7 +671,7 @@ def _load_pretrained(model: BNNeck, path: str, arch: str) -> None:
 def _train(config: ReidConfig, dist: Any, device: torch.device, cuda: bool, on_step, on_epoch) -> dict[str, Any]:
     out = Path(config.out)
     main = dist.rank == 0
-    spec, _, _, use_se = _resolve_architecture(
+    spec, _, _, use_se = resolve_architecture(
         TrainConfig(data=config.data, out=config.out, arch=config.arch, run=config.run, dialect=config.dialect)
     )
     data = read_market1501(config.data)
@@ -734,7 +734,7 @@ def _train(config: ReidConfig, dist: Any, device: torch.device, cuda: bool, on_s
         wrapped = DistributedDataParallel(model, device_ids=[device.index] if cuda else None)
     loader_gen = torch.Generator()
     train_loader = DataLoader(train_set, batch_sampler=sampler, num_workers=config.workers, pin_memory=cuda,
-                              worker_init_fn=_seed_worker, generator=loader_gen)  # fmt: skip
+                              worker_init_fn=seed_worker, generator=loader_gen)  # fmt: skip
 
     def eval_loader(dataset: ReidDataset) -> DataLoader:
         return DataLoader(dataset, batch_size=config.eval_batch_size, shuffle=False, num_workers=config.workers,
