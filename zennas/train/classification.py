@@ -18,10 +18,8 @@ import contextlib
 import copy
 import json
 import math
-import os
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +30,17 @@ from torch import nn
 
 from zennas.errors import ConfigError
 from zennas.io import atomic_write_json, atomic_write_text
-from zennas.train.checkpoint import SIDECAR, load_checkpoint, load_weights, read_sidecar, save_checkpoint, save_weights
+from zennas.train.checkpoint import load_checkpoint, load_weights, save_checkpoint, save_weights
+from zennas.train.core import (
+    AMP_DTYPES,
+    DistInfo,
+    EpochHook,
+    StepHook,
+    config_settings,
+    param_groups,
+    resume_point,
+    run_on_ranks,
+)
 from zennas.train.data import load_classification_data, make_loader
 from zennas.train.longtail import (
     METHODS,
@@ -53,7 +61,6 @@ from zennas.train.longtail import (
 )
 
 OPTIMIZERS = ("sgd", "adamw")
-AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 # Settings that may differ between an interrupted run and its resumption (they do not change results).
 _RESUME_FREE = ("out", "resume", "device", "workers")
 
@@ -114,7 +121,7 @@ class TrainConfig:
 
     def settings(self) -> dict[str, Any]:
         """The settings that fix the result (JSON-able), as stored in checkpoints."""
-        return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in _RESUME_FREE}
+        return config_settings(self, _RESUME_FREE)
 
 
 @dataclass(frozen=True)
@@ -308,35 +315,6 @@ def load_teacher(teacher: str, weights: str | None, num_classes: int) -> tuple[n
     return net.eval().requires_grad_(False), spec.canonical
 
 
-@dataclass
-class DistInfo:
-    world: int = 1
-    rank: int = 0
-    local_rank: int = 0
-    created: bool = False
-
-
-def join_distributed(device_name: str | None) -> tuple[DistInfo, torch.device]:
-    """Join the torchrun process group (gloo on CPU, nccl on CUDA) when WORLD_SIZE > 1."""
-    dist = DistInfo(int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0")),
-                 int(os.environ.get("LOCAL_RANK", "0")))  # fmt: skip
-    if device_name is None:
-        device_name = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(device_name)
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ConfigError(f"device {device_name!r} requested but CUDA is not available; use --device cpu")
-        if dist.world > 1 and device.index is None:
-            device = torch.device("cuda", dist.local_rank)
-    if dist.world > 1:
-        import torch.distributed as td
-
-        if not td.is_initialized():
-            td.init_process_group("nccl" if device.type == "cuda" else "gloo")
-            dist.created = True
-    return dist, device
-
-
 # ----------------------------------------------------------------------------------------------
 # The loop
 
@@ -376,10 +354,6 @@ def evaluate(
     return result
 
 
-StepHook = Callable[[int, int, int, float], None]  # (epoch, step, steps, loss)
-EpochHook = Callable[[dict[str, Any]], None]
-
-
 def train_classification(
     config: TrainConfig, *, on_step: StepHook | None = None, on_epoch: EpochHook | None = None
 ) -> dict[str, Any]:
@@ -388,17 +362,9 @@ def train_classification(
     `on_step` and `on_epoch` are called on rank 0 only; `on_epoch` runs after the epoch's
     checkpoint is on disk (an exception there interrupts the run at a resumable point).
     """
-    dist, device = join_distributed(config.device)
-    cuda = device.type == "cuda"
-    devices = [device.index or 0] if cuda else []
-    try:
-        with torch.random.fork_rng(devices=devices):  # leave the caller's global RNG as it was
-            return _train(config, dist, device, cuda, on_step, on_epoch)
-    finally:
-        if dist.created:
-            import torch.distributed as td
-
-            td.destroy_process_group()
+    return run_on_ranks(
+        config.device, lambda dist, device: _train(config, dist, device, device.type == "cuda", on_step, on_epoch)
+    )
 
 
 def build_trained(spec: Any, num_classes: int, use_se: bool | None, head: str = "linear") -> nn.Module:
@@ -434,9 +400,7 @@ def _train(config: TrainConfig, dist: DistInfo, device: torch.device, cuda: bool
     main = dist.rank == 0
     lt = config if isinstance(config, LongtailConfig) else None
     method = lt.method if lt else None
-    has_checkpoint = (out / SIDECAR).is_file()
-    if has_checkpoint and not config.resume:
-        raise ConfigError(f"{str(out)!r} already holds a training checkpoint; pass --resume or choose another --out")
+    saved = resume_point(out, config.settings(), config.resume)  # None: a fresh run
     spec, _, resolution, use_se = resolve_architecture(config)
     data = load_classification_data(config.data, resolution, hflip=config.hflip)
     num_classes = len(data.classes)
@@ -480,10 +444,7 @@ def _train(config: TrainConfig, dist: DistInfo, device: torch.device, cuda: bool
     wd = config.weight_decay if config.weight_decay is not None else (5e-4 if config.optimizer == "sgd" else 0.05)
 
     def make_optimizer(params: list[nn.Parameter]) -> torch.optim.Optimizer:
-        groups = [
-            {"params": [p for p in params if p.ndim > 1], "weight_decay": wd},
-            {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0},
-        ]  # BatchNorm and biases
+        groups = param_groups(params, wd)
         if config.optimizer == "sgd":
             return torch.optim.SGD(groups, lr=lr, momentum=0.9, nesterov=True)
         return torch.optim.AdamW(groups, lr=lr)
@@ -498,9 +459,7 @@ def _train(config: TrainConfig, dist: DistInfo, device: torch.device, cuda: bool
         return make_optimizer(list(net.head.fc.parameters()))
 
     start, history = 0, []
-    resuming = config.resume and has_checkpoint
-    saved = read_sidecar(out) if resuming else {}
-    in_stage2 = saved.get("epoch", 0) > stage1_epochs  # the checkpoint's optimizer is the classifier's
+    in_stage2 = saved is not None and saved["epoch"] > stage1_epochs  # the checkpoint's optimizer is the classifier's
     optimizer = freeze_for_stage2() if in_stage2 else make_optimizer(list(student.parameters()))
     amp = cuda and config.amp != "off"
     scaler = torch.amp.GradScaler("cuda", enabled=amp and config.amp == "fp16")
@@ -509,14 +468,7 @@ def _train(config: TrainConfig, dist: DistInfo, device: torch.device, cuda: bool
         return torch.autocast("cuda", dtype=AMP_DTYPES[config.amp]) if amp else contextlib.nullcontext()
 
     settings = config.settings()
-    if resuming:
-        changed = sorted(k for k in set(settings) | set(saved.get("settings", {}))
-                         if settings.get(k) != saved.get("settings", {}).get(k))  # fmt: skip
-        if changed:
-            raise ConfigError(
-                f"cannot resume {str(out)!r} with different settings ({', '.join(changed)}); "
-                "rerun with the original settings or choose another --out"
-            )
+    if saved is not None:
         info = load_checkpoint(out, model=net, optimizer=optimizer, arch=spec.canonical,
                                ema=ema.module if ema else None, extra=adapter)  # fmt: skip
         if info.get("scaler"):

@@ -37,8 +37,8 @@ import math
 import os
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, fields
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -53,14 +53,22 @@ from zennas.errors import ConfigError, DependencyError, ExportError
 from zennas.export import EXPORTERS, check_onnx, eval_mode, export_onnx
 from zennas.io import atomic_write_json, atomic_write_text
 from zennas.train.checkpoint import (
-    SIDECAR,
     load_checkpoint,
     load_state_checked,
-    read_sidecar,
     save_checkpoint,
     save_weights,
 )
-from zennas.train.classification import AMP_DTYPES, DistInfo, ModelEma, join_distributed, lr_at, resolve_architecture
+from zennas.train.classification import ModelEma, lr_at, resolve_architecture
+from zennas.train.core import (
+    AMP_DTYPES,
+    DistInfo,
+    EpochHook,
+    StepHook,
+    config_settings,
+    param_groups,
+    resume_point,
+    run_on_ranks,
+)
 from zennas.train.data import IMAGENET_MEAN, IMAGENET_STD, seed_worker, torchvision_module
 
 OPTIMIZERS = ("sgd", "adamw")
@@ -134,7 +142,7 @@ class DetectionConfig:
 
     def settings(self) -> dict[str, Any]:
         """The settings that fix the result (JSON-able), as stored in checkpoints."""
-        return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in _RESUME_FREE}
+        return config_settings(self, _RESUME_FREE)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -691,10 +699,6 @@ def export_detector(
 # The loop
 
 
-StepHook = Callable[[int, int, int, float], None]  # (epoch, step, steps, loss)
-EpochHook = Callable[[dict[str, Any]], None]
-
-
 def train_detection(
     config: DetectionConfig, *, on_step: StepHook | None = None, on_epoch: EpochHook | None = None
 ) -> dict[str, Any]:
@@ -704,16 +708,7 @@ def train_detection(
     runs after the epoch's checkpoint is on disk (an exception there interrupts the run at a
     resumable point).
     """
-    dist, device = join_distributed(config.device)
-    devices = [device.index or 0] if device.type == "cuda" else []
-    try:
-        with torch.random.fork_rng(devices=devices):  # leave the caller's global RNG as it was
-            return _train(config, dist, device, on_step, on_epoch)
-    finally:
-        if dist.created:
-            import torch.distributed as td
-
-            td.destroy_process_group()
+    return run_on_ranks(config.device, lambda dist, device: _train(config, dist, device, on_step, on_epoch))
 
 
 @dataclass
@@ -739,8 +734,7 @@ def _optimizer(config: DetectionConfig, model: nn.Module) -> tuple[torch.optim.O
     sgd = config.optimizer == "sgd"
     lr = config.lr if config.lr is not None else (0.01 if sgd else 2e-4) * config.batch_size / 16
     wd = config.weight_decay if config.weight_decay is not None else (1e-4 if sgd else 0.05)
-    groups = [{"params": [p for p in model.parameters() if p.ndim > 1], "weight_decay": wd},
-              {"params": [p for p in model.parameters() if p.ndim <= 1], "weight_decay": 0.0}]  # fmt: skip
+    groups = param_groups(model.parameters(), wd)
     return (torch.optim.SGD(groups, lr=lr, momentum=0.9) if sgd else torch.optim.AdamW(groups, lr=lr)), lr
 
 
@@ -774,17 +768,8 @@ def _setup(config: DetectionConfig, device: torch.device) -> tuple[_Run, float]:
 def _restore(config: DetectionConfig, run: _Run) -> None:
     """Refuse to overwrite a run; on --resume check the settings and load the last checkpoint."""
     out = Path(config.out)
-    has_checkpoint = (out / SIDECAR).is_file()
-    if has_checkpoint and not config.resume:
-        raise ConfigError(f"{str(out)!r} already holds a training checkpoint; pass --resume or choose another --out")
-    if not (config.resume and has_checkpoint):
+    if resume_point(out, config.settings(), config.resume) is None:
         return
-    saved = read_sidecar(out).get("settings", {})
-    settings = config.settings()
-    changed = sorted(k for k in set(settings) | set(saved) if settings.get(k) != saved.get(k))
-    if changed:
-        raise ConfigError(f"cannot resume {str(out)!r} with different settings ({', '.join(changed)}); "
-                          "rerun with the original settings or choose another --out")  # fmt: skip
     state = load_checkpoint(out, model=run.detector, optimizer=run.optimizer, arch=run.spec.canonical,
                             ema=run.ema.module if run.ema else None)  # fmt: skip
     if state.get("scaler"):

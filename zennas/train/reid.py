@@ -42,7 +42,7 @@ import re
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -55,14 +55,21 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from zennas.errors import ConfigError
 from zennas.io import atomic_write_json, atomic_write_text
 from zennas.train.checkpoint import (
-    SIDECAR,
     load_checkpoint,
     load_state_checked,
-    read_sidecar,
     save_checkpoint,
     save_weights,
 )
-from zennas.train.classification import AMP_DTYPES, ModelEma, TrainConfig, join_distributed, lr_at, resolve_architecture
+from zennas.train.classification import ModelEma, TrainConfig, lr_at, resolve_architecture
+from zennas.train.core import (
+    AMP_DTYPES,
+    EpochHook,
+    StepHook,
+    config_settings,
+    param_groups,
+    resume_point,
+    run_on_ranks,
+)
 from zennas.train.data import IMAGE_SUFFIXES, IMAGENET_MEAN, IMAGENET_STD, seed_worker, torchvision_module
 
 SPLITS = {"train": "bounding_box_train", "query": "query", "gallery": "bounding_box_test"}
@@ -624,11 +631,7 @@ class ReidConfig:
 
     def settings(self) -> dict[str, Any]:
         """The settings that fix the result (JSON-able), as stored in checkpoints."""
-        return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in _RESUME_FREE}
-
-
-StepHook = Callable[[int, int, int, float], None]  # (epoch, step, steps, loss)
-EpochHook = Callable[[dict[str, Any]], None]
+        return config_settings(self, _RESUME_FREE)
 
 
 def train_reid(config: ReidConfig, *, on_step: StepHook | None = None, on_epoch: EpochHook | None = None
@@ -638,16 +641,9 @@ def train_reid(config: ReidConfig, *, on_step: StepHook | None = None, on_epoch:
     `on_step` and `on_epoch` run on rank 0 only; `on_epoch` runs after the epoch's checkpoint is on
     disk (an exception there interrupts the run at a resumable point).
     """
-    dist, device = join_distributed(config.device)
-    cuda = device.type == "cuda"
-    try:
-        with torch.random.fork_rng(devices=[device.index or 0] if cuda else []):  # the caller's RNG stays as it was
-            return _train(config, dist, device, cuda, on_step, on_epoch)
-    finally:
-        if dist.created:
-            import torch.distributed as td
-
-            td.destroy_process_group()
+    return run_on_ranks(
+        config.device, lambda dist, device: _train(config, dist, device, device.type == "cuda", on_step, on_epoch)
+    )
 
 
 def _load_pretrained(model: BNNeck, path: str, arch: str) -> None:
@@ -694,8 +690,7 @@ def _train(config: ReidConfig, dist: Any, device: torch.device, cuda: bool, on_s
     batch = config.p * config.k
     lr = config.lr if config.lr is not None else (0.05 if config.optimizer == "sgd" else 3.5e-4) * batch / 64
     trainable = [p for p in model.parameters() if p.requires_grad]
-    groups = [{"params": [p for p in trainable if p.ndim > 1], "weight_decay": config.weight_decay},
-              {"params": [p for p in trainable if p.ndim <= 1], "weight_decay": 0.0}]  # fmt: skip
+    groups = param_groups(trainable, config.weight_decay)
     if config.optimizer == "sgd":
         optimizer: torch.optim.Optimizer = torch.optim.SGD(groups, lr=lr, momentum=0.9, nesterov=True)
     elif config.optimizer == "adam":
@@ -710,17 +705,7 @@ def _train(config: ReidConfig, dist: Any, device: torch.device, cuda: bool, on_s
 
     settings = config.settings()
     start, history = 0, []
-    has_checkpoint = (out / SIDECAR).is_file()
-    if has_checkpoint and not config.resume:
-        raise ConfigError(f"{str(out)!r} already holds a training checkpoint; pass --resume or choose another --out")
-    if config.resume and has_checkpoint:
-        saved = read_sidecar(out).get("settings", {})
-        changed = sorted(k for k in set(settings) | set(saved) if settings.get(k) != saved.get(k))
-        if changed:
-            raise ConfigError(
-                f"cannot resume {str(out)!r} with different settings ({', '.join(changed)}); "
-                "rerun with the original settings or choose another --out"
-            )
+    if resume_point(out, settings, config.resume) is not None:
         info = load_checkpoint(out, model=model, optimizer=optimizer, arch=spec.canonical,
                                ema=ema.module if ema else None)  # fmt: skip
         if info.get("scaler"):
