@@ -400,7 +400,8 @@ def _train(config: TrainConfig, dist: DistInfo, device: torch.device, cuda: bool
     main = dist.rank == 0
     lt = config if isinstance(config, LongtailConfig) else None
     method = lt.method if lt else None
-    saved = resume_point(out, config.settings(), config.resume)  # None: a fresh run
+    settings = config.settings()
+    saved = resume_point(out, settings, config.resume)  # None: a fresh run
     spec, _, resolution, use_se = resolve_architecture(config)
     data = load_classification_data(config.data, resolution, hflip=config.hflip)
     num_classes = len(data.classes)
@@ -467,7 +468,6 @@ def _train(config: TrainConfig, dist: DistInfo, device: torch.device, cuda: bool
     def autocast():
         return torch.autocast("cuda", dtype=AMP_DTYPES[config.amp]) if amp else contextlib.nullcontext()
 
-    settings = config.settings()
     if saved is not None:
         info = load_checkpoint(out, model=net, optimizer=optimizer, arch=spec.canonical,
                                ema=ema.module if ema else None, extra=adapter)  # fmt: skip
@@ -582,9 +582,9 @@ def _train(config: TrainConfig, dist: DistInfo, device: torch.device, cuda: bool
             student.train()
             batches = zip(train_loader, reversed_loader, strict=True) if reversed_loader else train_loader
         alpha = bbn_alpha(epoch, stage1_epochs)
+        offset = stage1_epochs * steps if stage2 else 0  # stage 2's schedule and EMA count from its own start
         loss_sum = torch.zeros((), device=device)
         for step, batch in enumerate(batches):
-            offset = stage1_epochs * steps if stage2 else 0
             global_step = epoch * steps + step
             for group in optimizer.param_groups:
                 group["lr"] = (
