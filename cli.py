@@ -561,7 +561,21 @@ def latency_predict_command(
 @click.option("--num-classes", type=click.IntRange(min=0), default=1000, show_default=True)
 @click.option("--batch-size", "-b", type=click.IntRange(min=1), help="Batch (default: the table's budget batch).")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--runs", type=click.IntRange(min=1), default=20, show_default=True)
+@click.option("--runs", type=click.IntRange(min=1), default=10, show_default=True, help="Timed runs per round.")
+@click.option(
+    "--rounds",
+    type=click.IntRange(min=1),
+    default=5,
+    show_default=True,
+    help="Interleaved rounds over each chunk of networks (a measurement: median of runs x rounds).",
+)
+@click.option(
+    "--chunk",
+    type=click.IntRange(min=1),
+    default=8,
+    show_default=True,
+    help="Networks measured together, round by round.",
+)
 @click.option("--threads", type=click.IntRange(min=1), help="CPU threads of the engine (default: the table's).")
 @click.option("--exporter", type=click.Choice(["torchscript", "dynamo", "auto"]),
               help="ONNX exporter for onnxruntime/tensorrt (default: the table's).")  # fmt: skip
@@ -572,8 +586,8 @@ def latency_predict_command(
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @_one_line_errors
 def latency_validate_command(
-    table, space, samples, engine, device, resolution, num_classes, batch_size, seed, runs, threads, exporter, fit,
-    save_fit, log_path, plot_path, as_json,
+    table, space, samples, engine, device, resolution, num_classes, batch_size, seed, runs, rounds, chunk, threads,
+    exporter, fit, save_fit, log_path, plot_path, as_json,
 ) -> None:  # fmt: skip
     """Measure random members of a space end to end and compare with the table's predictions."""
     from pathlib import Path
@@ -593,7 +607,7 @@ def latency_validate_command(
     with _progress(samples, "measuring") as advance:
         report = validate(
             space, chosen, timer, samples=samples, resolution=resolution, num_classes=num_classes,
-            batch_size=batch_size, seed=seed, runs=runs, fit=fit, log=log_path,
+            batch_size=batch_size, seed=seed, runs=runs, rounds=rounds, chunk=chunk, fit=fit, log=log_path,
             progress=lambda done, total: advance(done),
         )  # fmt: skip
     if plot_path:
@@ -773,7 +787,27 @@ def _search_problem(space, preset, proxy, resolution, num_classes, budgets, tabl
 @click.option("--samples", type=click.IntRange(min=1), default=300, show_default=True,
               help="Space members whose operators (snapped to the channel grid) define the table's grid.")  # fmt: skip
 @click.option("--limit", type=click.IntRange(min=1), help="Measure at most the first N grid operators.")
-@click.option("--runs", type=click.IntRange(min=1), default=20, show_default=True)
+@click.option("--runs", type=click.IntRange(min=1), default=10, show_default=True, help="Timed runs per round.")
+@click.option(
+    "--rounds",
+    type=click.IntRange(min=1),
+    default=3,
+    show_default=True,
+    help="Interleaved rounds over each chunk of operators (an entry: median of runs x rounds).",
+)
+@click.option(
+    "--chunk",
+    type=click.IntRange(min=1),
+    default=16,
+    show_default=True,
+    help="Operators measured together, round by round.",
+)
+@click.option(
+    "--timer",
+    type=click.Choice(["host", "kernels"]),
+    help="onnxruntime only: host clock around each run, or profiler kernel times of the operator in "
+    "context (default on the CPU: kernels; see `zennas.latency.engines.ort`).",
+)
 @click.option("--threads", type=click.IntRange(min=1), help="CPU threads of the engine.")
 @click.option("--exporter", type=click.Choice(["torchscript", "dynamo", "auto"]), default="torchscript",
               show_default=True, help="ONNX exporter for onnxruntime/tensorrt (TorchScript: ~10x faster).")  # fmt: skip
@@ -781,8 +815,8 @@ def _search_problem(space, preset, proxy, resolution, num_classes, budgets, tabl
 @click.option("--out", required=True, help="Table file to write (.json or .json.gz); resumed if present.")
 @_one_line_errors
 def profile_command(
-    space, engine, device, precision, batch_size, resolution, num_classes, samples, limit, runs, threads, exporter,
-    seed, out,
+    space, engine, device, precision, batch_size, resolution, num_classes, samples, limit, runs, rounds, chunk, timer,
+    threads, exporter, seed, out,
 ) -> None:  # fmt: skip
     """Measure a latency table for a space on this machine (resumable: rerun the same command)."""
     from pathlib import Path
@@ -790,7 +824,12 @@ def profile_command(
     from zennas.latency.engines import get_engine
     from zennas.latency.profile import profile, space_grid, table_header
 
-    timer = get_engine(engine, device=device, precision=precision, **_engine_options(engine, threads, exporter))
+    options = _engine_options(engine, threads, exporter)
+    if engine == "onnxruntime":
+        options["timer"] = timer or ("kernels" if device == "cpu" else "host")
+    elif timer:
+        raise click.UsageError(f"--timer applies to the onnxruntime engine only, not {engine}")
+    timer = get_engine(engine, device=device, precision=precision, **options)
     ops = space_grid(space, resolution=resolution, num_classes=num_classes, samples=samples, seed=seed)
     if limit:
         ops = ops[:limit]
@@ -798,7 +837,7 @@ def profile_command(
     name = Path(out).name.split(".")[0]
     header = table_header(
         name=name, engine=timer, batch_size=batch_size, resolution=resolution, space=space,
-        op_kinds=sorted({op.kind for op in ops}), command=command,
+        op_kinds=sorted({op.kind for op in ops}), command=command, activations={op.act for op in ops},
     )  # fmt: skip
     started = time.monotonic()
 
@@ -807,7 +846,10 @@ def profile_command(
             eta = elapsed / done * (total - done)
             click.echo(f"profiled {done}/{total} ({elapsed:.0f} s, ETA {eta:.0f} s)", err=True)
 
-    result = profile(ops, timer, batch_size=batch_size, out=out, header=header, runs=runs, progress=progress)
+    result = profile(
+        ops, timer, batch_size=batch_size, out=out, header=header, runs=runs, rounds=rounds, chunk=chunk,
+        progress=progress,
+    )  # fmt: skip
     click.echo(
         f"{out}: {len(result.table.entries)} entries ({result.measured} measured now, {result.reused} reused) "
         f"in {time.monotonic() - started:.0f} s; {result.table.describe()}"

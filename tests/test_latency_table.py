@@ -119,10 +119,10 @@ def mac_table(tmp_path_factory) -> LatencyTable:
                     for c_in in [3, *grid]:
                         for c_out in grid:
                             op = Op("conv", c_in, c_out, side, k, s, fused)
-                            rows.append(["conv", 1, c_in, c_out, side, k, s, fused, macs_ms(op)])
+                            rows.append(["conv", 1, c_in, c_out, side, k, s, fused, "relu", macs_ms(op)])
                     for c in grid:
                         op = Op("dwconv", c, c, side, k, s, fused)
-                        rows.append(["dwconv", 1, c, c, side, k, s, fused, macs_ms(op)])
+                        rows.append(["dwconv", 1, c, c, side, k, s, fused, "relu", macs_ms(op)])
     return save_table(tmp_path_factory.mktemp("t") / "macs.json.gz", header(), rows)
 
 
@@ -204,12 +204,31 @@ def test_operator_kinds_the_table_lacks_are_reported_not_costed(mac_table):
 
 
 def test_round_trip_plain_and_gzip(tmp_path):
-    rows = [["conv", 1, 8, 16, 32, 3, 1, 0, 0.5], ["dwconv", 1, 16, 16, 32, 3, 1, 0, 0.25]]
+    rows = [["conv", 1, 8, 16, 32, 3, 1, 0, "relu", 0.5], ["dwconv", 1, 16, 16, 32, 3, 1, 0, "hswish", 0.25]]
     for name in ("t.json", "t.json.gz"):
         saved = save_table(tmp_path / name, header(), rows)
         loaded = load_table(tmp_path / name)
         assert loaded.entries == saved.entries and loaded.header == saved.header
     assert gzip.decompress((tmp_path / "t.json.gz").read_bytes())[:1] == b"{"
+
+
+def test_version_1_files_read_as_relu_tables_and_unmeasured_activations_cost_as_relu(tmp_path):
+    v1 = {"format": "zennas-latency-table", "version": 1, "header": header(),
+          "columns": ["kind", "batch_size", "c_in", "c_out", "side", "kernel", "stride", "fused", "ms"],
+          "entries": [["conv", 1, 8, 16, 32, 3, 1, 0, 0.5]]}  # fmt: skip
+    (tmp_path / "v1.json").write_text(json.dumps(v1))
+    table = load_table(tmp_path / "v1.json")
+    assert table.entries == [["conv", 1, 8, 16, 32, 3, 1, 0, "relu", 0.5]]
+    # This table measured ReLU convs only: a hard-swish or linear conv of the same shape costs the same.
+    for act in ("relu", "hswish", "none"):
+        assert table.op_ms(Op("conv", 8, 16, 32, 3, 1, 0, act), 1) == (0.5, False)
+    # A table that measured hard-swish keeps the two apart, and one with no ReLU rows does not invent them.
+    rows = [["conv", 1, 8, 16, 32, 3, 1, 0, "relu", 0.5], ["conv", 1, 8, 16, 32, 3, 1, 0, "hswish", 0.7]]
+    both = save_table(tmp_path / "both.json", {**header(), "activations": ["hswish", "relu"]}, rows)
+    assert both.op_ms(Op("conv", 8, 16, 32, 3, 1, 0, "hswish"), 1)[0] == 0.7
+    assert both.op_ms(Op("conv", 8, 16, 32, 3, 1, 0, "relu"), 1)[0] == 0.5
+    with pytest.raises(LatencyError, match="hswish"):
+        both.op_ms(Op("conv", 8, 16, 32, 3, 2, 0, "hswish"), 1)
 
 
 @pytest.mark.parametrize(
@@ -218,14 +237,16 @@ def test_round_trip_plain_and_gzip(tmp_path):
         (lambda d: d.update(format="pickle"), "is not a zennas latency table"),
         (lambda d: d.update(version=99), "has format version 99"),
         (lambda d: d.update(columns=["a"]), "has columns"),
-        (lambda d: d["entries"].append(["conv", 1, 8, 16, 32, 3, 1, 0, -1]), "needs a known kind and a positive ms"),
-        (lambda d: d["entries"].append(["conv", 1]), "is not a row of 9 values"),
+        (lambda d: d["entries"].append(["conv", 1, 8, 16, 32, 3, 1, 0, "relu", -1]), "known activation and a positive"),
+        (lambda d: d["entries"].append(["conv", 1, 8, 16, 32, 3, 1, 0, "gelu", 1.0]), "known activation and a positive"),
+        (lambda d: d["entries"].append(["conv", 1]), "is not a row of 10 values"),
+        (lambda d: d["header"].update(activations=["gelu"]), "declares unknown activations"),
         (lambda d: d["header"].pop("engine"), "lacks engine"),
         (lambda d: d["header"].update(unit="s_per_image"), "has unit 's_per_image'"),
     ],
 )
 def test_malformed_tables_are_one_line_errors(tmp_path, mutate, message):
-    save_table(tmp_path / "t.json", header(), [["conv", 1, 8, 16, 32, 3, 1, 0, 0.5]])
+    save_table(tmp_path / "t.json", header(), [["conv", 1, 8, 16, 32, 3, 1, 0, "relu", 0.5]])
     data = json.loads((tmp_path / "t.json").read_text())
     mutate(data)
     (tmp_path / "t.json").write_text(json.dumps(data))
@@ -314,7 +335,10 @@ class FakeEngine:
             if isinstance(m, nn.Conv2d):
                 out = side // m.stride[0]
                 macs += m.in_channels * m.out_channels * m.kernel_size[0] ** 2 // m.groups * out * out
-        return SimpleNamespace(ms_per_batch=max(macs * 1e-6, 1e-4))
+        return SimpleNamespace(ms_per_batch=max(macs * 1e-6, 1e-4), cv=0.0)
+
+    def time_many(self, models, **_):
+        return [self.time(module, shape) for module, shape in models]
 
 
 def test_profile_resumes_after_an_interruption_without_remeasuring(tmp_path):
@@ -367,7 +391,7 @@ class MacEngine(FakeEngine):
 
     def time(self, model, shape, **_):
         self.calls += 1
-        return SimpleNamespace(ms_per_batch=2.0 + 1.5 * self.expected[self.calls - 1])
+        return SimpleNamespace(ms_per_batch=2.0 + 1.5 * self.expected[self.calls - 1], cv=0.0)
 
 
 def test_validate_reports_and_fits_on_a_held_out_half(mac_table, tmp_path):

@@ -2,11 +2,11 @@
 
 A table entry costs one fused operator as an inference engine runs it (REFERENCE 7.2):
 
-* `conv` / `dwconv`: a convolution with its BatchNorm folded in and its activation fused; a regular
-  or a depthwise (groups = channels) conv. `fused = 1` marks the last conv of a residual unit: the
-  residual add (and the activation after it) runs in that conv's epilogue. A projection shortcut is
-  its own `conv` entry (1 x 1, the block's stride, at the block's input side); an avg-pool shortcut
-  is not costed.
+* `conv` / `dwconv`: a convolution with its BatchNorm folded in and its activation `act` (relu,
+  hswish or none) fused; a regular or a depthwise (groups = channels) conv. `fused = 1` marks the
+  last conv of a residual unit: the residual add (and the activation after it) runs in that conv's
+  epilogue. A projection shortcut is its own `conv` entry (1 x 1, the block's stride, at the block's
+  input side); an avg-pool shortcut is not costed.
 * `se`: a squeeze-and-excitation module on a `c_in`-channel map of side `side` (`c_out` = squeeze
   width): global pool, two 1 x 1 convs, gating multiply.
 * `head`: global average pool + Linear(`c_in`, `c_out` classes) on a map of side `side`.
@@ -29,6 +29,7 @@ from zennas.counting.zennas_count import genet_units, se_mid, zen_units
 from zennas.errors import ConfigError, LatencyError
 
 OP_KINDS = ("conv", "dwconv", "se", "head")
+ACTIVATIONS = ("relu", "hswish", "none")  # of conv operators; se and head keep "relu"
 
 
 class Op(NamedTuple):
@@ -41,15 +42,21 @@ class Op(NamedTuple):
     kernel: int = 1
     stride: int = 1
     fused: int = 0  # 1: the residual add is fused into this conv
+    act: str = "relu"  # activation after the conv (and after the add when fused)
 
     def describe(self) -> str:
         """Human-readable form used in error messages."""
         if self.kind in ("conv", "dwconv"):
-            extra = " +add" if self.fused else ""
+            extra = (" +add" if self.fused else "") + ("" if self.act == "relu" else f" {self.act}")
             return (
                 f"{self.kind} {self.c_in}->{self.c_out} k{self.kernel} s{self.stride} @{self.side}x{self.side}{extra}"
             )
         return f"{self.kind} {self.c_in}->{self.c_out} @{self.side}x{self.side}"
+
+
+def conv_out_side(op: Op) -> int:
+    """Output side of a conv operator ('same' padding (k - 1) // 2)."""
+    return (op.side + 2 * ((op.kernel - 1) // 2) - op.kernel) // op.stride + 1
 
 
 def _new_op(fields: tuple) -> Op:
@@ -57,12 +64,14 @@ def _new_op(fields: tuple) -> Op:
     return tuple.__new__(Op, fields)
 
 
-def conv_op(c_in: int, c_out: int, side: int, kernel: int, stride: int, groups: int = 1, fused: bool = False) -> Op:
+def conv_op(
+    c_in: int, c_out: int, side: int, kernel: int, stride: int, groups: int = 1, fused: bool = False, act: str = "relu"
+) -> Op:
     """A conv operator; groups must be 1 or the channel count (depthwise)."""
     if groups == 1:
-        return _new_op(("conv", c_in, c_out, side, kernel, stride, 1 if fused else 0))
+        return _new_op(("conv", c_in, c_out, side, kernel, stride, 1 if fused else 0, act))
     if groups == c_in == c_out:
-        return Op("dwconv", c_in, c_out, side, kernel, stride, int(fused))
+        return Op("dwconv", c_in, c_out, side, kernel, stride, int(fused), act)
     raise LatencyError(
         f"group convolution {c_in}->{c_out} k{kernel} with {groups} groups has no latency-table operator; "
         "only regular (groups=1) and depthwise (groups=channels) convolutions are tabulated"
@@ -233,19 +242,22 @@ def _tinynas_ops(spec: ArchSpec, resolution: int, num_classes: int, use_se: bool
 @lru_cache(maxsize=200_000)
 def _binas_block_ops(block, side: int, use_se: bool | None) -> tuple[tuple[Op, ...], int]:
 
+    # timm MobileNetV3 layers: ReLU or hard-swish after the expansion and depthwise convs (and a `cn`
+    # conv); the projection is linear, and nothing follows its residual add.
     ops: list[Op] = []
     for layer in unroll(block, use_se):
         out_side = layer.out_side(side)
         c_in, mid, c_out, k, s = layer.in_channels, layer.mid_channels, layer.out_channels, layer.kernel, layer.stride
+        act = "relu" if layer.relu else "hswish"
         if layer.kind == "cn":
-            ops.append(conv_op(c_in, c_out, side, k, s, fused=layer.shortcut))
+            ops.append(conv_op(c_in, c_out, side, k, s, fused=layer.shortcut, act=act))
         else:
             if layer.kind == "ir":
-                ops.append(conv_op(c_in, mid, side, 1, 1))
-            ops.append(conv_op(mid, mid, side, k, s, groups=mid))
+                ops.append(conv_op(c_in, mid, side, 1, 1, act=act))
+            ops.append(conv_op(mid, mid, side, k, s, groups=mid, act=act))
             if layer.se_channels:
                 ops.append(Op("se", mid, layer.se_channels, out_side))
-            ops.append(conv_op(mid, c_out, out_side, 1, 1, fused=layer.shortcut))
+            ops.append(conv_op(mid, c_out, out_side, 1, 1, fused=layer.shortcut, act="none"))
         side = out_side
     return tuple(ops), side
 
@@ -255,7 +267,7 @@ def _binas_ops(spec: ArchSpec, resolution: int, num_classes: int, use_se: bool |
     from zennas.arch.binas import stem_width
 
     width = stem_width(spec)
-    groups = [(conv_op(3, width, resolution, STEM_KERNEL, STEM_STRIDE),)]
+    groups = [(conv_op(3, width, resolution, STEM_KERNEL, STEM_STRIDE, act="hswish"),)]
     side = conv_out(resolution, STEM_KERNEL, STEM_STRIDE)
     for block in spec.blocks:
         block_ops, side = _binas_block_ops(block, side, use_se)

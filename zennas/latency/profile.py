@@ -10,9 +10,17 @@ why the grid is declared rather than enumerated.
 How (`op_module`): each operator becomes a small module timed by an engine as one network: conv ->
 BN -> ReLU (BN folds into the conv in inference engines), a residual-fused conv adds a stored
 tensor of its output shape before the ReLU, SE is pool -> 1x1 -> ReLU -> 1x1 -> sigmoid -> scale, the
-head is pool -> Linear.
+head is pool -> Linear. For an engine that times operators in context (`engine.times_in_context`,
+the onnxruntime `kernels` timer) the module also holds helper convs (parameters named AUX_MARKER)
+that give the operator the neighbours it has in a network, and whose own time the engine leaves out:
+the residual of a fused conv comes from a 1x1 conv of the input (a graph input would be a constant
+and the engine would not fuse the add), and SE and the head read the output of a depthwise 1x1 conv
+(SE then writes into another), so the layout conversions a network does around them are timed.
 
-Resumably (`profile`): each measured entry is appended to `<out>.partial.jsonl` and flushed to disk
+Operators are timed in chunks of `chunk`, each chunk in `rounds` interleaved rounds (Engine.time_many):
+on a machine whose speed drifts, an entry is then not decided by the moment it happened to be timed.
+
+Resumably (`profile`): each measured chunk is appended to `<out>.partial.jsonl` and flushed to disk
 before the next starts; a rerun reads the partial file (a torn last line is ignored) and any existing
 table at `<out>` with the same device/engine/precision/batch, and measures only what is missing. The
 table is written atomically at the end and the partial file removed.
@@ -34,7 +42,8 @@ import torch
 from torch import nn
 
 from zennas.errors import ConfigError, LatencyError
-from zennas.latency.ops import Op, network_ops
+from zennas.latency.engines.ort import AUX_MARKER
+from zennas.latency.ops import Op, conv_out_side, network_ops
 from zennas.latency.table import COLUMNS, LatencyTable, load_table, save_table
 
 CHANNEL_GRID = (
@@ -83,12 +92,18 @@ def space_grid(space: str, *, resolution: int, num_classes: int, samples: int, s
     return sorted(needed)
 
 
+_ACT_MODULES = {"relu": nn.ReLU, "hswish": nn.Hardswish, "none": nn.Identity}
+
+
 class _Conv(nn.Module):
     def __init__(self, op: Op):
         super().__init__()
         groups = op.c_in if op.kind == "dwconv" else 1
         self.conv = nn.Conv2d(op.c_in, op.c_out, op.kernel, op.stride, (op.kernel - 1) // 2, groups=groups, bias=False)
         self.bn = nn.BatchNorm2d(op.c_out)
+        if op.act not in _ACT_MODULES:
+            raise ConfigError(f"unknown activation {op.act!r} of {op.describe()}; use one of {', '.join(_ACT_MODULES)}")
+        self.act = _ACT_MODULES[op.act]()
         # A buffer, so that .to(device/dtype) moves it with the weights (a plain attribute stayed on the CPU)
         self.register_buffer("residual", None)
 
@@ -96,7 +111,7 @@ class _Conv(nn.Module):
         y = self.bn(self.conv(x))  # [B, C_out, H', W']
         if self.residual is not None:
             y = y + self.residual
-        return torch.relu(y)
+        return self.act(y)
 
 
 class _SE(nn.Module):
@@ -119,28 +134,72 @@ class _Head(nn.Module):
         return self.fc(x.mean((2, 3)))  # [B, classes]
 
 
-def op_module(op: Op, batch_size: int) -> tuple[nn.Module, tuple[int, int, int, int]]:
-    """(module, input shape) that times `op` as one network; weights seeded, eval mode."""
+def _pointwise(channels: int) -> nn.Conv2d:
+    """A depthwise 1x1 conv: the cheapest conv an engine runs in its network layout."""
+    return nn.Conv2d(channels, channels, 1, groups=channels, bias=False)
+
+
+class _InContext(nn.Module):
+    """`op` between helper convs (module docstring); the helpers' parameters carry AUX_MARKER."""
+
+    def __init__(self, op: Op):
+        super().__init__()
+        self.kind = op.kind
+        self.before = self.after = self.residual = None
+        if op.kind in ("conv", "dwconv"):
+            self.op = _Conv(op)
+            if op.fused:
+                self.residual = nn.Conv2d(op.c_in, op.c_out, 1, op.stride, bias=False)
+        else:
+            self.before = _pointwise(op.c_in)
+            self.op = _SE(op.c_in, op.c_out) if op.kind == "se" else _Head(op.c_in, op.c_out)
+            if op.kind == "se":
+                self.after = _pointwise(op.c_in)
+        for role in ("before", "after", "residual"):  # registered under marked names, read back by role
+            helper = getattr(self, role)
+            if helper is not None:
+                delattr(self, role)
+                self.add_module(f"{AUX_MARKER}_{role}", helper)
+
+    def _helper(self, role: str) -> nn.Module | None:
+        return self._modules.get(f"{AUX_MARKER}_{role}")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        before, after, residual = self._helper("before"), self._helper("after"), self._helper("residual")
+        if residual is not None:
+            conv = self.op
+            return conv.act(conv.bn(conv.conv(x)) + residual(x))  # [B, C_out, H', W']
+        y = self.op(before(x) if before is not None else x)
+        return after(y) if after is not None else y
+
+
+def op_module(op: Op, batch_size: int, *, in_context: bool = False) -> tuple[nn.Module, tuple[int, int, int, int]]:
+    """(module, input shape) that times `op` as one network; weights seeded, eval mode.
+
+    in_context: build it with the helper convs of the module docstring (for `engine.times_in_context`).
+    """
+    if op.kind not in ("conv", "dwconv", "se", "head"):
+        raise ConfigError(f"unknown operator kind {op.kind!r}")
     g = torch.Generator().manual_seed(0)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        if op.kind in ("conv", "dwconv"):
+        if in_context:
+            module: nn.Module = _InContext(op)
+        elif op.kind in ("conv", "dwconv"):
             module = _Conv(op)
             if op.fused:
-                out_side = (op.side + 2 * ((op.kernel - 1) // 2) - op.kernel) // op.stride + 1
+                out_side = conv_out_side(op)
                 module.register_buffer("residual", torch.randn(batch_size, op.c_out, out_side, out_side, generator=g))
         elif op.kind == "se":
             module = _SE(op.c_in, op.c_out)
-        elif op.kind == "head":
-            module = _Head(op.c_in, op.c_out)
         else:
-            raise ConfigError(f"unknown operator kind {op.kind!r}")
+            module = _Head(op.c_in, op.c_out)
     return module.eval(), (batch_size, op.c_in, op.side, op.side)
 
 
 def row_of(op: Op, batch_size: int, ms: float) -> list[Any]:
     """A table row in COLUMNS order."""
-    return [op.kind, batch_size, op.c_in, op.c_out, op.side, op.kernel, op.stride, op.fused, ms]
+    return [op.kind, batch_size, op.c_in, op.c_out, op.side, op.kernel, op.stride, op.fused, op.act, ms]
 
 
 def _key(row: list[Any]) -> tuple:
@@ -188,11 +247,18 @@ def profile(
     out: str | os.PathLike,
     header: dict[str, Any],
     runs: int = 20,
+    rounds: int = 1,
+    chunk: int = 1,
     min_warmup_ms: float = 50.0,
     min_warmup_runs: int = 3,
     progress: Callable[[int, int, float], None] | None = None,
 ) -> ProfileResult:
-    """Measure every operator of `ops` not yet in `out` (or its partial file) and write the table."""
+    """Measure every operator of `ops` not yet in `out` (or its partial file) and write the table.
+
+    Each entry is the median of `runs * rounds` runs; `chunk` operators at a time share the rounds.
+    """
+    if not isinstance(chunk, int) or chunk < 1:
+        raise ConfigError(f"chunk must be a positive int, got {chunk!r}")
     out = Path(out)
     partial = out.with_name(out.name + ".partial.jsonl")
     ops = list(dict.fromkeys(ops))
@@ -212,22 +278,28 @@ def profile(
         this = {k: header["source"].get(k) for k in ("command", "space")}
         header["source"]["runs"] = runs if this in runs else [*runs, this]
         header["op_kinds"] = sorted(set(header["op_kinds"]) | set(previous.header["op_kinds"]))
+        acts = [*(header.get("activations") or ["relu"]), *(previous.header.get("activations") or ["relu"])]
+        header["activations"] = sorted(set(acts))
     known.update((_key(r), r) for r in _read_partial(partial))
     todo = [op for op in ops if _key(row_of(op, batch_size, 0.0)) not in known]
     reused = len(ops) - len(todo)
     start = time.monotonic()
     out.parent.mkdir(parents=True, exist_ok=True)
+    in_context = bool(getattr(engine, "times_in_context", False))
     with open(partial, "a", encoding="utf-8") as log:
-        for done, op in enumerate(todo, 1):
-            module, shape = op_module(op, batch_size)
-            timing = engine.time(module, shape, runs=runs, min_warmup_ms=min_warmup_ms, min_warmup_runs=min_warmup_runs)
-            row = row_of(op, batch_size, round(timing.ms_per_batch, 6))
-            log.write(json.dumps(row) + "\n")
+        for first in range(0, len(todo), chunk):
+            batch_ops = todo[first : first + chunk]
+            timings = engine.time_many(
+                [op_module(op, batch_size, in_context=in_context) for op in batch_ops],
+                runs=runs, rounds=rounds, min_warmup_ms=min_warmup_ms, min_warmup_runs=min_warmup_runs,
+            )  # fmt: skip
+            rows = [row_of(op, batch_size, round(t.ms_per_batch, 6)) for op, t in zip(batch_ops, timings, strict=True)]
+            log.write("".join(json.dumps(row) + "\n" for row in rows))
             log.flush()
             os.fsync(log.fileno())  # an interruption after this line loses nothing measured so far
-            known[_key(row)] = row
+            known.update((_key(row), row) for row in rows)
             if progress is not None:
-                progress(done, len(todo), time.monotonic() - start)
+                progress(first + len(batch_ops), len(todo), time.monotonic() - start)
     header["entries_measured_this_run"] = len(todo)
     table = save_table(out, header, list(known.values()))
     partial.unlink(missing_ok=True)
@@ -243,6 +315,7 @@ def table_header(
     space: str | None,
     op_kinds: Iterable[str],
     command: str,
+    activations: Iterable[str] = ("relu",),
 ) -> dict[str, Any]:
     """Header of a profiled table: device identity, engine versions, precision, batch, date, provenance."""
     identity = engine.identity()
@@ -261,6 +334,7 @@ def table_header(
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "unit": "ms_per_batch",
         "op_kinds": sorted(set(op_kinds)),
+        "activations": sorted(set(activations)),
         "budget": {
             "batch_size": batch_size,
             "resolution": resolution,

@@ -92,7 +92,7 @@ def convert_tinynas_lut(path: str | Path) -> tuple[dict[str, Any], list[list[Any
             if in_h != in_w:
                 raise LatencyError(f"{path}:{n}: non-square input {in_h}x{in_w} is not supported")
             kind = "dwconv" if conv_type == "Depthwise" else "conv"
-            row = [kind, int(batch), int(c_in), int(c_out), int(in_h), int(kernel), int(stride), int(fused), ms]
+            row = [kind, int(batch), int(c_in), int(c_out), int(in_h), int(kernel), int(stride), int(fused), "relu", ms]
             key = tuple(row[:-1])
             if key in seen:
                 raise LatencyError(f"{path}:{n}: duplicate key {key}")

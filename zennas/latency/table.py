@@ -1,14 +1,18 @@
 """Latency tables: a versioned JSON format (optionally gzip-compressed, never pickle) and its look-up.
 
-File layout (format "zennas-latency-table", version 1)::
+File layout (format "zennas-latency-table", version 2)::
 
-    {"format": "zennas-latency-table", "version": 1,
+    {"format": "zennas-latency-table", "version": 2,
      "header": {"name", "description", "device": {...}, "engine", "versions": {...}, "precision",
                 "batch_sizes": [...], "date", "unit": "ms_per_batch", "op_kinds": [...],
-                "budget": {"batch_size", "resolution", "meaning"}, "source": {...},
-                "correction": null | {"intercept_ms", "slope", ...}},
-     "columns": ["kind", "batch_size", "c_in", "c_out", "side", "kernel", "stride", "fused", "ms"],
-     "entries": [["conv", 32, 64, 64, 56, 3, 1, 0, 0.11991], ...]}
+                "activations": [...], "budget": {"batch_size", "resolution", "meaning"},
+                "source": {...}, "correction": null | {"intercept_ms", "slope", ...}},
+     "columns": ["kind", "batch_size", "c_in", "c_out", "side", "kernel", "stride", "fused", "act", "ms"],
+     "entries": [["conv", 32, 64, 64, 56, 3, 1, 0, "relu", 0.11991], ...]}
+
+Version 1 files (no `act` column) are read as tables whose every conv has a ReLU. A table costs a conv
+whose activation it did not measure (header `activations`, default ["relu"]) as the ReLU conv of the
+same shape: the published TinyNAS V100 table, for one, timed conv + BN + ReLU only.
 
 An entry is the median time of one operator (zennas.latency.ops.Op) for a whole batch, in
 milliseconds. Look-up (documented in `LatencyTable.op_ms`): an exact key first; otherwise piecewise
@@ -34,11 +38,12 @@ from typing import Any
 
 from zennas.errors import LatencyError
 from zennas.io import atomic_write_bytes
-from zennas.latency.ops import OP_KINDS, Op
+from zennas.latency.ops import ACTIVATIONS, OP_KINDS, Op
 
 FORMAT = "zennas-latency-table"
-VERSION = 1
-COLUMNS = ("kind", "batch_size", "c_in", "c_out", "side", "kernel", "stride", "fused", "ms")
+VERSION = 2
+COLUMNS = ("kind", "batch_size", "c_in", "c_out", "side", "kernel", "stride", "fused", "act", "ms")
+COLUMNS_V1 = ("kind", "batch_size", "c_in", "c_out", "side", "kernel", "stride", "fused", "ms")
 EXTRAPOLATION_LIMIT = 4.0  # how far (as a ratio) outside a grid edge a coordinate may be scaled from it
 ONE_D_KINDS = ("dwconv", "se")  # looked up by input width alone
 REQUIRED_HEADER = ("name", "device", "engine", "precision", "batch_sizes", "unit", "op_kinds")
@@ -82,8 +87,8 @@ class LatencyTable:
         # (kind, batch, kernel, stride, fused) -> side -> c_out -> curve over c_in
         self._grid: dict[tuple, dict[int, dict[int, _Curve]]] = defaultdict(lambda: defaultdict(dict))
         for row in entries:
-            kind, batch, c_in, c_out, side, kernel, stride, fused, ms = row
-            key = (kind, batch, kernel, stride, fused)
+            kind, batch, c_in, c_out, side, kernel, stride, fused, act, ms = row
+            key = (kind, batch, kernel, stride, fused, act)
             self._exact[(*key, c_in, c_out, side)] = ms
             curve = self._grid[key][side].setdefault(c_out, _Curve())
             curve.c_in.append(c_in)
@@ -103,6 +108,7 @@ class LatencyTable:
         # (id(block operators), batch) -> (block operators, ms, extrapolated, {kind: not costed})
         self.group_memo: dict[tuple[int, int], tuple] = {}
         self._op_kinds = tuple(header["op_kinds"])
+        self._activations = frozenset(header.get("activations") or ("relu",))
 
     # -- metadata ---------------------------------------------------------------------------------
     @property
@@ -149,9 +155,10 @@ class LatencyTable:
                 f"{', '.join(map(str, self.batch_sizes))} (batch sizes are never scaled): pick one of those "
                 "or profile a table at this batch with `zennas profile --batch-size`"
             )
-        key = (op.kind, batch_size, op.kernel, op.stride, op.fused)
+        act = op.act if op.act in self._activations else "relu"  # see the module docstring
+        key = (op.kind, batch_size, op.kernel, op.stride, op.fused, act)
         if op.kind == "dwconv" and op.fused and key not in self._sides:
-            key = (op.kind, batch_size, op.kernel, op.stride, 0)  # tables without fused depthwise rows
+            key = (op.kind, batch_size, op.kernel, op.stride, 0, act)  # tables without fused depthwise rows
         exact = self._exact.get((*key, op.c_in, op.c_out, op.side))
         if exact is not None:
             return exact, False
@@ -245,6 +252,9 @@ def _check_header(header: dict[str, Any], path: Path | None) -> None:
     unknown = set(header["op_kinds"]) - set(OP_KINDS)
     if unknown:
         raise LatencyError(f"latency table{where} declares unknown operator kinds {sorted(unknown)}")
+    unknown = set(header.get("activations") or ()) - set(ACTIVATIONS)
+    if unknown:
+        raise LatencyError(f"latency table{where} declares unknown activations {sorted(unknown)}")
     if header["unit"] != "ms_per_batch":
         raise LatencyError(f"latency table{where} has unit {header['unit']!r}; zennas tables store ms_per_batch")
 
@@ -257,8 +267,10 @@ def _check_entries(entries: Any, path: Path | None) -> list[list[Any]]:
         if not isinstance(row, list) or len(row) != len(COLUMNS):
             raise LatencyError(f"latency table{where}: entry {n} is not a row of {len(COLUMNS)} values ({COLUMNS})")
         ms = row[-1]
-        if row[0] not in OP_KINDS or not isinstance(ms, int | float) or not ms > 0:
-            raise LatencyError(f"latency table{where}: entry {n} {row!r} needs a known kind and a positive ms")
+        if row[0] not in OP_KINDS or row[-2] not in ACTIVATIONS or not isinstance(ms, int | float) or not ms > 0:
+            raise LatencyError(
+                f"latency table{where}: entry {n} {row!r} needs a known kind, a known activation and a positive ms"
+            )
     return entries
 
 
@@ -278,12 +290,15 @@ def load_table(path: str | os.PathLike) -> LatencyTable:
         raise LatencyError(f"latency table {path} is not readable JSON ({exc}); regenerate it") from None
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise LatencyError(f"{path} is not a zennas latency table (format {FORMAT!r} expected)")
-    if data.get("version") != VERSION:
-        found = data.get("version")
-        raise LatencyError(f"latency table {path} has format version {found}; this zennas reads {VERSION}")
-    if tuple(data.get("columns", ())) != COLUMNS:
-        raise LatencyError(f"latency table {path} has columns {data.get('columns')}; expected {list(COLUMNS)}")
-    return LatencyTable(data["header"], _check_entries(data.get("entries"), path), path)
+    version, columns, entries = data.get("version"), tuple(data.get("columns", ())), data.get("entries")
+    if version not in (1, VERSION):
+        raise LatencyError(f"latency table {path} has format version {version}; this zennas reads 1 and {VERSION}")
+    expected = COLUMNS if version == VERSION else COLUMNS_V1
+    if columns != expected:
+        raise LatencyError(f"latency table {path} has columns {list(columns)}; version {version} has {list(expected)}")
+    if version == 1 and isinstance(entries, list):  # every conv of a version-1 table has a ReLU
+        entries = [[*row[:-1], "relu", row[-1]] if isinstance(row, list) and row else row for row in entries]
+    return LatencyTable(data["header"], _check_entries(entries, path), path)
 
 
 def write_json_atomic(path: str | os.PathLike, data: Any) -> None:

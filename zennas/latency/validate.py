@@ -8,8 +8,12 @@ Reported: share within +-10 % and +-5 %, MAPE and Spearman of predicted vs measu
 an affine correction measured = intercept_ms + slope * sum on the first half by least squares on
 relative error, and reports before/after figures on the other half only.
 
-Every measured network is appended to a JSON-lines log as soon as it is measured; a rerun with the
-same log reuses it, so an interruption loses at most the network in progress.
+Networks are measured `chunk` at a time in `rounds` interleaved rounds of `runs` runs each
+(Engine.time_many), and each measurement is the median of its `rounds * runs` runs: on a machine
+whose speed drifts over seconds, the drift then moves the networks of a chunk alike.
+
+Every measured chunk is appended to a JSON-lines log as soon as it is measured; a rerun with the
+same log reuses it, so an interruption loses at most the chunk in progress.
 """
 
 from __future__ import annotations
@@ -109,6 +113,8 @@ def validate(
     batch_size: int | None = None,
     seed: int = 0,
     runs: int = 20,
+    rounds: int = 1,
+    chunk: int = 8,
     fit: bool = False,
     log: str | os.PathLike | None = None,
     progress: Callable[[int, int], None] | None = None,
@@ -137,25 +143,34 @@ def validate(
         )
     log_path = Path(log) if log is not None else None
     known = _read_log(log_path) if log_path else {}
-    measured = []
+    if chunk < 1:
+        raise ConfigError(f"chunk must be a positive int, got {chunk}")
+    todo = list(dict.fromkeys(spec.canonical for spec in specs if spec.canonical not in known))
+    by_key = {spec.canonical: spec for spec in specs}
     handle = open(log_path, "a", encoding="utf-8") if log_path else None  # noqa: SIM115 (closed below)
     try:
-        for i, spec in enumerate(specs, 1):
-            key = spec.canonical
-            if key not in known:
-                model = build(spec, BuildOptions(num_classes=num_classes))
-                timing = engine.time(model, (batch, 3, resolution, resolution), runs=runs)
+        if progress is not None:
+            progress(len(specs) - len(todo), len(specs))
+        for first in range(0, len(todo), chunk):
+            keys = todo[first : first + chunk]
+            shape = (batch, 3, resolution, resolution)
+            models = [(build(by_key[key], BuildOptions(num_classes=num_classes)), shape) for key in keys]
+            timings = engine.time_many(models, runs=runs, rounds=rounds)
+            del models
+            lines = []
+            for key, timing in zip(keys, timings, strict=True):
                 known[key] = timing.ms_per_batch
-                if handle is not None:
-                    handle.write(json.dumps({"arch": key, "measured_ms": timing.ms_per_batch}) + "\n")
-                    handle.flush()
-                    os.fsync(handle.fileno())
-            measured.append(known[key])
+                lines.append(json.dumps({"arch": key, "measured_ms": timing.ms_per_batch, "cv": timing.cv}) + "\n")
+            if handle is not None:
+                handle.write("".join(lines))
+                handle.flush()
+                os.fsync(handle.fileno())
             if progress is not None:
-                progress(i, len(specs))
+                progress(len(specs) - len(todo) + first + len(keys), len(specs))
     finally:
         if handle is not None:
             handle.close()
+    measured = [known[spec.canonical] for spec in specs]
     sums = np.array([p.table_sum_ms_per_batch for p in preds])
     predicted = np.array([p.latency_ms_per_batch for p in preds])
     measured_arr = np.array(measured)
@@ -172,6 +187,8 @@ def validate(
         "resolution": resolution,
         "num_classes": num_classes,
         "runs": runs,
+        "rounds": rounds,
+        "chunk": chunk,
     }
     report = ValidationReport(
         [s.canonical for s in specs], sums, predicted, measured_arr, accuracy(predicted, measured_arr), settings,

@@ -221,12 +221,18 @@ def cuda_math(*, tf32: bool, cudnn_benchmark: bool = True) -> Iterator[None]:
 
 @dataclass
 class Session:
-    """A ready-to-run network: `step` runs one forward pass; `measure(runs)` returns per-run ms."""
+    """A ready-to-run network: `step` runs one forward pass; `measure(runs)` returns per-run ms.
+
+    `resolve`, when set, is called once after every measurement of the session and returns the per-run
+    ms of all timed runs in order, replacing what `measure` returned (engines whose timer is read after
+    the fact, e.g. onnxruntime's profiler).
+    """
 
     step: Callable[[], object]
     measure: Callable[[int], list[float]]
     sync: Callable[[], None] | None = None
     options: dict[str, Any] = field(default_factory=dict)  # the settings actually used (recorded in Timing)
+    resolve: Callable[[], list[float]] | None = None
 
 
 def torch_versions() -> dict[str, Any]:
@@ -256,6 +262,11 @@ class Engine(ABC):
     name: ClassVar[str]
     precisions: ClassVar[tuple[str, ...]] = ("fp32",)
     defaults: ClassVar[dict[str, Any]] = {}  # option name -> default
+
+    @property
+    def times_in_context(self) -> bool:
+        """Whether the engine leaves helper (AUX_MARKER) nodes and graph-boundary layout changes out of a time."""
+        return False
 
     def __init__(self, *, device: str = "cpu", precision: str = "fp32", **options: Any):
         kind, index = parse_device(device)
@@ -323,36 +334,75 @@ class Engine(ABC):
 
         The model is copied and timed in eval mode under torch.inference_mode; the caller's model is unchanged.
         """
-        shape = _check_input_shape(input_shape)
-        if not isinstance(runs, int) or runs < 1:
-            raise ConfigError(f"runs must be a positive int, got {runs!r}")
+        return self.time_many(
+            [(model, input_shape)], runs=runs, min_warmup_ms=min_warmup_ms, min_warmup_runs=min_warmup_runs, seed=seed
+        )[0]
+
+    def time_many(
+        self,
+        models: Sequence[tuple[nn.Module, tuple[int, int, int, int]]],
+        *,
+        runs: int = 50,
+        rounds: int = 1,
+        min_warmup_ms: float = 200.0,
+        min_warmup_runs: int = 10,
+        seed: int = 0,
+    ) -> list[Timing]:
+        """`time` for several (model, input shape) pairs, measured in interleaved rounds.
+
+        Every model gets a session and its warm-up first; then each round times `runs` runs of every model
+        in turn, so each Timing's `rounds * runs` samples are spread over the whole measurement. A machine
+        whose speed drifts over seconds (a shared VM, a GPU changing clocks) then moves all models alike
+        instead of skewing whichever one was timed during a slow spell.
+        """
+        shapes = [_check_input_shape(shape) for _, shape in models]
+        for name, value in (("runs", runs), ("rounds", rounds)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ConfigError(f"{name} must be a positive int, got {value!r}")
         if min_warmup_runs < 0 or not math.isfinite(min_warmup_ms) or min_warmup_ms < 0:
             raise ConfigError(
                 f"min_warmup_ms and min_warmup_runs must be finite and >= 0, got {min_warmup_ms!r}, {min_warmup_runs!r}"
             )
-        x = random_input(shape, seed)  # [B, C, H, W] FP32 on the CPU; engines move/cast it once
-        # inference_mode covers the runs only: exporters (torch.export) must not trace under it
-        with self._session(model, x) as session, torch.inference_mode():
-            warmup_runs, warmup_ms = warm_up(
-                session.step, min_ms=min_warmup_ms, min_runs=min_warmup_runs, sync=session.sync
+        with contextlib.ExitStack() as stack:
+            sessions, warmups = [], []
+            for (model, _), shape in zip(models, shapes, strict=True):
+                x = random_input(shape, seed)  # [B, C, H, W] FP32 on the CPU; engines move/cast it once
+                # inference_mode covers the runs only: exporters (torch.export) must not trace under it
+                session = stack.enter_context(self._session(model, x))
+                with torch.inference_mode():
+                    warmups.append(
+                        warm_up(session.step, min_ms=min_warmup_ms, min_runs=min_warmup_runs, sync=session.sync)
+                    )
+                sessions.append(session)
+            samples: list[list[float]] = [[] for _ in sessions]
+            with torch.inference_mode():
+                for _ in range(rounds):
+                    for session, collected in zip(sessions, samples, strict=True):
+                        collected.extend(session.measure(runs))
+            identity = self.identity()  # inside the sessions: clocks/throttling/threads as they were while timing
+            for i, session in enumerate(sessions):
+                if session.resolve is not None:
+                    samples[i] = session.resolve()
+        versions = self.versions()
+        timings = []
+        for session, shape, (warmup_runs, warmup_ms), collected in zip(sessions, shapes, warmups, samples, strict=True):
+            stats = summarize(collected)
+            timings.append(
+                Timing(
+                    engine=self.name,
+                    device=self.device,
+                    precision=self.precision,
+                    batch_size=shape[0],
+                    input_shape=shape,
+                    runs=len(collected),
+                    warmup_runs=warmup_runs,
+                    warmup_ms=warmup_ms,
+                    samples_ms=tuple(collected),
+                    identity=identity,
+                    versions=versions,
+                    options={**session.options, "seed": seed, "rounds": rounds},
+                    flags=timing_flags(cv=stats["cv"], runs=len(collected), identity=identity),
+                    **stats,
+                )
             )
-            samples = session.measure(runs)
-            identity = self.identity()  # inside the session: clocks/throttling/threads as they were while timing
-            options = {**session.options, "seed": seed}
-        stats = summarize(samples)
-        return Timing(
-            engine=self.name,
-            device=self.device,
-            precision=self.precision,
-            batch_size=shape[0],
-            input_shape=shape,
-            runs=runs,
-            warmup_runs=warmup_runs,
-            warmup_ms=warmup_ms,
-            samples_ms=tuple(samples),
-            identity=identity,
-            versions=self.versions(),
-            options=options,
-            flags=timing_flags(cv=stats["cv"], runs=runs, identity=identity),
-            **stats,
-        )
+        return timings

@@ -1,9 +1,21 @@
-"""ONNX Runtime timing: export to ONNX, then IOBinding runs on the CPU or CUDA execution provider."""
+"""ONNX Runtime timing: export to ONNX, then IOBinding runs on the CPU or CUDA execution provider.
+
+Two timers. `host` (the default) reads the host clock around each synchronous run: the latency a
+deployed network has. `kernels` (CPU) reads onnxruntime's profiler instead and sums, per run, the
+kernel times of the graph's nodes, leaving out (a) layout conversions at the graph's boundary (the
+NCHWc ReorderInput of a graph input, ReorderOutput of a graph output) and (b) nodes of helper modules
+whose parameter names contain AUX_MARKER. It times one operator as it runs inside a network, where
+the blocked layout flows from node to node (zennas.latency.profile builds such operator graphs):
+timed alone with the host clock, a 1x1 conv at 112 x 112 spends a third of its time converting
+layouts that a network never converts.
+"""
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import functools
+import json
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +29,9 @@ from zennas.errors import ConfigError, DependencyError, TimingError
 from zennas.latency.engines.base import Engine, Session, measure_host, prepare_model, torch_versions
 
 ORT_GPU_HINT = "pip uninstall onnxruntime && pip install onnxruntime-gpu"
+AUX_MARKER = "zennas_aux"  # parameters of helper modules whose nodes the kernels timer leaves out
+TIMERS = ("host", "kernels")
+_REORDERS = ("ReorderInput", "ReorderOutput")
 _NUMPY_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
 
 
@@ -41,7 +56,13 @@ class OnnxRuntimeEngine(Engine):
         "cudnn_conv_algo_search": "EXHAUSTIVE",  # like cudnn.benchmark: best algorithm after a slow first run
         "tf32": False,
         "cuda_graph": False,
+        "timer": "host",  # host: clock around each run; kernels: profiler kernel sums (module docstring)
     }
+
+    @property
+    def times_in_context(self) -> bool:
+        """True with the kernels timer (module docstring)."""
+        return self.options["timer"] == "kernels"
 
     def _validate(self) -> None:
         """fp16, TF32 and CUDA graphs need CUDA; the CUDA provider needs the onnxruntime-gpu wheel."""
@@ -49,6 +70,11 @@ class OnnxRuntimeEngine(Engine):
         threads = self.options["threads"]
         if threads is not None and (not isinstance(threads, int) or threads < 1):
             raise ConfigError(f"onnxruntime engine: threads must be a positive int or None, got {threads!r}")
+        if self.options["timer"] not in TIMERS:
+            timer = self.options["timer"]
+            raise ConfigError(f"onnxruntime engine: timer must be one of {', '.join(TIMERS)}, got {timer!r}")
+        if self.options["timer"] == "kernels" and self.kind != "cpu":
+            raise ConfigError("onnxruntime engine: timer='kernels' is implemented for device='cpu' only")
         if self.options["cudnn_conv_algo_search"] not in ("EXHAUSTIVE", "HEURISTIC", "DEFAULT"):
             raise ConfigError("onnxruntime engine: cudnn_conv_algo_search must be EXHAUSTIVE, HEURISTIC or DEFAULT")
         if self.kind == "cpu":
@@ -113,6 +139,12 @@ class OnnxRuntimeEngine(Engine):
             so.inter_op_num_threads = 1
             so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
             so.log_severity_level = 3  # errors only: library code does not write to the terminal
+            kernels = self.options["timer"] == "kernels"
+            if kernels:
+                has_aux = _mark_aux_nodes(info.path)
+                so.enable_profiling = True
+                so.profile_file_prefix = str(Path(tmp) / "profile")
+                so.optimized_model_filepath = str(Path(tmp) / "optimized.onnx")
             try:
                 sess = ort.InferenceSession(str(info.path), so, providers=self._providers())
             except Exception as exc:
@@ -123,10 +155,13 @@ class OnnxRuntimeEngine(Engine):
                     f"onnxruntime fell back to {provider}; the CUDA provider failed to load ({ORT_GPU_HINT})"
                 )
             binding, _buffers = self._bind(ort, sess, x)  # `_buffers` keeps the bound OrtValues alive while timing
+            runs_done = [0]  # runs since the session opened (the profiler logs every one of them)
+            timed: list[int] = []  # indices of the timed runs, in order
             if self.kind == "cpu":
 
                 def step() -> None:
                     sess.run_with_iobinding(binding)
+                    runs_done[0] += 1
 
             else:
 
@@ -150,7 +185,20 @@ class OnnxRuntimeEngine(Engine):
                     cuda_graph=bool(self.options["cuda_graph"]),
                     timer="host clock around a synchronised run",
                 )
-            yield Session(step=step, measure=functools.partial(measure_host, step), options=options)
+            if not kernels:
+                yield Session(step=step, measure=functools.partial(measure_host, step), options=options)
+                return
+            skip = _boundary_reorders(Path(so.optimized_model_filepath))
+
+            def measure(runs: int) -> list[float]:
+                timed.extend(range(runs_done[0], runs_done[0] + runs))
+                return measure_host(step, runs)
+
+            def resolve() -> list[float]:
+                return _kernel_ms(Path(sess.end_profiling()), timed, skip, has_aux)
+
+            options.update(timer="kernels", excluded="graph-boundary layout reorders and helper (zennas_aux) nodes")
+            yield Session(step=step, measure=measure, options=options, resolve=resolve)
 
     def _bind(self, ort: Any, sess: Any, x: torch.Tensor) -> tuple[Any, list[Any]]:
         """An IOBinding with the input copied once to the device and static outputs pre-allocated there."""
@@ -174,3 +222,78 @@ class OnnxRuntimeEngine(Engine):
             else:  # symbolic shape or other type: ORT allocates from its arena on the device
                 binding.bind_output(out.name, device, device_id)
         return binding, buffers
+
+
+def _mark_aux_nodes(path: Path) -> bool:
+    """Rename the outputs of helper nodes (those reading a parameter named with AUX_MARKER) to carry it.
+
+    onnxruntime names the nodes it creates (fused, NCHWc) after their output tensors, so the marker in
+    the tensor name survives optimisation and the profiler's node names show which nodes are helpers.
+    Returns whether the graph has helper nodes; the file is rewritten in place.
+    """
+    import onnx
+
+    model = onnx.load(str(path))
+    graph = model.graph
+    aux_params = {init.name for init in graph.initializer if AUX_MARKER in init.name}
+    if not aux_params:
+        return False
+    renames: dict[str, str] = {}
+    for node in graph.node:
+        if AUX_MARKER in node.name or aux_params.intersection(node.input):
+            node.name = f"{AUX_MARKER}_node_{len(renames)}"
+            for i, name in enumerate(node.output):
+                renames[name] = node.output[i] = f"{AUX_MARKER}_{len(renames)}"
+    for node in graph.node:
+        for i, name in enumerate(node.input):
+            if name in renames:
+                node.input[i] = renames[name]
+    for value in graph.output:
+        if value.name in renames:
+            value.name = renames[value.name]
+    onnx.save(model, str(path))
+    return True
+
+
+def _boundary_reorders(optimized: Path) -> set[str]:
+    """Names of the layout reorders that read a graph input or write a graph output."""
+    import onnx
+
+    graph = onnx.load(str(optimized), load_external_data=False).graph
+    inputs, outputs = {v.name for v in graph.input}, {v.name for v in graph.output}
+    return {
+        node.name
+        for node in graph.node
+        if (node.op_type == "ReorderInput" and inputs.intersection(node.input))
+        or (node.op_type == "ReorderOutput" and outputs.intersection(node.output))
+    }
+
+
+def _kernel_ms(profile: Path, timed: list[int], skip: set[str], has_aux: bool) -> list[float]:
+    """Per timed run, the summed kernel ms of the nodes not in `skip` and not helper nodes."""
+    events = json.loads(profile.read_text(encoding="utf-8"))
+    profile.unlink(missing_ok=True)
+    starts = sorted(e["ts"] for e in events if e.get("cat") == "Session" and e.get("name") == "model_run")
+    sums = np.zeros(len(starts))
+    seen_aux = False
+    for event in events:
+        name = event.get("name", "")
+        if event.get("cat") != "Node" or not name.endswith("_kernel_time"):
+            continue
+        node = name[: -len("_kernel_time")]
+        if node in skip:
+            continue
+        if AUX_MARKER in node:
+            seen_aux = True
+            continue
+        run = bisect.bisect_right(starts, event["ts"]) - 1
+        if run >= 0:
+            sums[run] += event["dur"] / 1e3  # us -> ms
+    if has_aux and not seen_aux:
+        raise TimingError(
+            "onnxruntime's profile names none of the helper nodes; the kernels timer cannot separate them "
+            "(profile with the torchscript exporter, or use timer='host')"
+        )
+    if not timed or timed[-1] >= len(starts):
+        raise TimingError(f"onnxruntime's profile holds {len(starts)} runs; expected at least {len(timed)} timed runs")
+    return [float(sums[i]) for i in timed]
