@@ -561,21 +561,16 @@ def latency_predict_command(
 @click.option("--num-classes", type=click.IntRange(min=0), default=1000, show_default=True)
 @click.option("--batch-size", "-b", type=click.IntRange(min=1), help="Batch (default: the table's budget batch).")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--runs", type=click.IntRange(min=1), default=10, show_default=True, help="Timed runs per round.")
+@click.option("--runs", type=click.IntRange(min=1), default=5, show_default=True, help="Timed runs per round.")
 @click.option(
     "--rounds",
     type=click.IntRange(min=1),
-    default=5,
+    default=10,
     show_default=True,
     help="Interleaved rounds over each chunk of networks (a measurement: median of runs x rounds).",
 )
-@click.option(
-    "--chunk",
-    type=click.IntRange(min=1),
-    default=8,
-    show_default=True,
-    help="Networks measured together, round by round.",
-)
+@click.option("--chunk", type=click.IntRange(min=1), default=64, show_default=True,
+              help="Networks measured together, round by round (at most 250M parameters per chunk).")  # fmt: skip
 @click.option("--threads", type=click.IntRange(min=1), help="CPU threads of the engine (default: the table's).")
 @click.option("--exporter", type=click.Choice(["torchscript", "dynamo", "auto"]),
               help="ONNX exporter for onnxruntime/tensorrt (default: the table's).")  # fmt: skip

@@ -262,6 +262,87 @@ def test_onnxruntime_errors(monkeypatch):
         get_engine("onnxruntime", device="cuda")
 
 
+class _OpWithHelper(nn.Module):
+    """A cheap depthwise conv next to an expensive helper conv whose parameters carry the AUX marker."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.op = nn.Conv2d(32, 32, 3, padding=1, groups=32, bias=False)
+        self.zennas_aux_after = nn.Conv2d(32, 32, 5, padding=2, bias=False)  # ~30x the op's MACs
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.zennas_aux_after(torch.relu(self.op(x)))
+
+
+def test_onnxruntime_kernels_timer_leaves_helpers_and_boundary_reorders_out():
+    shape = (1, 32, 28, 28)
+    settings = {"runs": 5, "rounds": 2, "min_warmup_ms": 0.0, "min_warmup_runs": 2}
+    kernels = get_engine("onnxruntime", threads=1, exporter="torchscript", timer="kernels")
+    host = get_engine("onnxruntime", threads=1, exporter="torchscript")
+    with_helper, alone = kernels.time_many([(_OpWithHelper(), shape), (_OpWithHelper().op, shape)], **settings)
+    whole = host.time_many([(_OpWithHelper(), shape)], **settings)[0]
+    assert kernels.times_in_context and not host.times_in_context
+    assert with_helper.options["timer"] == "kernels" and with_helper.runs == 10 == len(with_helper.samples_ms)
+    # The helper is ~30x the op's work: counted, it would dominate; left out, the op is a small part of the whole.
+    assert with_helper.median_ms < 0.3 * whole.median_ms
+    assert alone.median_ms < 0.3 * whole.median_ms
+
+
+def test_kernel_profile_parsing(tmp_path):
+    from zennas.latency.engines.ort import _kernel_ms
+
+    def node(name, ts, dur, op="Conv"):
+        return {"cat": "Node", "name": f"{name}_kernel_time", "ts": ts, "dur": dur, "args": {"op_name": op}}
+
+    events = [{"cat": "Session", "name": "model_run", "ts": t, "dur": 90} for t in (0, 100, 200)]
+    for base in (0, 100, 200):
+        events += [node("ReorderInput", base + 1, 5, "ReorderInput"), node("conv_nchwc", base + 10, 20 + base),
+                   node("zennas_aux_3_nchwc", base + 40, 30), node("ReorderOutput", base + 80, 4, "ReorderOutput"),
+                   node("ReorderOutput_token_2", base + 85, 3, "ReorderOutput")]  # fmt: skip
+    path = tmp_path / "profile.json"
+    path.write_text(json.dumps(events))
+    # Runs 1 and 2 were timed; the boundary reorders and the helper are left out, an inner reorder counts.
+    assert _kernel_ms(path, [1, 2], {"ReorderInput", "ReorderOutput"}, True) == pytest.approx([0.123, 0.223])
+    path.write_text(json.dumps(events))
+    with pytest.raises(TimingError, match="expected at least 4 timed runs"):
+        _kernel_ms(path, [0, 1, 2, 3], set(), True)
+    path.write_text(json.dumps([e for e in events if "zennas_aux" not in e["name"]]))
+    with pytest.raises(TimingError, match="names none of the helper nodes"):
+        _kernel_ms(path, [0], set(), True)
+
+
+def test_time_many_interleaves_rounds():
+    from contextlib import contextmanager
+
+    from zennas.latency.engines.base import Session
+    from zennas.latency.engines.pytorch import TorchEngine
+
+    order: list[str] = []
+
+    class Logged(TorchEngine):
+        @contextmanager
+        def _session(self, model, x):
+            name = model.name
+            yield Session(step=lambda: None, measure=lambda runs: order.extend([name] * runs) or [1.0] * runs)
+
+    models = []
+    for name in ("a", "b"):
+        m = nn.Identity()
+        m.name = name
+        models.append((m, SHAPE))
+    timings = Logged().time_many(models, runs=2, rounds=3, min_warmup_ms=0.0, min_warmup_runs=0)
+    assert order == ["a", "a", "b", "b"] * 3
+    assert [t.runs for t in timings] == [6, 6] and all(t.options["rounds"] == 3 for t in timings)
+    with pytest.raises(ConfigError, match="rounds must be a positive int"):
+        Logged().time_many(models, rounds=0)
+
+
+def test_kernels_timer_configuration_errors():
+    with pytest.raises(ConfigError, match="timer must be one of host, kernels"):
+        get_engine("onnxruntime", timer="wall")
+
+
 # --- tensorrt: import boundary and the GPU-free build logic on a fake module --------------------------
 
 

@@ -11,6 +11,7 @@ from torch import nn
 
 from zennas.api import settings_for
 from zennas.build import BuildOptions, build
+from zennas.counting.binas import unroll
 from zennas.errors import ConfigError, LatencyError
 from zennas.latency.ops import Op, conv_op, network_ops
 from zennas.models import list_models, resolve_arch
@@ -116,3 +117,25 @@ def test_fused_residual_moves_with_the_module():
     half = module.to(torch.float64)
     assert half.residual.dtype == torch.float64
     assert half(torch.randn(shape, dtype=torch.float64)).shape == (2, 16, 8, 8)
+
+
+def test_binas_operators_carry_the_activation_the_built_network_applies():
+    """Hard-swish and ReLU convs as built (SE's inner ReLU and the head's hard-swish are not conv operators)."""
+    rng = np.random.default_rng(5)
+    for _ in range(3):
+        spec = get_space("binas").sample(rng)
+        model = build(spec, BuildOptions(num_classes=0))
+        inner = {id(m) for parent in model.modules() if type(parent).__name__ in ("SqueezeExcite", "BinasHead")
+                 for m in parent.modules()}  # fmt: skip
+        built = Counter(
+            type(m).__name__ for m in model.modules() if isinstance(m, nn.ReLU | nn.Hardswish) and id(m) not in inner
+        )
+        ops = [op for op in network_ops(spec, resolution=64) if "conv" in op.kind]
+        acts = Counter(op.act for op in ops)
+        assert acts["hswish"] == built["Hardswish"] and acts["relu"] == built["ReLU"]
+        # ... and each ds / ir layer's projection is linear (its 1x1 conv is followed by BN alone).
+        projections = sum(layer.kind != "cn" for block in spec.blocks for layer in unroll(block, None))
+        assert acts["none"] == projections > 0
+    # The ZenNAS families keep ReLU everywhere.
+    spec = get_space("zennas-res").sample(rng)
+    assert {op.act for op in network_ops(spec, resolution=64)} == {"relu"}

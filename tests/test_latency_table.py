@@ -238,7 +238,7 @@ def test_version_1_files_read_as_relu_tables_and_unmeasured_activations_cost_as_
         (lambda d: d.update(version=99), "has format version 99"),
         (lambda d: d.update(columns=["a"]), "has columns"),
         (lambda d: d["entries"].append(["conv", 1, 8, 16, 32, 3, 1, 0, "relu", -1]), "known activation and a positive"),
-        (lambda d: d["entries"].append(["conv", 1, 8, 16, 32, 3, 1, 0, "gelu", 1.0]), "known activation and a positive"),
+        (lambda d: d["entries"].append(["conv", 1, 8, 16, 32, 3, 1, 0, "gelu", 1.0]), "known activation and a"),
         (lambda d: d["entries"].append(["conv", 1]), "is not a row of 10 values"),
         (lambda d: d["header"].update(activations=["gelu"]), "declares unknown activations"),
         (lambda d: d["header"].pop("engine"), "lacks engine"),
@@ -309,6 +309,41 @@ def test_op_modules_have_the_operator_shapes(op):
         assert y.shape == (2, op.c_out)
 
 
+@pytest.mark.parametrize(
+    "op",
+    [Op("conv", 8, 16, 10, 3, 2, 1, "none"), Op("conv", 8, 16, 10, 3, 1, 0, "hswish"), Op("dwconv", 16, 16, 9, 5, 2, 0),
+     Op("se", 32, 8, 7), Op("head", 32, 10, 7)],
+)  # fmt: skip
+def test_in_context_modules_compute_the_operator_between_marked_helpers(op):
+    import torch
+
+    from zennas.latency.engines.ort import AUX_MARKER
+
+    module, shape = op_module(op, 2, in_context=True)
+    plain, _ = op_module(op, 2)
+    helpers = {name.split(".")[0] for name, _ in module.named_parameters() if AUX_MARKER in name}
+    expected = {"conv": {"residual"} if op.fused else set(), "se": {"before", "after"}, "head": {"before"}}
+    assert helpers == {f"{AUX_MARKER}_{role}" for role in expected.get(op.kind, set())}
+    x = torch.randn(shape)
+    with torch.no_grad():
+        y = module(x)
+        # The operator itself has the plain module's weights (same seed): recompute it around the helpers.
+        inner = module.op
+        if op.fused:
+            act = {"none": torch.nn.Identity(), "relu": torch.relu}[op.act]
+            reference = act(inner.bn(inner.conv(x)) + getattr(module, f"{AUX_MARKER}_residual")(x))
+        elif op.kind == "se":
+            before = getattr(module, f"{AUX_MARKER}_before")(x)
+            reference = getattr(module, f"{AUX_MARKER}_after")(inner(before))
+        elif op.kind == "head":
+            reference = inner(getattr(module, f"{AUX_MARKER}_before")(x))
+        else:
+            reference = plain(x)
+            assert torch.equal(inner.conv.weight, plain.conv.weight) and isinstance(inner.act, type(plain.act))
+    torch.testing.assert_close(y, reference)
+    assert y.shape == plain(x).shape
+
+
 class FakeEngine:
     """Deterministic engine: ms = conv MACs x 1e-6 of the module (+ 0 for others); counts calls."""
 
@@ -337,7 +372,8 @@ class FakeEngine:
                 macs += m.in_channels * m.out_channels * m.kernel_size[0] ** 2 // m.groups * out * out
         return SimpleNamespace(ms_per_batch=max(macs * 1e-6, 1e-4), cv=0.0)
 
-    def time_many(self, models, **_):
+    def time_many(self, models, *, runs, rounds, **_):
+        assert isinstance(runs, int) and isinstance(rounds, int)  # (an extension once passed its provenance as runs)
         return [self.time(module, shape) for module, shape in models]
 
 

@@ -274,9 +274,9 @@ def profile(
         known.update((_key(r), r) for r in previous.entries)
         # A table extended by several runs (e.g. one per space) keeps every run's provenance.
         earlier = previous.header.get("source") or {}
-        runs = list(earlier.get("runs") or [{k: earlier.get(k) for k in ("command", "space")}])
+        provenance = list(earlier.get("runs") or [{k: earlier.get(k) for k in ("command", "space")}])
         this = {k: header["source"].get(k) for k in ("command", "space")}
-        header["source"]["runs"] = runs if this in runs else [*runs, this]
+        header["source"]["runs"] = provenance if this in provenance else [*provenance, this]
         header["op_kinds"] = sorted(set(header["op_kinds"]) | set(previous.header["op_kinds"]))
         acts = [*(header.get("activations") or ["relu"]), *(previous.header.get("activations") or ["relu"])]
         header["activations"] = sorted(set(acts))

@@ -8,9 +8,13 @@ Reported: share within +-10 % and +-5 %, MAPE and Spearman of predicted vs measu
 an affine correction measured = intercept_ms + slope * sum on the first half by least squares on
 relative error, and reports before/after figures on the other half only.
 
-Networks are measured `chunk` at a time in `rounds` interleaved rounds of `runs` runs each
+Networks are measured a chunk at a time (at most `chunk` networks and `chunk_params` parameters,
+so that the open sessions fit in memory) in `rounds` interleaved rounds of `runs` runs each
 (Engine.time_many), and each measurement is the median of its `rounds * runs` runs: on a machine
-whose speed drifts over seconds, the drift then moves the networks of a chunk alike.
+whose speed drifts over seconds, the drift then moves the networks of a chunk alike. The longer a
+chunk's rounds span, the more of the drift averages out (on the shared 2-vCPU VM of
+benchmarks/RESULTS.md, repeat measurements of the same 60 networks agreed within +-10 % for 70-75 %
+of them in chunks of 8, and for more in one chunk of 60).
 
 Every measured chunk is appended to a JSON-lines log as soon as it is measured; a rerun with the
 same log reuses it, so an interruption loses at most the chunk in progress.
@@ -65,6 +69,12 @@ def fit_correction(sums: np.ndarray, measured: np.ndarray) -> tuple[float, float
     return float(intercept), float(slope)
 
 
+def split_halves(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(fit, held-out) indices of n validated networks: alternate members of a permutation seeded seed + 1."""
+    order = np.random.default_rng(seed + 1).permutation(n)
+    return order[::2], order[1::2]
+
+
 @dataclass
 class ValidationReport:
     """Per-network figures and the summary."""
@@ -114,7 +124,8 @@ def validate(
     seed: int = 0,
     runs: int = 20,
     rounds: int = 1,
-    chunk: int = 8,
+    chunk: int = 64,
+    chunk_params: int = 250_000_000,
     fit: bool = False,
     log: str | os.PathLike | None = None,
     progress: Callable[[int, int], None] | None = None,
@@ -143,18 +154,28 @@ def validate(
         )
     log_path = Path(log) if log is not None else None
     known = _read_log(log_path) if log_path else {}
-    if chunk < 1:
-        raise ConfigError(f"chunk must be a positive int, got {chunk}")
+    if chunk < 1 or chunk_params < 1:
+        raise ConfigError(f"chunk and chunk_params must be positive, got {chunk} and {chunk_params}")
     todo = list(dict.fromkeys(spec.canonical for spec in specs if spec.canonical not in known))
     by_key = {spec.canonical: spec for spec in specs}
+    shape = (batch, 3, resolution, resolution)
     handle = open(log_path, "a", encoding="utf-8") if log_path else None  # noqa: SIM115 (closed below)
     try:
+        done = len(specs) - len(todo)
         if progress is not None:
-            progress(len(specs) - len(todo), len(specs))
-        for first in range(0, len(todo), chunk):
-            keys = todo[first : first + chunk]
-            shape = (batch, 3, resolution, resolution)
-            models = [(build(by_key[key], BuildOptions(num_classes=num_classes)), shape) for key in keys]
+            progress(done, len(specs))
+        start = 0
+        while start < len(todo):
+            keys, models, params = [], [], 0
+            for key in todo[start:]:
+                model = build(by_key[key], BuildOptions(num_classes=num_classes))
+                size = sum(p.numel() for p in model.parameters())
+                if models and (len(models) == chunk or params + size > chunk_params):
+                    break  # the next chunk starts with this network (built again there)
+                keys.append(key)
+                models.append((model, shape))
+                params += size
+            start += len(keys)
             timings = engine.time_many(models, runs=runs, rounds=rounds)
             del models
             lines = []
@@ -165,8 +186,9 @@ def validate(
                 handle.write("".join(lines))
                 handle.flush()
                 os.fsync(handle.fileno())
+            done += len(keys)
             if progress is not None:
-                progress(len(specs) - len(todo) + first + len(keys), len(specs))
+                progress(done, len(specs))
     finally:
         if handle is not None:
             handle.close()
@@ -189,14 +211,14 @@ def validate(
         "runs": runs,
         "rounds": rounds,
         "chunk": chunk,
+        "chunk_params": chunk_params,
     }
     report = ValidationReport(
         [s.canonical for s in specs], sums, predicted, measured_arr, accuracy(predicted, measured_arr), settings,
         extra={"outside_table": outside},
     )  # fmt: skip
     if fit:
-        order = np.random.default_rng(seed + 1).permutation(len(specs))
-        fit_idx, held = order[::2], order[1::2]
+        fit_idx, held = split_halves(len(specs), seed)
         intercept, slope = fit_correction(sums[fit_idx], measured_arr[fit_idx])
         corrected = intercept + slope * sums[held]
         report.fit = {
