@@ -101,7 +101,7 @@ def synthetic_score(layout, seed: int):
 def test_linear_latency_equals_predict(binas, table_name, resolution, num_classes, use_se):
     table = open_table(table_name)
     model = block_latency_model(binas, table, resolution=resolution, num_classes=num_classes, use_se=use_se)
-    assert model.batch_size == table.default_batch_size() and not model.corrected
+    assert model.batch_size == table.default_batch_size() and model.corrected == bool(table.correction)
     rng = np.random.default_rng(1)
     specs = [binas.sample(rng) for _ in range(200)]
     reference = [
@@ -119,7 +119,7 @@ def test_linear_latency_equals_predict(binas, table_name, resolution, num_classe
 
 def test_linear_latency_folds_affine_correction(binas, cpu_table):
     corrected = LatencyTable({**cpu_table.header, "correction": {"intercept_ms": 0.7, "slope": 1.3}}, cpu_table.entries)
-    plain = block_latency_model(binas, cpu_table)
+    plain = block_latency_model(binas, LatencyTable({**cpu_table.header, "correction": None}, cpu_table.entries))
     model = block_latency_model(binas, corrected)
     assert model.corrected and model.constant == pytest.approx(0.7 + 1.3 * plain.fixed_ms, rel=1e-12)
     rng = np.random.default_rng(2)
