@@ -13,6 +13,7 @@ from click.testing import CliRunner
 from torch import nn
 
 from cli import main
+from zennas.build import BuildOptions, build
 from zennas.counting import count
 from zennas.errors import LatencyError
 from zennas.latency import predict as predict_module
@@ -348,11 +349,13 @@ class FakeEngine:
     """Deterministic engine: ms = conv MACs x 1e-6 of the module (+ 0 for others); counts calls."""
 
     name, device, precision = "fake", "cpu", "fp32"
+    times_in_context = False
 
     def __init__(self, stop_after: int | None = None):
         self.options: dict = {}
         self.calls = 0
         self.stop_after = stop_after
+        self.chunks: list[int] = []  # models per time_many call
 
     def identity(self):
         return {"name": "fake cpu", "family": "CPU"}
@@ -374,6 +377,7 @@ class FakeEngine:
 
     def time_many(self, models, *, runs, rounds, **_):
         assert isinstance(runs, int) and isinstance(rounds, int)  # (an extension once passed its provenance as runs)
+        self.chunks.append(len(models))
         return [self.time(module, shape) for module, shape in models]
 
 
@@ -446,6 +450,20 @@ def test_validate_reports_and_fits_on_a_held_out_half(mac_table, tmp_path):
     again = MacEngine()
     validate("zennas-idw", mac_table, again, samples=8, resolution=64, num_classes=0, log=log)
     assert again.calls == 0
+    # Chunks of 3 (and a parameter cap that splits them further) measure every network once, in order.
+    chunked = MacEngine()
+    chunked.expected = engine.expected
+    sizes = [sum(p.numel() for p in build(s, BuildOptions(num_classes=0)).parameters()) for s in specs]
+    split = validate("zennas-idw", mac_table, chunked, samples=8, resolution=64, num_classes=0, fit=True, chunk=3,
+                     chunk_params=max(sizes) + 1)  # fmt: skip
+    assert chunked.calls == 8 and np.array_equal(split.measured_ms, report.measured_ms)
+    assert sum(chunked.chunks) == 8 and max(chunked.chunks) <= 3 and len(chunked.chunks) >= 3
+    first = 0
+    for n in chunked.chunks:  # no chunk exceeds the cap, and none could have taken the next network
+        assert sum(sizes[first : first + n]) <= max(sizes) + 1
+        if first + n < 8 and n < 3:
+            assert sum(sizes[first : first + n + 1]) > max(sizes) + 1
+        first += n
 
 
 # ------------------------------------------------------------------------------------------------

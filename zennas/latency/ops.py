@@ -54,11 +54,6 @@ class Op(NamedTuple):
         return f"{self.kind} {self.c_in}->{self.c_out} @{self.side}x{self.side}"
 
 
-def conv_out_side(op: Op) -> int:
-    """Output side of a conv operator ('same' padding (k - 1) // 2)."""
-    return (op.side + 2 * ((op.kernel - 1) // 2) - op.kernel) // op.stride + 1
-
-
 def _new_op(fields: tuple) -> Op:
     """An Op from a complete field tuple, without NamedTuple's argument handling (the search hot path)."""
     return tuple.__new__(Op, fields)

@@ -41,9 +41,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from zennas.counting import conv_out
 from zennas.errors import ConfigError, LatencyError
 from zennas.latency.engines.ort import AUX_MARKER
-from zennas.latency.ops import Op, conv_out_side, network_ops
+from zennas.latency.ops import Op, network_ops
 from zennas.latency.table import COLUMNS, LatencyTable, load_table, save_table
 
 CHANNEL_GRID = (
@@ -144,22 +145,18 @@ class _InContext(nn.Module):
 
     def __init__(self, op: Op):
         super().__init__()
-        self.kind = op.kind
-        self.before = self.after = self.residual = None
+        helpers: dict[str, nn.Module] = {}
         if op.kind in ("conv", "dwconv"):
             self.op = _Conv(op)
             if op.fused:
-                self.residual = nn.Conv2d(op.c_in, op.c_out, 1, op.stride, bias=False)
+                helpers["residual"] = nn.Conv2d(op.c_in, op.c_out, 1, op.stride, bias=False)
         else:
-            self.before = _pointwise(op.c_in)
+            helpers["before"] = _pointwise(op.c_in)
             self.op = _SE(op.c_in, op.c_out) if op.kind == "se" else _Head(op.c_in, op.c_out)
             if op.kind == "se":
-                self.after = _pointwise(op.c_in)
-        for role in ("before", "after", "residual"):  # registered under marked names, read back by role
-            helper = getattr(self, role)
-            if helper is not None:
-                delattr(self, role)
-                self.add_module(f"{AUX_MARKER}_{role}", helper)
+                helpers["after"] = _pointwise(op.c_in)
+        for role, helper in helpers.items():  # registered under marked names, read back by role
+            self.add_module(f"{AUX_MARKER}_{role}", helper)
 
     def _helper(self, role: str) -> nn.Module | None:
         return self._modules.get(f"{AUX_MARKER}_{role}")
@@ -188,7 +185,7 @@ def op_module(op: Op, batch_size: int, *, in_context: bool = False) -> tuple[nn.
         elif op.kind in ("conv", "dwconv"):
             module = _Conv(op)
             if op.fused:
-                out_side = conv_out_side(op)
+                out_side = conv_out(op.side, op.kernel, op.stride)
                 module.register_buffer("residual", torch.randn(batch_size, op.c_out, out_side, out_side, generator=g))
         elif op.kind == "se":
             module = _SE(op.c_in, op.c_out)
@@ -285,7 +282,7 @@ def profile(
     reused = len(ops) - len(todo)
     start = time.monotonic()
     out.parent.mkdir(parents=True, exist_ok=True)
-    in_context = bool(getattr(engine, "times_in_context", False))
+    in_context = engine.times_in_context
     with open(partial, "a", encoding="utf-8") as log:
         for first in range(0, len(todo), chunk):
             batch_ops = todo[first : first + chunk]

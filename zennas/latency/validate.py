@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 from scipy import stats
+from torch import nn
 
 from zennas.build import BuildOptions, build
 from zennas.errors import ConfigError, LatencyError
@@ -164,18 +165,23 @@ def validate(
         done = len(specs) - len(todo)
         if progress is not None:
             progress(done, len(specs))
-        start = 0
-        while start < len(todo):
+
+        def built(key: str) -> tuple[str, nn.Module, int]:
+            model = build(by_key[key], BuildOptions(num_classes=num_classes))
+            return key, model, sum(p.numel() for p in model.parameters())
+
+        pending = map(built, todo)
+        carried = next(pending, None)  # the network that opens the next chunk
+        while carried is not None:
             keys, models, params = [], [], 0
-            for key in todo[start:]:
-                model = build(by_key[key], BuildOptions(num_classes=num_classes))
-                size = sum(p.numel() for p in model.parameters())
+            while carried is not None:
+                key, model, size = carried
                 if models and (len(models) == chunk or params + size > chunk_params):
-                    break  # the next chunk starts with this network (built again there)
+                    break
                 keys.append(key)
                 models.append((model, shape))
                 params += size
-            start += len(keys)
+                carried = next(pending, None)
             timings = engine.time_many(models, runs=runs, rounds=rounds)
             del models
             lines = []

@@ -31,7 +31,6 @@ from zennas.latency.engines.base import Engine, Session, measure_host, prepare_m
 ORT_GPU_HINT = "pip uninstall onnxruntime && pip install onnxruntime-gpu"
 AUX_MARKER = "zennas_aux"  # parameters of helper modules whose nodes the kernels timer leaves out
 TIMERS = ("host", "kernels")
-_REORDERS = ("ReorderInput", "ReorderOutput")
 _NUMPY_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
 
 
@@ -139,7 +138,7 @@ class OnnxRuntimeEngine(Engine):
             so.inter_op_num_threads = 1
             so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
             so.log_severity_level = 3  # errors only: library code does not write to the terminal
-            kernels = self.options["timer"] == "kernels"
+            kernels = self.times_in_context
             if kernels:
                 has_aux = _mark_aux_nodes(info.path)
                 so.enable_profiling = True
@@ -156,7 +155,6 @@ class OnnxRuntimeEngine(Engine):
                 )
             binding, _buffers = self._bind(ort, sess, x)  # `_buffers` keeps the bound OrtValues alive while timing
             runs_done = [0]  # runs since the session opened (the profiler logs every one of them)
-            timed: list[int] = []  # indices of the timed runs, in order
             if self.kind == "cpu":
 
                 def step() -> None:
@@ -189,6 +187,7 @@ class OnnxRuntimeEngine(Engine):
                 yield Session(step=step, measure=functools.partial(measure_host, step), options=options)
                 return
             skip = _boundary_reorders(Path(so.optimized_model_filepath))
+            timed: list[int] = []  # indices of the timed runs, in order
 
             def measure(runs: int) -> list[float]:
                 timed.extend(range(runs_done[0], runs_done[0] + runs))
