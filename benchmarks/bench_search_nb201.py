@@ -1,6 +1,6 @@
 """Search quality on NAS-Bench-201: ground-truth CIFAR-10 accuracy of the cell a proxy picks, versus random choice.
 
-Two parts, both against the shared 1,000-cell sample (seed-mean CIFAR-10 test accuracy, `cifar10_test`):
+Two parts, both against the 1,000-cell NAS-Bench-201 sample (seed-mean CIFAR-10 test accuracy, `cifar10_test`):
 
 A. Full-space search, as a user runs `zennas search --space nb201 --proxy P --iterations N`: `search()` with
    the evolution strategy and the CLI's defaults (population 64, batch 16, resolution 32, 10 classes, CPU, one
@@ -48,7 +48,7 @@ from zennas.search.problem import Problem, parse_proxy
 from zennas.search.run import search
 
 ROOT = Path(__file__).resolve().parents[1]
-SAMPLE = ROOT.parent / "shared" / "data" / "nb201" / "nb201_sample_1000.csv"
+SAMPLE = ROOT / "tests" / "data" / "nb201_sample_1000.csv"  # attribution in tests/data/NOTICE; --csv takes another
 CACHE = ROOT / ".zennas-cache"  # where benchmarks/bench_proxies_nb201.py, run from the repository root, keeps it
 MAIN_PROXIES = "zen,naswot,synflow,zico,params,flops,jacov"
 FAST = frozenset({"params", "flops", "synflow"})  # analytic or one all-ones image: < 0.1 s a cell on this CPU

@@ -5,12 +5,14 @@ the model's resolution, 1000 classes; SE and the head are not in the table) next
 ms/image, their ratio, and Spearman over the models. The published figures are not TensorRT
 measurements (Zen-NAS timed PyTorch FP16 eager; GENet's engine is not stated), so agreement is
 expected in order, not in value. Prints a table and appends it to benchmarks/RESULTS.md.
-Usage: python benchmarks/bench_v100_zoo.py
+Usage: python benchmarks/bench_v100_zoo.py [--zoo FILE]  (default: the zoo zennas ships, zennas/data/zoo.json)
 """
 
 from __future__ import annotations
 
+import argparse
 import json
+from importlib import resources
 from pathlib import Path
 
 from _record import append_result
@@ -21,13 +23,16 @@ from zennas.errors import ZennasError
 from zennas.latency.predict import predict
 from zennas.latency.shipped import open_table
 
-ZOO = Path(__file__).resolve().parents[2] / "shared" / "data" / "zoo" / "zennas_model_zoo.json"
+ZOO = Path(str(resources.files("zennas").joinpath("data/zoo.json")))
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--zoo", type=Path, default=ZOO, help="model zoo JSON (default: the one zennas ships)")
+    args = parser.parse_args()
     table = open_table("v100-trt-fp16")
     rows, pairs = [], []
-    for entry in json.loads(ZOO.read_text()):
+    for entry in json.loads(args.zoo.read_text()):
         v100 = [f for f in entry["latency"] if f["device"] == "NVIDIA V100"]
         if not v100:
             continue

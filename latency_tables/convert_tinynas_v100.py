@@ -1,6 +1,6 @@
 """Rebuild latency_tables/v100-trt-fp16.json.gz from the TinyNAS V100 TensorRT FP16 table.
 
-Usage: python latency_tables/convert_tinynas_v100.py ../shared/data/latency/v100_trt_fp16_conv_lut.txt
+Usage: python latency_tables/convert_tinynas_v100.py PATH/TO/conv_data.out.fp16
 (source: alibaba/lightweight-neural-architecture-search, tinynas/latency/op_profiler/V100/conv_data.out.fp16,
 Apache-2.0; see latency_tables/NOTICE).
 """

@@ -9,9 +9,12 @@ import pytest
 import torch
 from torch import nn
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-ZOO_PATH = SHARED / "data" / "zoo" / "zennas_model_zoo.json"
-NB201_SAMPLE = SHARED / "data" / "nb201" / "nb201_sample_1000.csv"
+# Small fixtures carried by the tests themselves (attribution in tests/data/NOTICE): a clone of the
+# project alone runs its tests.
+DATA = Path(__file__).resolve().parent / "data"
+ZOO_PATH = DATA / "zennas_model_zoo.json"
+NB201_SAMPLE = DATA / "nb201_sample_1000.csv"
+V100_LUT_SAMPLE = DATA / "v100_trt_fp16_conv_lut_sample.txt"
 
 
 def param_count(model: nn.Module) -> int:

@@ -6,10 +6,10 @@ import json
 import subprocess
 import sys
 from collections import Counter
-from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import ZOO_PATH
 
 from zennas.arch import parse
 from zennas.arch.zennas_dialect import ZenRes
@@ -17,8 +17,7 @@ from zennas.errors import ChannelMismatchError, SearchSpaceError, ZennasError
 from zennas.spaces import get_space, list_spaces
 from zennas.spaces.zennas_space import GENetSpace, ZenNASSpace, smart_round, width_choices
 
-ZOO_PATH = Path(__file__).resolve().parents[2] / "shared" / "data" / "zoo" / "zennas_model_zoo.json"
-ZOO = json.loads(ZOO_PATH.read_text())  # shared data sits beside every checkout and CI clone
+ZOO = json.loads(ZOO_PATH.read_text())
 
 LATENCY_START = (
     "SuperConvK3BNRELU(3,32,2,1)SuperResK3K3(32,64,2,32,1)SuperResK3K3(64,128,2,64,1)"
