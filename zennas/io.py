@@ -40,3 +40,27 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 def atomic_write_json(path: str | os.PathLike, data: Any, *, indent: int | None = 1) -> None:
     """`atomic_write_bytes` for JSON (strict: NaN and infinity are refused)."""
     atomic_write_bytes(path, json.dumps(data, indent=indent, allow_nan=False).encode("utf-8"))
+
+
+def _refuse_constant(name: str) -> float:
+    raise ValueError(f"{name} is not a JSON number (zennas never writes NaN or infinity)")
+
+
+def parse_json_text(text: str | bytes, where: str, error: type[Exception]) -> Any:
+    """Strict JSON from outside: NaN/Infinity and nesting deep enough to exhaust the parser are refused
+    with `error` (a ZennasError subclass) naming `where`, never a ValueError or RecursionError."""
+    try:
+        return json.loads(text, parse_constant=_refuse_constant)
+    except RecursionError:
+        raise error(f"{where} nests JSON too deeply to read; it was not written by zennas") from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise error(f"{where} is not valid JSON ({exc})") from None
+
+
+def read_json_file(path: str | os.PathLike, where: str, error: type[Exception]) -> Any:
+    """`parse_json_text` of a file; a missing or unreadable file is `error` too."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise error(f"cannot read {where} ({exc.strerror or exc})") from None
+    return parse_json_text(data, where, error)
