@@ -28,6 +28,26 @@ def _one_line_errors(fn):
     return wrapper
 
 
+class _Device(click.ParamType):
+    """A device name checked against this machine at parse time (zennas.device); passed on as text."""
+
+    name = "device"
+
+    def convert(self, value, param, ctx):
+        from zennas.device import resolve_device
+
+        try:
+            resolve_device(value)
+        except ZennasError as error:
+            self.fail(str(error), param, ctx)
+        return value
+
+
+DEVICE = _Device()
+# Seeds feed numpy generators, which take non-negative integers (torch's take up to 64 bits).
+SEED = click.IntRange(0, 2**63 - 1)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="zennas")
 def main() -> None:
@@ -183,8 +203,9 @@ def _progress(total: int, label: str, status: Callable[[], str] | None = None) -
 @click.option("--resolution", "-r", type=click.IntRange(min=1), help="Input side (default: the model's own).")
 @click.option("--num-classes", type=click.IntRange(min=0), help="Classifier outputs (default: the model's own).")
 @click.option("--repeats", type=click.IntRange(min=1), default=1, show_default=True, help="Independent seeded runs.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Base seed of every repeat.")
-@click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:1 ... (auto = CUDA if present).")
+@click.option("--seed", type=SEED, default=0, show_default=True, help="Base seed of every repeat.")
+@click.option("--device", type=DEVICE, default="auto", show_default=True,
+              help="cpu, cuda, cuda:1 ... (auto = CUDA if present).")  # fmt: skip
 @click.option("--mode", help="Shorthand for --option mode=MODE (e.g. zen's 'zennas' compatibility mode).")
 @click.option("--option", "-o", "option_pairs", multiple=True, metavar="KEY=VALUE", help="Proxy option; repeatable.")
 @click.option("--dialect", help="Parse ARCH in this dialect instead of detecting it.")
@@ -321,12 +342,12 @@ def bench() -> None:
 @click.option("--dialect", help="Parse the architecture column in this dialect instead of detecting it.")
 @click.option("--proxy", "-p", "proxy", default="params,flops", show_default=True, help="Comma-separated proxies.")
 @click.option("--limit", type=click.IntRange(min=1), help="Score a fixed pseudo-random subset of N rows.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option("--batch-size", "-b", type=click.IntRange(min=1), help="Input batch (default: each proxy's own).")
 @click.option("--resolution", "-r", type=click.IntRange(min=1), help="Override the dataset's input side.")
 @click.option("--num-classes", type=click.IntRange(min=0), help="Override the dataset's class count.")
 @click.option("--repeats", type=click.IntRange(min=1), default=1, show_default=True)
-@click.option("--device", default="auto", show_default=True)
+@click.option("--device", type=DEVICE, default="auto", show_default=True)
 @click.option("--mode", help="Shorthand for --option mode=MODE.")
 @click.option("--option", "-o", "option_pairs", multiple=True, metavar="KEY=VALUE", help="Proxy option; repeatable.")
 @click.option("--data", "data_path", help="Real input batch: .npz with images [N,3,R,R] and labels [N].")
@@ -505,7 +526,8 @@ def latency_group() -> None:
 @click.option("--dialect", help="Parse ARCH in this dialect instead of detecting it.")
 @click.option("--measure", is_flag=True, help="Also time the whole network and print the relative error.")
 @click.option("--engine", help="Timing engine for --measure (default: the table's, with its threads and exporter).")
-@click.option("--device", default="cpu", show_default=True, help="Device for --measure (cpu, cuda, cuda:1).")
+@click.option("--device", type=DEVICE, default="cpu", show_default=True,
+              help="Device for --measure (cpu, cuda, cuda:1).")  # fmt: skip
 @click.option("--runs", type=click.IntRange(min=1), default=50, show_default=True, help="Timed runs for --measure.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @_one_line_errors
@@ -556,11 +578,11 @@ def latency_predict_command(
 @click.option("--space", required=True, help="Search space to sample (zennas spaces).")
 @click.option("--samples", type=click.IntRange(min=3), default=50, show_default=True)
 @click.option("--engine", help="Timing engine (default: the table's, with its threads and exporter).")
-@click.option("--device", default="cpu", show_default=True)
+@click.option("--device", type=DEVICE, default="cpu", show_default=True)
 @click.option("--resolution", "-r", type=click.IntRange(min=1), help="Input side (default: the table's budget).")
 @click.option("--num-classes", type=click.IntRange(min=0), default=1000, show_default=True)
 @click.option("--batch-size", "-b", type=click.IntRange(min=1), help="Batch (default: the table's budget batch).")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option("--runs", type=click.IntRange(min=1), default=5, show_default=True, help="Timed runs per round.")
 @click.option(
     "--rounds",
@@ -656,7 +678,7 @@ def latency_validate_command(
 @click.option("--population", type=click.IntRange(min=1), default=64, show_default=True, help="Zen-NAS: 512.")
 @click.option("--batch", type=click.IntRange(min=1), default=16, show_default=True,
               help="Children per scoring batch (the result does not depend on --workers, only on this).")  # fmt: skip
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True, help="Local scoring processes.")
 @click.option("--ray", "ray_address", is_flag=False, flag_value="local", default=None,
               help="Score on Ray: --ray (local cluster) or --ray ADDRESS (needs zennas[ray]).")  # fmt: skip
@@ -664,7 +686,7 @@ def latency_validate_command(
 @click.option("--init", "init", help="Seed architecture (default: the space's first seed); must meet every budget.")
 @click.option("--proxy-batch-size", type=click.IntRange(min=1), help="Batch of the proxy's input (default: its own).")
 @click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True, help="torch threads per scorer.")
-@click.option("--device", default="cpu", show_default=True, help="Where proxies run: cpu, cuda, cuda:1.")
+@click.option("--device", type=DEVICE, default="cpu", show_default=True, help="Where proxies run: cpu, cuda, cuda:1.")
 @click.option("--rescore", type=click.IntRange(min=0), default=0, show_default=True,
               help="Re-score the top K at the end with --rescore-repeats draws; the best mean wins.")  # fmt: skip
 @click.option("--rescore-repeats", type=click.IntRange(min=2), default=4, show_default=True)
@@ -774,7 +796,7 @@ def _search_problem(space, preset, proxy, resolution, num_classes, budgets, tabl
 @main.command("profile")
 @click.option("--space", required=True, help="Search space whose operators to measure (zennas spaces).")
 @click.option("--engine", default="onnxruntime", show_default=True, help="torch, onnxruntime or tensorrt.")
-@click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:1 ...")
+@click.option("--device", type=DEVICE, default="cpu", show_default=True, help="cpu, cuda, cuda:1 ...")
 @click.option("--precision", default="fp32", show_default=True, help="fp32, fp16, bf16 (engine permitting).")
 @click.option("--batch-size", "-b", type=click.IntRange(min=1), default=1, show_default=True)
 @click.option("--resolution", "-r", type=click.IntRange(min=1), default=224, show_default=True)
@@ -806,7 +828,7 @@ def _search_problem(space, preset, proxy, resolution, num_classes, budgets, tabl
 @click.option("--threads", type=click.IntRange(min=1), help="CPU threads of the engine.")
 @click.option("--exporter", type=click.Choice(["torchscript", "dynamo", "auto"]), default="torchscript",
               show_default=True, help="ONNX exporter for onnxruntime/tensorrt (TorchScript: ~10x faster).")  # fmt: skip
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option("--out", required=True, help="Table file to write (.json or .json.gz); resumed if present.")
 @_one_line_errors
 def profile_command(
@@ -889,8 +911,8 @@ def _train_options(fn):
         click.option("--kd-alpha", type=click.FloatRange(0, 1), default=0.5, show_default=True),
         click.option("--kd-temperature", type=click.FloatRange(min=0, min_open=True), default=4.0, show_default=True),
         click.option("--kd-feature-weight", type=click.FloatRange(min=0), default=1.0, show_default=True),
-        click.option("--seed", type=int, default=0, show_default=True),
-        click.option("--device", help="cpu, cuda or cuda:N (default: cuda if available)."),
+        click.option("--seed", type=SEED, default=0, show_default=True),
+        click.option("--device", type=DEVICE, help="cpu, cuda or cuda:N (default: cuda if available)."),
         click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True,
                      help="Data-loading processes."),
         click.option("--dialect", help="Parse --arch in this dialect instead of detecting it."),
@@ -1001,8 +1023,8 @@ def train_longtail_command(arch, run_dir, data, out, **options) -> None:
 @click.option("--backbone-weights", type=click.Path(), help="Start from a classification --out folder's weights.")
 @click.option("--skip-bad-boxes", is_flag=True, help="Drop (and count) degenerate or out-of-image boxes.")
 @click.option("--eval-every", type=click.IntRange(min=1), default=1, show_default=True, help="Epochs between mAPs.")
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--device", help="cpu, cuda or cuda:N (default: cuda if available).")
+@click.option("--seed", type=SEED, default=0, show_default=True)
+@click.option("--device", type=DEVICE, help="cpu, cuda or cuda:N (default: cuda if available).")
 @click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True, help="Data-loading processes.")
 @click.option("--dialect", help="Parse --arch in this dialect instead of detecting it.")
 @click.option("--resume", is_flag=True, help="Continue from the last checkpoint in --out.")
@@ -1033,7 +1055,7 @@ def train_detection_command(arch, run_dir, data, out, **options) -> None:
 @click.argument("checkpoint", type=click.Path())
 @click.option("--data", required=True, type=click.Path(), help="Folder with val/ class folders (or CIFAR).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
-@click.option("--device", default="cpu", show_default=True)
+@click.option("--device", type=DEVICE, default="cpu", show_default=True)
 @click.option(
     "--plot", "plot_path", help="Confusion-matrix PNG (default: confusion_matrix.png in the checkpoint folder)."
 )
@@ -1098,8 +1120,8 @@ def eval_command(checkpoint, data, batch_size, device, plot_path, as_json) -> No
 @click.option("--amp", type=click.Choice(["bf16", "fp16", "off"]), default="bf16", show_default=True, help="CUDA only.")
 @click.option("--pretrained", type=click.Path(), help="Backbone weights: a training --out folder or .safetensors.")
 @click.option("--eval-batch-size", type=click.IntRange(min=1), default=128, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--device", help="cpu, cuda or cuda:N (default: cuda if available).")
+@click.option("--seed", type=SEED, default=0, show_default=True)
+@click.option("--device", type=DEVICE, help="cpu, cuda or cuda:N (default: cuda if available).")
 @click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True, help="Data-loading processes.")
 @click.option("--dialect", help="Parse --arch in this dialect instead of detecting it.")
 @click.option("--resume", is_flag=True, help="Continue from the last checkpoint in --out.")

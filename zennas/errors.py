@@ -55,6 +55,10 @@ class ConfigError(ZennasError, ValueError):
     """An option or argument has an invalid value."""
 
 
+class OutputError(ZennasError, OSError):
+    """An output file or folder cannot be written (a folder where a file is expected, read-only, full)."""
+
+
 class ProxyError(ZennasError, RuntimeError):
     """A zero-cost proxy could not score an architecture (the message names the architecture)."""
 

@@ -26,7 +26,8 @@ import torch
 from torch import nn
 
 from zennas.blocks.network import Network
-from zennas.errors import ConfigError, DependencyError, ExportError, ZennasError
+from zennas.errors import ConfigError, DependencyError, ExportError, OutputError, ZennasError
+from zennas.io import writable_file
 
 EXPORTERS = ("auto", "dynamo", "torchscript")
 MIN_OPSET = 18  # the dynamo exporter's op library targets 18 and only converts down where it can
@@ -253,6 +254,8 @@ def _write_checked(proto: Any, path: Path, what: str) -> None:
         except Exception as error:
             raise ExportError(f"the ONNX file exported from {what} fails onnx.checker ({_reason(error)})") from None
         os.replace(tmp, path)
+    except OSError as exc:
+        raise OutputError(f"cannot write {str(path)!r}: {exc.strerror or exc}; choose another path") from None
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -286,6 +289,7 @@ def export_onnx(
     what = f"{name or type(model).__name__} to {str(path)!r}"
     if not path.parent.is_dir():
         raise ConfigError(f"cannot write {str(path)!r}: folder {str(path.parent)!r} does not exist; create it first")
+    writable_file(path)  # a folder or a read-only place is refused before the export's work
     notes: list[str] = []
     batch = shape[0]
     if dynamic_batch and batch < 2:

@@ -12,13 +12,37 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from zennas.errors import OutputError
+
+
+def _cannot_write(path: Path, exc: OSError) -> OutputError:
+    return OutputError(f"cannot write {str(path)!r}: {exc.strerror or exc}; choose another path or free it")
+
+
+def writable_file(path: str | os.PathLike) -> Path:
+    """`path` checked before any long work writes it: not a folder, and its folder exists (or can be made)
+    and takes new files. OutputError otherwise."""
+    path = Path(path)
+    if path.is_dir():
+        raise OutputError(f"{str(path)!r} is a folder, not a file; give a file path (one inside it, for example)")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise _cannot_write(path.parent, exc) from None
+    if not os.access(path.parent, os.W_OK | os.X_OK):
+        raise OutputError(f"cannot write {str(path)!r}: its folder is not writable; choose another path")
+    return path
+
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write `data` to `path` through a temporary sibling file, fsync it, and rename it into place."""
+    """Write `data` to `path` through a temporary sibling file, fsync it, and rename it into place.
+
+    A path that cannot be written (a folder, a read-only or full file system) is an OutputError."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -27,9 +51,11 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual permissions
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    except OSError as exc:
+        raise _cannot_write(path, exc) from None
+    finally:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)  # after a successful rename there is nothing left to remove
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:

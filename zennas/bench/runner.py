@@ -300,8 +300,8 @@ def bench_proxies(
     """Score every architecture with every proxy (cached) and report oriented Spearman/Kendall per proxy."""
     import torch
 
+    from zennas.device import resolve_device
     from zennas.proxies import get_proxy, score
-    from zennas.proxies.context import resolve_device
 
     names = list(dict.fromkeys(p.strip() for p in proxies))
     if not names or any(not n for n in names):

@@ -21,8 +21,9 @@ from typing import Any
 import torch
 
 from zennas.arch import ArchSpec
+from zennas.device import resolve_device
 from zennas.errors import ConfigError, DegenerateNetworkError, ProxyError, ZennasError
-from zennas.proxies.context import ProxyContext, resolve_device, strict_fp32
+from zennas.proxies.context import ProxyContext, strict_fp32
 
 ProxyFn = Callable[[ProxyContext], float]
 

@@ -45,13 +45,6 @@ def strict_fp32() -> Iterator[None]:
         torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = cudnn
 
 
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    """'auto'/None -> CUDA when present, else CPU; anything else as given."""
-    if device is None or str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
 @dataclass
 class ProxyContext:
     """Everything one repeat of one proxy may use. All randomness comes from `generator`.

@@ -32,9 +32,12 @@ def parse_latency_budget(text: str) -> float:
     value, unit = float(match.group(1)), match.group(2)
     if unit is None:
         raise ConfigError(f"latency budget {text!r} has no unit: write e.g. {text.strip()}ms or {text.strip()}us")
-    if not math.isfinite(value) or value <= 0:
+    ms = value * _TIME_UNITS[unit]
+    if not math.isfinite(ms):
+        raise ConfigError(f"latency budget {text!r} is not a finite number of milliseconds; write e.g. 1ms")
+    if ms <= 0:
         raise ConfigError(f"latency budget must be positive, got {text!r}")
-    return value * _TIME_UNITS[unit]
+    return ms
 
 
 def parse_count_budget(text: str, what: str) -> int:
@@ -45,7 +48,9 @@ def parse_count_budget(text: str, what: str) -> int:
             f"cannot read {what} budget {text!r}: write a number with an optional k/M/G suffix, e.g. 400M"
         )
     value = float(match.group(1)) * _COUNT_SUFFIX[match.group(2)]
-    if not math.isfinite(value) or value <= 0:
+    if not math.isfinite(value):
+        raise ConfigError(f"{what} budget {text!r} is not a finite number; write e.g. 400M")
+    if value <= 0:
         raise ConfigError(f"{what} budget must be positive, got {text!r}")
     return round(value)
 

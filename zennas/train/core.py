@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 import torch
 from torch import nn
 
+from zennas.device import resolve_device
 from zennas.errors import ConfigError
 from zennas.train.checkpoint import SIDECAR, read_sidecar
 
@@ -37,14 +38,9 @@ def join_distributed(device_name: str | None) -> tuple[DistInfo, torch.device]:
     """Join the torchrun process group (gloo on CPU, nccl on CUDA) when WORLD_SIZE > 1."""
     dist = DistInfo(int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0")),
                     int(os.environ.get("LOCAL_RANK", "0")))  # fmt: skip
-    if device_name is None:
-        device_name = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(device_name)
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ConfigError(f"device {device_name!r} requested but CUDA is not available; use --device cpu")
-        if dist.world > 1 and device.index is None:
-            device = torch.device("cuda", dist.local_rank)
+    device = resolve_device(device_name)  # None: CUDA when present
+    if device.type == "cuda" and dist.world > 1 and device.index is None:
+        device = torch.device("cuda", dist.local_rank)
     if dist.world > 1:
         import torch.distributed as td
 

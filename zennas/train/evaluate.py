@@ -16,8 +16,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from zennas.device import resolve_device
 from zennas.errors import ConfigError
-from zennas.io import atomic_write_bytes
+from zennas.io import atomic_write_bytes, writable_file
 
 
 def _weights_and_sidecar(checkpoint: str | os.PathLike) -> tuple[Path, dict[str, Any]]:
@@ -46,6 +47,8 @@ def evaluate_checkpoint(
     from zennas.train.classification import build_trained
     from zennas.train.data import load_classification_data, make_loader
 
+    if plot is not None:
+        writable_file(plot)  # before the evaluation, not after it
     weights, info = _weights_and_sidecar(checkpoint)
     spec = parse(info["arch"], info.get("dialect"))
     net = build_trained(spec, info["num_classes"], info.get("use_se"), info.get("head", "linear"))
@@ -58,7 +61,7 @@ def evaluate_checkpoint(
         )
     loader = make_loader(data.val, batch_size=batch_size, train=False, generator=torch.Generator(), workers=0,
                          pin_memory=False)  # fmt: skip
-    target = torch.device(device)
+    target = resolve_device(device)
     net = net.to(target).eval()
     k = info["num_classes"]
     confusion = np.zeros((k, k), dtype=np.int64)  # [true, predicted]
