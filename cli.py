@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 import click
 
 from zennas.errors import ZennasError
+from zennas.io import writable_file
 from zennas.train import LONGTAIL_METHODS
 
 
@@ -24,6 +25,9 @@ def _one_line_errors(fn):
             return fn(*args, **kwargs)
         except ZennasError as error:
             raise click.ClickException(" ".join(str(error).split())) from None
+        except OSError as error:  # a path given from outside that the library did not check: still one line
+            where = f"{error.filename}: " if error.filename else ""
+            raise click.ClickException(f"{where}{error.strerror or error}") from None
 
     return wrapper
 
@@ -382,6 +386,8 @@ def bench_proxies_command(
         csv_path, arch_column=arch_column, acc_column=acc_column, index_column=index_column, dialect=dialect,
         limit=limit,
     )  # fmt: skip
+    if plot_path:
+        writable_file(plot_path)  # checked before the scoring, not after it
     cache = None if no_cache else ScoreCache(cache_dir)
     data = load_data(data_path) if data_path else None
     with _progress(len(truth), "scoring") as advance:
@@ -614,6 +620,8 @@ def latency_validate_command(
     from zennas.latency.validate import validate, write_scatter_svg
 
     chosen = open_table(table)
+    if plot_path:
+        writable_file(plot_path)  # checked before the measurements, not after them
     budget = chosen.header.get("budget") or {}
     resolution = resolution or int(budget.get("resolution") or 224)
     timer = _table_engine(chosen, engine, device, threads, exporter)

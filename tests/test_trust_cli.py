@@ -146,3 +146,15 @@ def test_eval_plot_to_a_folder_is_one_line_before_evaluating(tmp_path):
     # The plot path is checked first: no checkpoint or data is needed to see the error.
     result = CliRunner().invoke(main, ["eval", str(tmp_path / "run"), "--data", "nowhere", "--plot", str(tmp_path)])
     assert "is a folder, not a file" in one_line_error(result)
+
+
+def test_plots_to_a_folder_are_one_line_before_the_work(tmp_path):
+    from conftest import NB201_SAMPLE
+
+    bench = ["bench", "proxies", "--ground-truth", str(NB201_SAMPLE), "--limit", "3", "--no-cache"]
+    result = CliRunner().invoke(main, [*bench, "--plot", str(tmp_path)])
+    assert "is a folder, not a file" in one_line_error(result)
+    validate = ["latency", "validate", "--table", "cpu-ort-fp32-b1", "--space", "binas", "--samples", "3"]
+    result = CliRunner().invoke(main, [*validate, "--plot", str(tmp_path), "--log", str(tmp_path / "log.jsonl")])
+    assert "is a folder, not a file" in one_line_error(result)
+    assert list(tmp_path.iterdir()) == []  # nothing was measured or logged

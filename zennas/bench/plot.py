@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+import io
 import math
 import os
 from collections.abc import Mapping
@@ -13,6 +14,7 @@ from scipy import stats
 
 from zennas.bench.rank import Correlation
 from zennas.errors import ConfigError
+from zennas.io import atomic_write_bytes, atomic_write_text
 
 _PANEL = 220  # px per panel side
 _MARGIN = 36
@@ -39,7 +41,7 @@ def write_plot(
     """One panel per proxy: x = proxy rank percentile (degenerate at x = -0.05, red), y = accuracy."""
     path = Path(path)
     if path.suffix.lower() == ".svg":
-        path.write_text(_svg(oriented, accuracy, correlations, acc_label))
+        atomic_write_text(path, _svg(oriented, accuracy, correlations, acc_label))
         return
     try:
         import matplotlib
@@ -66,12 +68,14 @@ def write_plot(
     for ax in list(axes.flat)[len(names) :]:
         ax.axis("off")
     fig.tight_layout()
+    buffer = io.BytesIO()
     try:
-        fig.savefig(path, dpi=120)
-    except (OSError, ValueError) as error:
+        fig.savefig(buffer, dpi=120, format=path.suffix.lstrip(".").lower() or "png")
+    except ValueError as error:  # a format matplotlib cannot write
         raise ConfigError(f"cannot write plot {str(path)!r}: {error}") from None
     finally:
         plt.close(fig)
+    atomic_write_bytes(path, buffer.getvalue())
 
 
 def _svg(

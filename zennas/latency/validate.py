@@ -36,6 +36,7 @@ from torch import nn
 
 from zennas.build import BuildOptions, build
 from zennas.errors import ConfigError, LatencyError
+from zennas.io import atomic_write_text
 from zennas.latency.predict import predict
 from zennas.latency.table import LatencyTable
 
@@ -272,4 +273,4 @@ def write_scatter_svg(path: str | os.PathLike, report: ValidationReport) -> None
         f'<text x="12" y="{size / 2}" transform="rotate(-90 12 {size / 2})">predicted ms/batch (log)</text>',
         "</svg>",
     ]
-    Path(path).write_text("\n".join(parts), encoding="utf-8")
+    atomic_write_text(path, "\n".join(parts))
