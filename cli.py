@@ -271,11 +271,15 @@ def export_command(
     from torch import nn
 
     from zennas.api import create_model, settings_for
+    from zennas.counting import check_forward_size, count
     from zennas.export import check_onnx, export_onnx, fuse_bn, load_safetensors, output_names_for
     from zennas.models import resolve_arch
 
     spec, entry = resolve_arch(arch, dialect)
     resolution, num_classes, use_se = settings_for(spec, entry, resolution, num_classes, use_se)
+    # The check of a dynamic-batch file also runs batch + 2 (zennas.export.check_onnx).
+    largest_batch = batch_size + 2 if dynamic_batch else batch_size
+    check_forward_size(count(spec, resolution=resolution, num_classes=num_classes, use_se=use_se), largest_batch)
     model = create_model(spec, num_classes=num_classes, use_se=use_se, multi_scale=multi_scale)
     if weights:
         load_safetensors(model, weights)
@@ -603,7 +607,8 @@ def latency_predict_command(
 @click.option("--exporter", type=click.Choice(["torchscript", "dynamo", "auto"]),
               help="ONNX exporter for onnxruntime/tensorrt (default: the table's).")  # fmt: skip
 @click.option("--fit", is_flag=True, help="Fit an affine correction on half the samples; report the other half.")
-@click.option("--save-fit", help="With --fit: write the table with the fitted correction to this file.")
+@click.option("--save-fit", help="With --fit: write the table with the fitted correction to this file "
+              "(a latency table already there is replaced; any other file is refused).")  # fmt: skip
 @click.option("--log", "log_path", help="JSON-lines log of measurements (resume). Default under .zennas-cache/.")
 @click.option("--plot", "plot_path", help="Predicted-vs-measured scatter (.svg).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
@@ -613,21 +618,23 @@ def latency_validate_command(
     exporter, fit, save_fit, log_path, plot_path, as_json,
 ) -> None:  # fmt: skip
     """Measure random members of a space end to end and compare with the table's predictions."""
-    from pathlib import Path
-
     from zennas.latency.shipped import open_table
     from zennas.latency.table import save_table
-    from zennas.latency.validate import validate, write_scatter_svg
+    from zennas.latency.validate import default_log_path, validate, write_scatter_svg
 
     chosen = open_table(table)
     if plot_path:
         writable_file(plot_path)  # checked before the measurements, not after them
+    if fit and save_fit:
+        from zennas.latency.profile import table_destination
+
+        table_destination(save_fit)  # a folder or a file that is not a latency table: refused before measuring
     budget = chosen.header.get("budget") or {}
     resolution = resolution or int(budget.get("resolution") or 224)
     timer = _table_engine(chosen, engine, device, threads, exporter)
     engine = timer.name
     if log_path is None:
-        log_path = Path(".zennas-cache") / f"latency-{chosen.name}-{space}-{engine}-{device}-r{resolution}.jsonl"
+        log_path = default_log_path(chosen, space, engine, device, resolution)
         log_path.parent.mkdir(parents=True, exist_ok=True)
     with _progress(samples, "measuring") as advance:
         report = validate(
@@ -662,6 +669,13 @@ def latency_validate_command(
                 f"{label}: within10 {m['within_10pct']:.1%} within5 {m['within_5pct']:.1%} MAPE {m['mape']:.2f}% "
                 f"Spearman {m['spearman']:.4f} (n {m['n']})"
             )
+
+
+# A run's --out must be new, empty, or a run of the same kind (zennas.io.claim_output_folder).
+OVERWRITE_HELP = (
+    "Start afresh in a non-empty --out: the files this command writes there (its checkpoint, history and results) "
+    "are deleted first and then written anew; other files are left alone. Without it such a folder is refused."
+)
 
 
 @main.command("search")
@@ -701,12 +715,13 @@ def latency_validate_command(
 @click.option("--checkpoint-every", type=click.IntRange(min=1), default=64, show_default=True)
 @click.option("--out", "out", help="Output folder (default: runs/search-<UTC time>).")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
+@click.option("--overwrite", is_flag=True, help=OVERWRITE_HELP)
 @click.option("--no-plots", is_flag=True, help="Skip the PNG plots.")
 @_one_line_errors
 def search_command(
     space, preset, proxy, budget, budget_batch_size, gpu, table, flops_budget, params_budget, max_layers, convention,
     resolution, num_classes, iterations, population, batch, seed, workers, ray_address, strategy, init,
-    proxy_batch_size, threads, device, rescore, rescore_repeats, checkpoint_every, out, resume, no_plots,
+    proxy_batch_size, threads, device, rescore, rescore_repeats, checkpoint_every, out, resume, overwrite, no_plots,
 ) -> None:  # fmt: skip
     """Find the best-scoring architecture within the budgets, e.g. `zennas search --budget 1ms --gpu V100`."""
     from zennas.search.budget import Budgets, parse_count_budget, parse_latency_budget
@@ -749,7 +764,7 @@ def search_command(
             raise click.UsageError("--strategy milp runs in one go (minutes); it has no --resume")
         result = run_milp(
             problem, settings, out, workers=workers, ray=ray_address is not None,
-            ray_address=None if ray_address in (None, "local") else ray_address,
+            ray_address=None if ray_address in (None, "local") else ray_address, overwrite=overwrite,
         )  # fmt: skip
     else:
         best: dict[str, float | None] = {"score": None}
@@ -764,9 +779,9 @@ def search_command(
                 advance(done)
 
             result = search(
-                problem, settings, out, resume=resume, workers=workers, ray=ray_address is not None,
-                ray_address=None if ray_address in (None, "local") else ray_address, progress=progress,
-                plots=not no_plots,
+                problem, settings, out, resume=resume, overwrite=overwrite, workers=workers,
+                ray=ray_address is not None, ray_address=None if ray_address in (None, "local") else ray_address,
+                progress=progress, plots=not no_plots,
             )  # fmt: skip
     lat = result.get("latency_ms_per_image")
     click.echo(result["arch"])
@@ -792,13 +807,13 @@ def _search_problem(space, preset, proxy, resolution, num_classes, budgets, tabl
         sp = sp.with_preset(preset)
     default_res, default_classes = DIALECT_DEFAULTS.get(sp.dialect, (224, 1000))
     constraints = getattr(sp, "constraints", {}) or {}
+    # with_table: the search uses the loaded table itself, never one reopened by its header name.
     return Problem(
         space=space, preset=preset, proxy=parse_proxy(proxy),
         resolution=resolution or int(constraints.get("resolution", default_res)),
         num_classes=num_classes if num_classes is not None else int(constraints.get("num_classes", default_classes)),
-        budgets=budgets, table=table.name if table is not None else None, proxy_batch_size=proxy_batch_size,
-        seed=seed, threads=threads, device=device,
-    )  # fmt: skip
+        budgets=budgets, proxy_batch_size=proxy_batch_size, seed=seed, threads=threads, device=device,
+    ).with_table(table)  # fmt: skip
 
 
 @main.command("profile")
@@ -837,7 +852,8 @@ def _search_problem(space, preset, proxy, resolution, num_classes, budgets, tabl
 @click.option("--exporter", type=click.Choice(["torchscript", "dynamo", "auto"]), default="torchscript",
               show_default=True, help="ONNX exporter for onnxruntime/tensorrt (TorchScript: ~10x faster).")  # fmt: skip
 @click.option("--seed", type=SEED, default=0, show_default=True)
-@click.option("--out", required=True, help="Table file to write (.json or .json.gz); resumed if present.")
+@click.option("--out", required=True, help="Table file to write (.json or .json.gz); a table already there is "
+              "resumed and extended, any other file is refused.")  # fmt: skip
 @_one_line_errors
 def profile_command(
     space, engine, device, precision, batch_size, resolution, num_classes, samples, limit, runs, rounds, chunk, timer,
@@ -848,7 +864,14 @@ def profile_command(
 
     from zennas.latency.engines import get_engine
     from zennas.latency.profile import profile, space_grid, table_header
+    from zennas.latency.table import NAME_PATTERN
 
+    name = Path(out).name.split(".")[0]  # the table is named after its file
+    if NAME_PATTERN.fullmatch(name) is None:
+        raise click.UsageError(
+            f"--out {out!r} would name the table {name!r}; use a file name that starts with a letter or digit and "
+            "holds at most 100 letters, digits, '_' and '-' before its suffix, e.g. --out mytable.json"
+        )
     options = _engine_options(engine, threads, exporter)
     if engine == "onnxruntime":
         options["timer"] = timer or ("kernels" if device == "cpu" else "host")
@@ -859,7 +882,6 @@ def profile_command(
     if limit:
         ops = ops[:limit]
     command = "zennas profile " + " ".join(sys.argv[2:]) if len(sys.argv) > 2 else "zennas profile"
-    name = Path(out).name.split(".")[0]
     header = table_header(
         name=name, engine=timer, batch_size=batch_size, resolution=resolution, space=space,
         op_kinds=sorted({op.kind for op in ops}), command=command, activations={op.act for op in ops},
@@ -914,6 +936,7 @@ def _train_options(fn):
                      help="CUDA only."),
         click.option("--hflip", type=click.FloatRange(0, 1), default=0.5, show_default=True,
                      help="Flip probability."),
+        click.option("--skip-bad-images", is_flag=True, help=SKIP_BAD_IMAGES_HELP),
         click.option("--teacher", help="Distil from a training --out folder, a model.safetensors, or ARCH."),
         click.option("--teacher-weights", type=click.Path(dir_okay=False), help="Weights of a teacher given as ARCH."),
         click.option("--kd-alpha", type=click.FloatRange(0, 1), default=0.5, show_default=True),
@@ -925,10 +948,25 @@ def _train_options(fn):
                      help="Data-loading processes."),
         click.option("--dialect", help="Parse --arch in this dialect instead of detecting it."),
         click.option("--resume", is_flag=True, help="Continue from the last checkpoint in --out."),
+        click.option("--overwrite", is_flag=True, help=OVERWRITE_HELP),
     ]  # fmt: skip
     for option in reversed(options):
         fn = option(fn)
     return fn
+
+
+SKIP_BAD_IMAGES_HELP = "Leave out image files that do not decode (listed) instead of refusing to start."
+
+
+def _echo_skipped(out: str, metrics: dict, shown: int = 20) -> None:
+    """List the image files a --skip-bad-images run left out (all of them are in OUT/metrics.json)."""
+    skipped = metrics.get("skipped_images") or []
+    if skipped:
+        click.echo(f"left out {len(skipped)} image(s) that do not decode (all listed in {out}/metrics.json):", err=True)
+        for image in skipped[:shown]:
+            click.echo(f"  {image['path']}: {image['problem']}", err=True)
+        if len(skipped) > shown:
+            click.echo(f"  and {len(skipped) - shown} more", err=True)
 
 
 def _train_with_progress(train, config, epochs: int, describe: Callable[[dict], str]) -> dict:
@@ -967,6 +1005,7 @@ def train_classification_command(arch, run_dir, data, out, **options) -> None:
     config = TrainConfig(data=data, out=out, arch=arch, run=run_dir, **options)
     started = time.monotonic()
     metrics = _train_with_progress(train_classification, config, config.epochs, _classification_epoch)
+    _echo_skipped(out, metrics)
     click.echo(
         f"{out}: top-1 {metrics['top1']:.2f} %  top-5 {metrics['top5']:.2f} % ({metrics['reported']} weights) after "
         f"{metrics['epochs']} epochs in {time.monotonic() - started:.0f} s"
@@ -995,6 +1034,7 @@ def train_longtail_command(arch, run_dir, data, out, **options) -> None:
     started = time.monotonic()
     epochs = config.epochs + config.stage2_epochs  # cRT adds classifier epochs
     m = _train_with_progress(train_classification, config, epochs, _classification_epoch)
+    _echo_skipped(out, m)
 
     def group(name: str) -> str:
         return "n/a" if m[name] is None else f"{m[name]:.2f}"
@@ -1036,6 +1076,7 @@ def train_longtail_command(arch, run_dir, data, out, **options) -> None:
 @click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True, help="Data-loading processes.")
 @click.option("--dialect", help="Parse --arch in this dialect instead of detecting it.")
 @click.option("--resume", is_flag=True, help="Continue from the last checkpoint in --out.")
+@click.option("--overwrite", is_flag=True, help=OVERWRITE_HELP)
 @click.option("--onnx/--no-onnx", "export_onnx", default=True, show_default=True, help="Write OUT/detector.onnx.")
 @click.option("--onnx-exporter", type=click.Choice(["auto", "dynamo", "torchscript"]), default="auto",
               show_default=True)  # fmt: skip
@@ -1112,6 +1153,7 @@ def eval_command(checkpoint, data, batch_size, device, plot_path, as_json) -> No
 @click.option("--pad", type=click.IntRange(min=0), help="Pad-and-crop pixels (default: 10 at height 256, scaled).")
 @click.option("--erasing", type=click.FloatRange(0, 1), default=0.5, show_default=True,
               help="Random-erasing probability.")  # fmt: skip
+@click.option("--skip-bad-images", is_flag=True, help=SKIP_BAD_IMAGES_HELP)
 @click.option("--neck", type=click.Choice(["after", "before"]), default="after", show_default=True,
               help="Embed with the BNNeck's output (after) or its input (before).")  # fmt: skip
 @click.option("--metric", type=click.Choice(["cosine", "euclidean"]), default="cosine", show_default=True)
@@ -1133,6 +1175,7 @@ def eval_command(checkpoint, data, batch_size, device, plot_path, as_json) -> No
 @click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True, help="Data-loading processes.")
 @click.option("--dialect", help="Parse --arch in this dialect instead of detecting it.")
 @click.option("--resume", is_flag=True, help="Continue from the last checkpoint in --out.")
+@click.option("--overwrite", is_flag=True, help=OVERWRITE_HELP)
 @_one_line_errors
 def train_reid_command(arch, run_dir, data, out, **options) -> None:
     """Train a ReID embedding (BNNeck, ID + triplet loss, P x K batches) on a Market-1501-layout folder.
@@ -1149,6 +1192,7 @@ def train_reid_command(arch, run_dir, data, out, **options) -> None:
         return f": loss {r['train_loss']:.4f}{scores}"
 
     m = _train_with_progress(train_reid, config, config.epochs, describe)
+    _echo_skipped(out, m)
     rerank = f"; re-ranked rank-1 {m['rerank_rank1']:.2f} %  mAP {m['rerank_map']:.2f} %" if config.rerank else ""
     click.echo(
         f"{out}: rank-1 {m['rank1']:.2f} %  rank-5 {m['rank5']:.2f} %  mAP {m['map']:.2f} % "

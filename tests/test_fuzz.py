@@ -1,13 +1,25 @@
-"""Property tests: parsers raise only ZennasError subclasses, never hang, and round-trip what they print."""
+"""Property tests: parsers raise only ZennasError subclasses, never hang, and round-trip what they print.
+
+The mutation fuzz (tests/fuzzing.py) goes further: seeds of every dialect, token-aware mutations,
+and everything `zennas info` computes, in-process for a quick sample and in a child process (peak
+memory measured) for the slow run of 10,000 inputs; a CLI sample checks the one-line `Error:` contract.
+"""
 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
+import pytest
+from click.testing import CliRunner
 from conftest import ZOO_PATH
+from fuzzing import MEMORY_LIMIT_MIB, TIME_LIMIT_S, fuzz, mutated_inputs, seed_texts
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import cli
 from zennas.arch import parse
 from zennas.errors import ZennasError
 
@@ -101,3 +113,57 @@ def test_valid_genet_strings_round_trip(data):
     text = "".join(tokens) + f"AdaptiveAvgPool({c},1)"
     spec = parse(text)
     assert spec.dialect == "genet" and spec.to_string() == text
+
+
+# --- mutation fuzz of every dialect through what `zennas info` runs ------------------------------------
+
+SLOW_FUZZ_INPUTS = 10_000
+
+
+@pytest.fixture(scope="module")
+def seeds() -> list[str]:
+    return seed_texts(ZOO_PATH)
+
+
+def test_fuzz_seeds_cover_every_dialect(seeds):
+    assert {parse(text).dialect for text in seeds} == {"zennas-v1", "genet", "tinynas", "binas", "nb201"}
+
+
+def test_mutation_fuzz_sample(seeds):
+    stats = fuzz(mutated_inputs(seeds, 300, seed=7))
+    assert stats.failures == []
+    assert stats.inputs == 300 and stats.accepted > 0 and stats.refused > 0
+    assert stats.slowest_s < TIME_LIMIT_S
+
+
+@pytest.mark.slow
+def test_mutation_fuzz_10k_inputs_in_a_child_process():
+    """10,000 inputs: no exception but ZennasError, none over 5 s, the child's peak RSS under 1 GiB."""
+    script = Path(__file__).resolve().parent / "fuzzing.py"
+    command = [sys.executable, str(script), "--zoo", str(ZOO_PATH), "--inputs", str(SLOW_FUZZ_INPUTS), "--seed", "0"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=3_600, check=False)
+    assert done.returncode == 0, done.stderr[-2_000:]
+    stats = json.loads(done.stdout.strip().splitlines()[-1])
+    print(f"\nfuzz: {json.dumps({k: v for k, v in stats.items() if k != 'failures'})}")
+    assert stats["failures"] == [], stats["failures"][:5]
+    assert stats["inputs"] == SLOW_FUZZ_INPUTS
+    assert stats["slowest_s"] < TIME_LIMIT_S, stats["slowest_input"]
+    assert stats["peak_rss_mib"] < MEMORY_LIMIT_MIB, stats["first_input_over_memory"]
+    assert set(stats["accepted_by_dialect"]) == {"zennas-v1", "genet", "tinynas", "binas", "nb201"}
+
+
+@pytest.mark.parametrize("command", [["info"], ["score", "-p", "params"]])
+def test_cli_fuzz_sample_gives_exit_0_or_a_one_line_error(seeds, command):
+    runner = CliRunner()
+    codes = []
+    for text in mutated_inputs(seeds, 40, seed=11):
+        if "\x00" in text or any("\ud800" <= ch <= "\udfff" for ch in text):
+            continue  # not passable as a command-line argument
+        result = runner.invoke(cli.main, [*command, text])
+        codes.append(result.exit_code)
+        assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
+        assert "Traceback" not in result.output
+        if result.exit_code:
+            assert result.exit_code == 1
+            assert result.output.startswith("Error: ") and result.output.count("\n") == 1, result.output[:300]
+    assert len(codes) >= 30 and 0 in codes and 1 in codes

@@ -74,7 +74,9 @@ def test_zoo_operator_lists_match_the_built_network(name):
     check(spec, 64 if entry.resolution >= 64 else entry.resolution, use_se)
 
 
-@pytest.mark.parametrize("space", ["zennas-res", "zennas-idw", "genet", "maedet", "binas"])
+@pytest.mark.parametrize(
+    "space", ["zennas-res", "zennas-idw", "genet", pytest.param("maedet", marks=pytest.mark.slow), "binas"]
+)
 def test_sampled_operator_lists_match_the_built_network(space):
     rng = np.random.default_rng(11)
     sp = get_space(space)

@@ -515,6 +515,7 @@ def test_cli_latency_errors_are_one_line(args, message):
     assert result.exit_code != 0 and message in result.output and "Traceback" not in result.output
 
 
+@pytest.mark.slow
 def test_cli_profile_then_predict_and_measure(tmp_path):
     out = tmp_path / "tiny.json"
     runner = CliRunner()

@@ -236,7 +236,9 @@ def test_infeasible_latency_budget_names_the_fastest_network(tiny, tiny_all, cpu
 def test_budgets_infeasible_only_together(tiny, tiny_all, cpu_table):
     nets, _, macs = tiny_all
     # A (contrived) negative slope makes larger networks faster: latency and MAC budgets then conflict.
-    odd = LatencyTable({**cpu_table.header, "correction": {"intercept_ms": 100.0, "slope": -1.0}}, cpu_table.entries)
+    # Set after construction: a table file with this correction is refused at load (non-positive latencies).
+    odd = LatencyTable(cpu_table.header, cpu_table.entries)
+    odd.header = {**cpu_table.header, "correction": {"intercept_ms": 100.0, "slope": -1.0}}
     model = block_latency_model(tiny, odd)
     latency = model.predict_many(nets)
     estimator = fit_estimator(tiny, nets[:100], np.arange(100.0), heldout_fraction=0)

@@ -159,6 +159,7 @@ def test_same_seed_same_run_other_seed_other_run(tmp_path):
     assert strip(ha) != strip(hc)
 
 
+@pytest.mark.slow
 def test_workers_give_the_serial_result(tmp_path):
     problem = res_problem(proxy="zen", proxy_batch_size=2, resolution=64)
     serial = _run(tmp_path, "serial", problem, iterations=24, batch=6)
@@ -192,6 +193,7 @@ def test_outputs(tmp_path):
     assert all(a[1] < b[1] and a[0] < b[0] for a, b in itertools.pairwise(front))  # cost and score both rise
 
 
+@pytest.mark.slow
 def test_rescore_picks_the_best_mean(tmp_path):
     problem = res_problem(proxy="zen", proxy_batch_size=2, resolution=64)
     result = _run(tmp_path, "r", problem, iterations=16, rescore=3, rescore_repeats=3)
@@ -239,6 +241,7 @@ def _cli(args: list[str]) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
 
 
+@pytest.mark.slow
 def test_sigkill_and_resume_ends_like_an_uninterrupted_run(tmp_path):
     reference = _cli([*CLI_ARGS, "--out", str(tmp_path / "ref")])
     assert reference.wait(timeout=300) == 0, reference.stderr.read().decode()
@@ -300,6 +303,7 @@ def test_cli_search_prints_the_answer(tmp_path):
     assert data["budgets"]["latency_ms_per_image"] == 0.1 and data["budgets"]["latency_batch_size"] == 64
 
 
+@pytest.mark.slow
 def test_ray_local_cluster_gives_the_serial_result(tmp_path):
     pytest.importorskip("ray", reason="Ray is an optional extra: pip install 'zennas[ray]'")
     problem = res_problem(proxy="zen", proxy_batch_size=2, resolution=64)

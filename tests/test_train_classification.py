@@ -265,6 +265,7 @@ def test_cifar_layout_is_detected(tmp_path):
     assert len(data.train) == 200 and len(data.val) == 40 and data.train[0][0].shape == (3, 16, 16)
 
 
+@pytest.mark.slow
 def test_torchrun_two_processes_gloo(small, tmp_path):
     out = tmp_path / "ddp"
     # `python -m torch.distributed.run` is torchrun itself, and ships with every torch: no skip needed
@@ -279,6 +280,7 @@ def test_torchrun_two_processes_gloo(small, tmp_path):
     assert json.loads((out / "metrics.json").read_text())["epochs"] == 1
 
 
+@pytest.mark.slow
 def test_a_searched_network_learns_the_digits(digits, tmp_path):
     """The issue's path end to end: `zennas search` (Zen-Score, zennas-res, 50k params) then
     `zennas train classification --run`. Measured: 98.0 % held-out top-1 after 3 epochs at 16 px

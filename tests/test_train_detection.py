@@ -80,6 +80,7 @@ def _rebuild(out: Path) -> torch.nn.Module:
     return load_weights(out / "model.safetensors", detector, spec.canonical).eval()  # fmt: skip
 
 
+@pytest.mark.slow
 def test_learns_pasted_digits_and_writes_metrics(sevens, learned):
     out, metrics = learned
     # An untrained detector on the same val set: its scores sit near the 0.01 prior.
@@ -209,6 +210,7 @@ def test_resume_after_interruption_equals_uninterrupted_run(tiny, tmp_path):
         train_detection(config(tiny, tmp_path / "b", **settings))
 
 
+@pytest.mark.slow
 def test_onnx_detector_matches_torch_detections(learned, sevens, tmp_path):
     import onnxruntime as ort
 

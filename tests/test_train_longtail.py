@@ -75,6 +75,7 @@ def test_every_method_trains_and_reports_shot_groups(digits, tmp_path, method):
         assert m["trained_params"] > m["params"]  # the re-balancing branch and the wider classifier
 
 
+@pytest.mark.slow
 def test_a_longtail_method_beats_cross_entropy(digits, tmp_path):
     """Imbalance 100 (144 images for digit 0 down to 1 for digit 9): class-balanced re-sampling lifts
     the balanced and the few-shot accuracy far above plain cross-entropy. Measured (10 epochs, seeds
@@ -163,6 +164,7 @@ def test_cli_end_to_end_and_errors(digits, tmp_path):
         config(digits, tmp_path / "x", imbalance_factor=0.5)
 
 
+@pytest.mark.slow
 def test_torchrun_two_processes_resampling_and_crt(digits, tmp_path):
     out = tmp_path / "ddp"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",

@@ -339,6 +339,7 @@ def test_reader_rules_and_one_line_errors(tmp_path):
 # Training
 
 
+@pytest.mark.slow
 def test_learns_digit_identities_far_above_chance(tmp_path):
     data = tmp_path / "digits"
     write_market_digits(data, train_ids=100, test_ids=30, height=32, width=16, seed=1)

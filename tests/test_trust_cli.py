@@ -37,13 +37,13 @@ def test_resolve_device_accepts_this_machine_and_refuses_the_rest():
     assert resolve_device(None).type == ("cuda" if torch.cuda.is_available() else "cpu")
     assert resolve_device("auto") == resolve_device(None)
     for name in ("tpu", "CPU", "cuda:", "cuda:-1", "cpu:1", "mps:0", "x" * 10_000):
-        with pytest.raises(ConfigError, match="unknown device|has no index") as info:
+        with pytest.raises(ConfigError, match=r"unknown device|has no index") as info:
             resolve_device(name)
         assert len(str(info.value)) < 200  # a 10,000-character name is not echoed whole
     if not torch.cuda.is_available():
         with pytest.raises(ConfigError, match="sees no CUDA GPU"):
             resolve_device("cuda:0")
-    with pytest.raises(ConfigError, match="does not exist|sees no CUDA GPU"):
+    with pytest.raises(ConfigError, match=r"does not exist|sees no CUDA GPU"):
         resolve_device("cuda:999")
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from zennas.arch import ArchSpec
+from zennas.arch.limits import check_num_classes, check_resolution
 from zennas.counting import count
 from zennas.errors import ConfigError
 from zennas.models import DIALECT_DEFAULTS, ModelEntry, resolve_arch
@@ -28,17 +29,21 @@ def settings_for(
     num_classes: int | None = None,
     use_se: bool | None = None,
 ) -> tuple[int, int, bool | None]:
-    """Fill unset resolution/classes/SE from the registered model, else from the dialect defaults."""
+    """Fill unset resolution/classes/SE from the registered model, else from the dialect defaults.
+
+    Raises ConfigError for a resolution or class count beyond what zennas can count and build,
+    before anything is counted, built or allocated.
+    """
     default_res, default_classes = DIALECT_DEFAULTS.get(spec.dialect, (224, 1000))
     if entry is not None:
         default_res, default_classes = entry.resolution, entry.num_classes
         if use_se is None:
             use_se = entry.use_se
-    return (
-        default_res if resolution is None else resolution,
-        default_classes if num_classes is None else num_classes,
-        use_se,
-    )
+    resolution = default_res if resolution is None else resolution
+    num_classes = default_classes if num_classes is None else num_classes
+    check_resolution(resolution)
+    check_num_classes(num_classes)
+    return resolution, num_classes, use_se
 
 
 def info(

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from torch import nn
 
 from zennas.arch import ArchSpec
+from zennas.arch.limits import MAX_BUILD_PARAMS, MAX_RESOLUTION, check_num_classes
+from zennas.counting import count
 from zennas.errors import ConfigError
 
 
@@ -30,10 +32,7 @@ class BuildOptions:
     multi_scale: bool = False
 
     def __post_init__(self) -> None:
-        if isinstance(self.num_classes, bool) or not isinstance(self.num_classes, int) or self.num_classes < 0:
-            raise ConfigError(
-                f"num_classes must be a non-negative integer (0 = backbone only), got {self.num_classes!r}"
-            )
+        check_num_classes(self.num_classes)
 
 
 Builder = Callable[[ArchSpec, BuildOptions], nn.Module]
@@ -63,7 +62,21 @@ def build(spec: ArchSpec, options: BuildOptions | None = None, **kwargs: object)
         builder = _BUILDERS[spec.dialect]
     except KeyError:
         raise ConfigError(f"no builder for dialect {spec.dialect!r}") from None
+    _check_buildable(spec, options)
     return builder(spec, options)
+
+
+def _check_buildable(spec: ArchSpec, options: BuildOptions) -> None:
+    """Refuse, before allocating, a network whose weights alone exceed MAX_BUILD_PARAMS."""
+    # Weights do not depend on the input side; the largest side counts every network that some
+    # supported resolution can run (a smaller one may empty the feature map of an unpadded chain).
+    # The counter refuses what the builder would (SE on a family without SE) in the same words.
+    params = count(spec, resolution=MAX_RESOLUTION, num_classes=options.num_classes, use_se=options.use_se).params
+    if params > MAX_BUILD_PARAMS:
+        raise ConfigError(
+            f"the network has {params:,} parameters, more than the {MAX_BUILD_PARAMS:,} zennas builds (8 GB of FP32 "
+            "weights; published networks have at most 183 million); use narrower or fewer blocks"
+        )
 
 
 _LOADED = False

@@ -5,9 +5,51 @@ Every message says what is wrong and how to fix it; the CLI prints it on one lin
 
 from __future__ import annotations
 
+import re
+
+EXCERPT_CHARS = 80  # user input echoed in a message is cut to this many characters
+MAX_MESSAGE_CHARS = 2_000  # whatever a message echoes, it stays printable on one terminal screen
+_LONG_RUN = re.compile(r"\S{201,}")  # longer than any word of ours or any usual path: echoed input
+
+
+def excerpt(text: str, limit: int = EXCERPT_CHARS) -> str:
+    """`text` if it is short, else its first `limit` characters, an ellipsis and its total length."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... ({len(text):,} characters)"
+
+
+def bounded_message(message: str) -> str:
+    """`message` with every overlong run of echoed input cut to an excerpt, and the whole capped.
+
+    Messages quote the input they reject (a token, a value, a file name); a 50 MB argument must not
+    make a 50 MB message, so this is applied to every ZennasError rather than at each raise.
+    """
+    if len(message) <= 200:
+        return message
+    message = _LONG_RUN.sub(lambda m: _cut_run(m.group()), message)
+    if len(message) > MAX_MESSAGE_CHARS:
+        cut = len(message) - MAX_MESSAGE_CHARS
+        message = f"{message[:1_400]} ... [{cut:,} characters cut] ... {message[-MAX_MESSAGE_CHARS + 1_400 :]}"
+    return message
+
+
+def _cut_run(run: str) -> str:
+    """An excerpt of one overlong run; a quoted value keeps its quotes (and what follows them)."""
+    close = run.rfind(run[0], 1) if run[0] in "'\"" else -1
+    if close <= 0:
+        return excerpt(run)
+    inner = run[1:close]
+    return f"{run[0]}{inner[:EXCERPT_CHARS]}...{run[0]} ({len(inner):,} characters){run[close + 1 :]}"
+
 
 class ZennasError(Exception):
-    """Base class of every error zennas raises on purpose."""
+    """Base class of every error zennas raises on purpose; its message is bounded (`bounded_message`)."""
+
+    def __init__(self, *args: object, **kwargs: object):
+        if args and isinstance(args[0], str):
+            args = (bounded_message(args[0]), *args[1:])
+        super().__init__(*args, **kwargs)
 
 
 class ArchSyntaxError(ZennasError, ValueError):
@@ -20,7 +62,7 @@ class ArchSyntaxError(ZennasError, ValueError):
         if position is not None:
             where = f" at position {position}"
         if token is not None:
-            where += f" (near {token!r})"
+            where += f" (near {excerpt(token, 40)!r})"
         super().__init__(f"{message}{where}")
 
 

@@ -12,8 +12,9 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
-from zennas.arch import ArchSpec, parse
-from zennas.errors import ConfigError, UnknownModelError
+from zennas.arch import ArchSpec, get_dialect, parse
+from zennas.arch.limits import MAX_TEXT_CHARS, check_text_size
+from zennas.errors import ConfigError, UnknownModelError, excerpt
 
 
 @dataclass(frozen=True)
@@ -87,24 +88,68 @@ _BARE_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_.\-]*")
 
 def resolve_arch(text: str, dialect: str | None = None, *, rechain: bool = False) -> tuple[ArchSpec, ModelEntry | None]:
     """An ARCH argument -> (spec, entry): a registered name, a file holding a string, or the string itself."""
+    if not isinstance(text, str):
+        raise ConfigError(f"an architecture must be a name, a string or a file, got {type(text).__name__}")
+    check_text_size(text)
+    if dialect is not None:
+        get_dialect(dialect)  # an unknown dialect is the first thing to fix
     candidate = text.strip()
-    if dialect is None and is_model_name(candidate):
+    if is_model_name(candidate):
+        if dialect is not None:
+            raise ConfigError(
+                f"{candidate!r} is a registered model name; a dialect applies only to architecture text, so drop it"
+            )
         entry = get_model_entry(candidate)
         return entry.spec(), entry
-    if dialect is None and _BARE_NAME.fullmatch(candidate):
-        get_model_entry(candidate)  # raises UnknownModelError with suggestions
     path = Path(candidate)
     try:
         is_file = "\n" not in candidate and path.is_file()
     except (OSError, ValueError):  # not a usable path (too long, NUL byte): treat it as text
         is_file = False
     if is_file:
-        try:
-            content = path.read_text()
-        except (OSError, UnicodeDecodeError) as error:
-            raise ConfigError(f"cannot read architecture file {str(path)!r}: {error}") from None
-        return parse(content, dialect, rechain=rechain), None
+        return parse(_read_arch_file(path), dialect, rechain=rechain), None
+    if _looks_like_path(candidate):
+        if dialect is None and _BARE_NAME.fullmatch(candidate) and not candidate.lower().endswith(_PATH_SUFFIXES):
+            get_model_entry(candidate)  # raises UnknownModelError with suggestions
+        raise UnknownModelError(
+            f"no such file or model name {excerpt(candidate)!r}: ARCH is a registered model name (run `zennas "
+            "models` to list them), an architecture string, or the path of a file holding one; check the spelling"
+        )
     return parse(text, dialect, rechain=rechain), None
+
+
+# Endings of files that hold architecture text (strings, TinyNAS structures, JSON exports).
+_PATH_SUFFIXES = (".txt", ".arch", ".json", ".py", ".yaml", ".yml", ".toml", ".csv", ".cfg", ".log")
+_TOKEN_START = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\(")
+
+
+def _looks_like_path(text: str) -> bool:
+    """Whether an ARCH argument that is no file was meant as a file or model name rather than a string.
+
+    Every dialect's text starts with `NAME(` (ZenNAS, GENet) or with '[', '{' or '|' (BINAS, TinyNAS,
+    NB201); other text with a path separator or no '(' at all, or any text with a file ending, is a name.
+    """
+    if "\n" in text or len(text) > 4096:  # longer than any path the OS accepts
+        return False
+    if text.lower().endswith(_PATH_SUFFIXES):
+        return True
+    if text[:1] in "[{|" or _TOKEN_START.match(text):
+        return False
+    return "/" in text or "\\" in text or "(" not in text
+
+
+def _read_arch_file(path: Path) -> str:
+    """The text of an architecture file, refused unread when it is too large to be one network."""
+    try:
+        size = path.stat().st_size
+        if size > MAX_TEXT_CHARS * 4:  # a character takes at most 4 bytes in UTF-8
+            raise ConfigError(
+                f"architecture file {excerpt(str(path))!r} has {size:,} bytes, more than one network's text can "
+                f"hold (at most {MAX_TEXT_CHARS:,} characters); give the file of one architecture"
+            )
+        return path.read_text()
+    except (OSError, UnicodeDecodeError) as error:
+        raise ConfigError(f"cannot read architecture file {excerpt(str(path))!r}: {error}") from None
 
 
 def _zennet_name(zoo_name: str, status: str) -> str:

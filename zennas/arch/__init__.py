@@ -9,7 +9,8 @@ from __future__ import annotations
 from typing import Protocol
 
 from zennas.arch.ir import ArchSpec, BlockSpec
-from zennas.errors import ArchSyntaxError, UnknownDialectError, UnknownTokenError
+from zennas.arch.limits import check_text_size
+from zennas.errors import ArchSyntaxError, UnknownDialectError, UnknownTokenError, excerpt
 
 
 class Dialect(Protocol):
@@ -63,6 +64,7 @@ def parse(text: str, dialect: str | None = None, *, rechain: bool = False) -> Ar
     _load_builtin_dialects()
     if not isinstance(text, str):
         raise ArchSyntaxError(f"architecture text must be a string, got {type(text).__name__}")
+    check_text_size(text)  # before anything reads the text
     if not text.strip():
         raise ArchSyntaxError("empty architecture text; give a string such as 'SuperConvK3BNRELU(3,16,2,1)...'")
     if dialect is not None:
@@ -70,7 +72,7 @@ def parse(text: str, dialect: str | None = None, *, rechain: bool = False) -> Ar
     candidates = [d for d in _DIALECTS.values() if d.looks_like(text)]
     if not candidates:
         raise UnknownDialectError(
-            f"text matches no dialect's syntax (starts with {text.strip()[:20]!r}); "
+            f"text matches no dialect's syntax (starts with {excerpt(text.strip(), 40)!r}); "
             f"dialects: {', '.join(sorted(_DIALECTS))}"
         )
     parsed: list[ArchSpec] = []

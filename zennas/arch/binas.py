@@ -43,6 +43,7 @@ import numpy as np
 from zennas.arch import register_dialect
 from zennas.arch.ir import ArchSpec, BlockSpec, check_channel_chain
 from zennas.arch.ir import rechain as rechain_blocks
+from zennas.arch.limits import BLOCKS, CHANNELS, DEPTH, EXPANSION, KERNEL, check_total_depth
 from zennas.errors import ArchSyntaxError, ArchValueError, SearchSpaceError
 
 DIALECT = "binas"
@@ -56,7 +57,7 @@ _ALLOWED_OPTIONS = {
     "cn": ("r", "k", "s", "c"),
 }
 _REQUIRED_OPTIONS = {"ds": ("r", "k", "s", "c"), "ir": ("r", "k", "s", "e", "c"), "cn": ("r", "k", "s", "c")}
-MAX_INT = 999_999_999  # 9 digits: larger widths or kernels are typos, and Python caps int parsing
+# At most 9 digits per number: the lexer never builds huge ints; zennas.arch.limits bounds the values.
 _INT = re.compile(r"[0-9]{1,9}")
 _NUM = re.compile(r"[0-9]{1,9}(?:\.[0-9]{1,20})?")
 _OPTION = re.compile(r"([a-z]+)(.*)", re.DOTALL)
@@ -247,6 +248,14 @@ def block_from_string(
         raise bad("c", "out channels (c) must be at least 1")
     if "se" in values and not 0 < se_ratio <= 1:
         raise bad("se", f"SE ratio must be in (0, 1], got {values['se']}; omit se for no SE")
+    for key, what, value, limit in (
+        ("r", "repeats (r)", repeats, DEPTH),
+        ("k", "kernel (k)", kernel, KERNEL),
+        ("c", "out channels (c)", out_channels, CHANNELS),
+        ("e", "expansion (e)", expansion, EXPANSION),
+    ):
+        if key in values:
+            limit.check(value, f"{where}: {what}", position=value_positions[key], token=key + values[key])
     common = dict(
         in_channels=in_channels,
         out_channels=out_channels,
@@ -407,6 +416,8 @@ def _blocks_from_text(text: str, stem_width: int) -> tuple[BinasBlock, ...]:
                 token=marker,
             )
         stem_width, stages = int(match.group(1)), stages[1:]
+        CHANNELS.check(stem_width, "stem width", position=position, token=marker)
+    BLOCKS.check(sum(len(stage) for stage in stages), "block count")
     channels = stem_width
     for s, stage in enumerate(stages):
         for block_text, position in stage:
@@ -415,6 +426,8 @@ def _blocks_from_text(text: str, stem_width: int) -> tuple[BinasBlock, ...]:
             )
             blocks.append(block)
             channels = block.out_channels
+    positions = [position for stage in stages for _, position in stage]
+    check_total_depth([block.repeats for block in blocks], positions, what="repeats")
     return tuple(blocks)
 
 
@@ -444,10 +457,10 @@ def check_spec(spec: ArchSpec) -> None:
 
 def _block_problem(block: BinasBlock) -> str | None:
     """What is wrong with one block's fields, or None."""
-    for what in ("in_channels", "out_channels", "kernel", "repeats"):
+    for what, limit in (("in_channels", CHANNELS), ("out_channels", CHANNELS), ("kernel", KERNEL), ("repeats", DEPTH)):
         value = getattr(block, what)
-        if type(value) is not int or not 1 <= value <= MAX_INT:
-            return f"{what} must be an integer in [1, {MAX_INT}], got {value!r}"
+        if type(value) is not int or not 1 <= value <= limit.maximum:
+            return f"{what} must be an integer in [1, {limit.maximum:,}] (the {limit.unit} limit), got {value!r}"
     if block.kernel % 2 == 0:
         return f"kernel must be odd, got {block.kernel}"
     if block.stride not in STRIDES or type(block.stride) is not int:
@@ -466,6 +479,8 @@ def _block_problem(block: BinasBlock) -> str | None:
         e = block.expansion
         if type(e) not in (int, float) or not math.isfinite(e) or e <= 0:
             return f"expansion must be a positive number, got {e!r}"
+        if e > EXPANSION.maximum:
+            return f"expansion {e!r} exceeds the {EXPANSION.maximum}-times expansion limit; {EXPANSION.published}"
         numbers["expansion"] = e
     for what, value in numbers.items():
         if not _spellable(value):

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from zennas.arch import register_dialect
 from zennas.arch.ir import ArchSpec, BlockSpec, check_channel_chain, check_choice, check_positive
+from zennas.arch.limits import CHANNELS, DEPTH, EXPANSION, check_total_depth
 from zennas.arch.tokens import RawToken, check_no_stray_close, format_tokens, looks_like_tokens, tokenize
 from zennas.errors import ArchValueError, UnknownTokenError
 
@@ -148,12 +149,14 @@ def _block_from_token(tok: RawToken) -> GenBlock:
         check_choice(k, KERNELS, f"{name}: kernel", position=pos, token=name)
         if not expansion > 0:
             raise ArchValueError(f"{name}: expansion must be > 0, got {expansion}", position=pos, token=name)
+        EXPANSION.check(expansion, f"{name}: expansion", position=pos, token=name)
         if kind in ("K1KX", "K1DW") and expansion != 1.0:
             raise ArchValueError(f"{name}: expansion must be 1.0 for this block", position=pos, token=name)
         block = GenSuperRes(
             in_channels=c_in, out_channels=c_out, stride=s, kind=kind, kernel=k, expansion=expansion, sub_layers=n
         )
         check_positive(n, f"{name}: sub_layers", position=pos, token=name)
+        DEPTH.check(n, f"{name}: repeat count (sub_layers)", position=pos, token=name)
         if block.inner_channels < 1:
             raise ArchValueError(f"{name}: round(out*expansion) must be >= 1", position=pos, token=name)
     else:
@@ -165,6 +168,8 @@ def _block_from_token(tok: RawToken) -> GenBlock:
     check_positive(block.in_channels, f"{name}: in channels", position=pos, token=name)
     check_positive(block.out_channels, f"{name}: out channels", position=pos, token=name)
     check_choice(block.stride, STRIDES, f"{name}: stride", position=pos, token=name)
+    CHANNELS.check(block.in_channels, f"{name}: in channels", position=pos, token=name)
+    CHANNELS.check(block.out_channels, f"{name}: out channels", position=pos, token=name)
     return block
 
 
@@ -184,7 +189,9 @@ class GENetDialect:
         check_no_stray_close(text)
         tokens = tokenize(text)
         blocks = tuple(_block_from_token(tok) for tok in tokens)
-        check_channel_chain(blocks, tuple(tok.position for tok in tokens))
+        positions = tuple(tok.position for tok in tokens)
+        check_total_depth([block.depth for block in blocks], positions, what="sub_layers")
+        check_channel_chain(blocks, positions)
         for index, block in enumerate(blocks[:-1]):
             if isinstance(block, GenPool):
                 raise ArchValueError(

@@ -15,6 +15,7 @@ from functools import cache
 
 from zennas.arch import register_dialect
 from zennas.arch.ir import ArchSpec, BlockSpec
+from zennas.arch.limits import check_text_size
 from zennas.errors import ArchSyntaxError, ArchValueError, ConfigError
 
 DIALECT = "nb201"
@@ -87,6 +88,7 @@ def parse_ops(text: str) -> tuple[str, ...]:
     """The six edge ops of a cell string, strictly checked (positions are offsets in `text`)."""
     if not isinstance(text, str):
         raise ArchSyntaxError(f"a NAS-Bench-201 cell string must be a str, got {type(text).__name__}")
+    check_text_size(text)
     body = text.strip()
     lead = len(text) - len(text.lstrip())
     if not body:

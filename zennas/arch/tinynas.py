@@ -19,6 +19,7 @@ from typing import Any
 from zennas.arch import register_dialect
 from zennas.arch.ir import ArchSpec, BlockSpec, check_channel_chain
 from zennas.arch.ir import rechain as rechain_blocks
+from zennas.arch.limits import BLOCKS, CHANNELS, KERNEL, check_text_size, check_total_depth
 from zennas.errors import ArchSyntaxError, ArchValueError, ConfigError
 
 DIALECT = "tinynas"
@@ -26,9 +27,9 @@ SPACE_ARCH = "CnnNet"
 STRIDES = (1, 2)
 # TinyNAS `get_activation` names; 'learkyrelu' is TinyNAS's own spelling of leaky ReLU.
 ACTIVATIONS = ("relu", "relu6", "sigmoid", "swish", "learkyrelu")
-MAX_CHANNELS = 65536  # sanity bounds: far above any published network, low enough to stay countable
-MAX_KERNEL = 15
-MAX_INNER = 256
+MAX_CHANNELS = CHANNELS.maximum  # zennas-wide bounds (zennas.arch.limits) ...
+MAX_KERNEL = KERNEL.maximum
+MAX_INNER = 256  # ... and TinyNAS's own: its spaces allow at most 12 inner blocks per super-block
 MAX_NBITS = 32
 
 CONV_CLASS = "ConvKXBNRELU"
@@ -287,6 +288,7 @@ def _parse_tree(text: str) -> tuple[ast.expr, _Source]:
     """Syntax tree of one literal expression; Python's own errors become ArchSyntaxError."""
     if not isinstance(text, str):
         raise ArchSyntaxError(f"architecture text must be a string, got {type(text).__name__}")
+    check_text_size(text)
     stripped = text.strip()
     lead = len(text) - len(text.lstrip())
     source = _Source(stripped, lead)
@@ -540,6 +542,8 @@ def _block_from_dict(node: ast.expr, source: _Source) -> tuple[TinyBlock, tuple[
         return source.at(values[key]) if key in values else where
 
     c_in, c_out = integer("in"), integer("out")
+    CHANNELS.check(c_in, f"{cls}: input channels 'in'", position=pos("in"), token="in")
+    CHANNELS.check(c_out, f"{cls}: output channels 'out'", position=pos("out"), token="out")
     _check_range(c_in, 1, MAX_CHANNELS, f"{cls}: input channels 'in'", pos("in"), "in")
     _check_range(c_out, 1, MAX_CHANNELS, f"{cls}: output channels 'out'", pos("out"), "out")
     stride = integer("s") if "s" in values else 1
@@ -584,6 +588,7 @@ def _block_from_dict(node: ast.expr, source: _Source) -> tuple[TinyBlock, tuple[
         inner_class, convs, default_act = SUPER_CLASSES[cls]
         num_inner, bottleneck = integer("L"), integer("btn")
         _check_range(num_inner, 1, MAX_INNER, f"{cls}: inner-block count 'L'", pos("L"), "L")
+        CHANNELS.check(bottleneck, f"{cls}: bottleneck width 'btn'", position=pos("btn"), token="btn")
         _check_range(bottleneck, 1, MAX_CHANNELS, f"{cls}: bottleneck width 'btn'", pos("btn"), "btn")
         if padding is not None and padding != (kernel - 1) // 2:
             raise ArchValueError(
@@ -663,13 +668,16 @@ def _need_both(values: dict[str, ast.expr], source: _Source, cls: str, where: in
 def _spec_from_list(node: ast.List, source: _Source, *, rechain: bool) -> ArchSpec:
     if not node.elts:
         raise ArchSyntaxError("a structure needs at least one block dict", position=source.at(node))
+    BLOCKS.check(len(node.elts), "block count", position=source.at(node))
     parsed = [_block_from_dict(element, source) for element in node.elts]
     blocks = tuple(block for block, _ in parsed)
+    positions = tuple(source.at(e) or 0 for e in node.elts)
+    check_total_depth([block.depth for block in blocks], positions, what="conv layers")
     if rechain:
         blocks = rechain_blocks(blocks, first_in=blocks[0].in_channels)
     else:
         # The first block's input is the image (3 channels, 12 after a DAMO-YOLO Focus), so it is not checked.
-        check_channel_chain(blocks, tuple(source.at(e) or 0 for e in node.elts), first_in=None)
+        check_channel_chain(blocks, positions, first_in=None)
     extras = tuple(extra for _, extra in parsed)
     return ArchSpec(DIALECT, blocks, extras if any(extras) else None)
 

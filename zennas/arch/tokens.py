@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from zennas.errors import ArchSyntaxError
+from zennas.arch.limits import BLOCKS, check_text_size
+from zennas.errors import ArchSyntaxError, ArchValueError
 
 if TYPE_CHECKING:
     from zennas.arch.ir import ArchSpec
@@ -15,6 +17,7 @@ if TYPE_CHECKING:
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _INT = re.compile(r"[+-]?[0-9]+")
 _FLOAT = re.compile(r"[+-]?(?:[0-9]+\.[0-9]*|\.[0-9]+|[0-9]+)(?:[eE][+-]?[0-9]+)?")
+_MAX_DIGITS = 18  # every limit in zennas.arch.limits has far fewer; the field's own check names its limit
 
 
 @dataclass(frozen=True)
@@ -36,10 +39,18 @@ class RawToken:
                 position=self.arg_positions[index],
                 token=self.name,
             )
+        digits = len(text.lstrip("+-").lstrip("0"))
+        if digits > _MAX_DIGITS:  # int() of thousands of digits is slow, then refused by Python itself
+            raise ArchValueError(
+                f"{self.name}: {what} {text!r} has {digits:,} digits, far beyond any limit zennas can count "
+                f"and build (every architecture number has at most {_MAX_DIGITS} digits)",
+                position=self.arg_positions[index],
+                token=self.name,
+            )
         return int(text)
 
     def float_arg(self, index: int, what: str) -> float:
-        """Argument `index` as a float, or an error naming the token and position."""
+        """Argument `index` as a finite float, or an error naming the token and position."""
         text = self.args[index]
         if not _FLOAT.fullmatch(text):
             raise ArchSyntaxError(
@@ -47,7 +58,15 @@ class RawToken:
                 position=self.arg_positions[index],
                 token=self.name,
             )
-        return float(text)
+        value = float(text)
+        if not math.isfinite(value):  # '1e400' is a valid spelling of a float that overflows to inf
+            raise ArchValueError(
+                f"{self.name}: {what} {text!r} overflows a float to infinity; write a finite number "
+                "(published values are small ratios such as 0.25 or 6.0)",
+                position=self.arg_positions[index],
+                token=self.name,
+            )
+        return value
 
     def expect_arity(self, names: tuple[str, ...]) -> None:
         """Raise unless the token has exactly one argument per entry of `names`."""
@@ -61,12 +80,15 @@ class RawToken:
 
 def tokenize(text: str) -> list[RawToken]:
     """Split `text` (surrounding whitespace ignored) into tokens; strict about every character."""
+    check_text_size(text)
     s = text.strip()
     if not s:
         raise ArchSyntaxError("empty architecture text")
     tokens: list[RawToken] = []
     i = 0
     while i < len(s):
+        if len(tokens) == BLOCKS.maximum:
+            BLOCKS.check(len(tokens) + 1, "token count", position=i)
         match = _NAME.match(s, i)
         if match is None:
             raise ArchSyntaxError("expected a block name such as SuperResK3K3", position=i, token=s[i : i + 12])

@@ -12,6 +12,7 @@ from dataclasses import dataclass, replace
 from zennas.arch import register_dialect
 from zennas.arch.ir import ArchSpec, BlockSpec, check_channel_chain, check_choice, check_positive
 from zennas.arch.ir import rechain as rechain_blocks
+from zennas.arch.limits import CHANNELS, DEPTH, check_total_depth
 from zennas.arch.tokens import RawToken, check_no_stray_close, format_tokens, looks_like_tokens, tokenize
 from zennas.errors import ArchSyntaxError, UnknownTokenError
 
@@ -149,6 +150,11 @@ def validate_block(block: ZenBlock, *, position: int | None = None) -> None:
     check_positive(block.sub_layers, f"{name}: sub_layers", position=position, token=name)
     if isinstance(block, ZenRes):
         check_positive(block.bottleneck, f"{name}: bottleneck", position=position, token=name)
+    CHANNELS.check(block.in_channels, f"{name}: in channels", position=position, token=name)
+    CHANNELS.check(block.out_channels, f"{name}: out channels", position=position, token=name)
+    if isinstance(block, ZenRes):
+        CHANNELS.check(block.bottleneck, f"{name}: bottleneck", position=position, token=name)
+    DEPTH.check(block.sub_layers, f"{name}: repeat count (sub_layers)", position=position, token=name)
 
 
 class ZenNASDialect:
@@ -161,10 +167,12 @@ class ZenNASDialect:
         check_no_stray_close(text)
         tokens = tokenize(text)
         blocks = tuple(_block_from_token(tok) for tok in tokens)
+        positions = tuple(tok.position for tok in tokens)
+        check_total_depth([block.depth for block in blocks], positions, what="sub_layers")
         if rechain:
             blocks = rechain_blocks(blocks)
         else:
-            check_channel_chain(blocks, tuple(tok.position for tok in tokens))
+            check_channel_chain(blocks, positions)
         labels = tuple(tok.label for tok in tokens)
         source = labels if any(label is not None for label in labels) and not rechain else None
         return ArchSpec(DIALECT, blocks, source)

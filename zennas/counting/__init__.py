@@ -12,6 +12,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from zennas.arch import ArchSpec
+from zennas.arch.limits import (
+    BLOCKS,
+    MAX_FEATURE_ELEMENTS,
+    check_num_classes,
+    check_resolution,
+    check_total_depth,
+)
 from zennas.errors import ConfigError
 
 
@@ -47,6 +54,7 @@ class BlockCount:
     out_channels: int
     out_size: int
     stride: int  # cumulative stride of the block's output w.r.t. the input image
+    peak: int = 0  # values (per image) of the block's largest inner feature map; 0: none beyond its output
 
 
 @dataclass(frozen=True)
@@ -159,15 +167,41 @@ def count(
     _load_builtin_counters()
     if convention not in CONVENTIONS:
         raise ConfigError(f"unknown counting convention {convention!r}; choose one of {', '.join(CONVENTIONS)}")
-    if isinstance(resolution, bool) or not isinstance(resolution, int) or resolution < 1:
-        raise ConfigError(f"resolution must be a positive integer, got {resolution!r}")
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 0:
-        raise ConfigError(f"num_classes must be a non-negative integer (0 = backbone only), got {num_classes!r}")
+    check_resolution(resolution)
+    check_num_classes(num_classes)
     try:
         counter = _COUNTERS[spec.dialect]
     except KeyError:
         raise ConfigError(f"no analytic counter for dialect {spec.dialect!r}") from None
+    # Parsed specs are within these limits already; this guards specs built in code before the
+    # counter expands every layer (depth, not width, decides how long counting takes).
+    BLOCKS.check(len(spec.blocks), "block count")
+    check_total_depth([block.depth for block in spec.blocks], what="layers")
     return counter(spec, resolution=resolution, num_classes=num_classes, use_se=use_se, convention=convention)
+
+
+def check_forward_size(cx: ModelComplexity, batch_size: int) -> None:
+    """Raise ConfigError if a forward of `batch_size` images would allocate a feature map too large to run.
+
+    Counted from the input and every block's output and widest inner map (C x H x W per image);
+    called before any tensor exists, so an impossible batch or resolution is refused instead of
+    exhausting memory.
+    """
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ConfigError(f"batch size must be a positive integer, got {batch_size!r}")
+    largest, where = 3 * cx.resolution**2, "the input"
+    for block in cx.blocks:
+        size = block.out_channels * block.out_size**2
+        if size > largest:
+            largest, where = size, f"the output of {block.name}"
+        if block.peak > largest:
+            largest, where = block.peak, f"a feature map inside {block.name}"
+    if batch_size * largest > MAX_FEATURE_ELEMENTS:
+        raise ConfigError(
+            f"at resolution {cx.resolution} and batch {batch_size}, {where} holds {batch_size * largest:,} values, "
+            f"more than the {MAX_FEATURE_ELEMENTS:,} one tensor may hold (convolution kernels index with 32 bits, "
+            "and it would take 8 GB or more); use a smaller batch size or resolution"
+        )
 
 
 _LOADED = False

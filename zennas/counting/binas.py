@@ -142,14 +142,15 @@ def count_binas(
     any_se = False
     for block in spec.blocks:
         assert isinstance(block, BinasBlock)  # guaranteed by check_spec; narrows the type
-        params = macs = 0
+        params = macs = peak = 0
         for layer in unroll(block, use_se):
+            peak = max(peak, layer.mid_channels * side**2)  # the expanded (or depthwise) input width
             params += layer.params
             macs += layer.macs(side)
             side = layer.out_side(side)
             any_se = any_se or layer.se_channels > 0
         stride *= block.stride
-        counts.append(BlockCount(block.name, params, macs, block.out_channels, side, stride))
+        counts.append(BlockCount(block.name, params, macs, block.out_channels, side, stride, peak))
     head_params, head_macs = head_counts(spec.blocks[-1].out_channels, num_classes)
     return ModelComplexity.summed(
         spec,

@@ -135,6 +135,7 @@ def count_tinynas(
     tn_flops, tn_size = Fraction(0), Fraction(0)
     for index, block in enumerate(spec.blocks):
         extras = dict(extras_of[index])
+        peak = 0
         if isinstance(block, TinyConv):
             out_side = conv_out(side, block.kernel, block.stride, block.pad)
             if out_side < 1:
@@ -152,6 +153,8 @@ def count_tinynas(
             out_side = side
             inner_r = r
             for i, inner in enumerate(inner_blocks(block)):
+                # The widest map: the first conv's btn channels at the inner block's input side.
+                peak = max(peak, inner.bottleneck * out_side**2)
                 p, mc, out_side, bn, sp, sm = _inner_counts(inner, out_side, se_on)
                 b_params, b_macs = b_params + p, b_macs + mc
                 bn_params, se_params, se_macs = bn_params + bn, se_params + sp, se_macs + sm
@@ -163,7 +166,7 @@ def count_tinynas(
         side = out_side
         stride *= block.stride
         r /= block.stride
-        counts.append(BlockCount(block.name, b_params, b_macs, block.out_channels, side, stride))
+        counts.append(BlockCount(block.name, b_params, b_macs, block.out_channels, side, stride, peak))
     channels = spec.blocks[-1].out_channels
     head_params, head_macs = linear_head(channels, num_classes)
     has_se = se_on and any(isinstance(b, TinyRes) and b.kind == "SuperResK1DWSEK1" for b in spec.blocks)

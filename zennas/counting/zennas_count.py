@@ -193,9 +193,14 @@ def _se_flag(use_se: bool | None) -> bool:
     return bool(use_se)
 
 
+def units_peak(units: list[Unit]) -> int:
+    """Values (per image) of the largest conv output among `units`: what a forward must hold at once."""
+    return max(conv.c_out * conv.out_side**2 for unit in units for conv in unit.convs)
+
+
 @lru_cache(maxsize=200_000)
-def _block_counts(block: ZenConv | ZenRes, side: int, se: bool) -> tuple[int, int, float, int, int]:
-    """(params, MACs, repo FLOPs, repo params, output side) of one super-block at input side `side`.
+def _block_counts(block: ZenConv | ZenRes, side: int, se: bool) -> tuple[int, int, float, int, int, int]:
+    """(params, MACs, repo FLOPs, repo params, output side, peak) of one super-block at input side `side`.
 
     Memoised: blocks are frozen and hashable, and a search counts mostly unchanged blocks.
     """
@@ -206,6 +211,7 @@ def _block_counts(block: ZenConv | ZenRes, side: int, se: bool) -> tuple[int, in
         sum(unit_repo_flops(u) for u in units),
         sum(unit_repo_params(u) for u in units),
         units[-1].out_side,
+        units_peak(units),
     )
 
 
@@ -221,11 +227,11 @@ def count_zennas(
     blocks: list[BlockCount] = []
     repo_flops, repo_params = 0.0, 0
     for block in spec.blocks:
-        params, macs, flops, conv_params, side = _block_counts(block, side, se)
+        params, macs, flops, conv_params, side, peak = _block_counts(block, side, se)
         repo_flops += flops
         repo_params += conv_params
         stride *= block.stride
-        blocks.append(BlockCount(block.name, params, macs, block.out_channels, side, stride))
+        blocks.append(BlockCount(block.name, params, macs, block.out_channels, side, stride, peak))
     c_last = spec.blocks[-1].out_channels
     head_params, head_macs = linear_head(c_last, num_classes)
     if num_classes:
@@ -257,6 +263,7 @@ def count_genet(
     side, stride = resolution, 1
     blocks: list[BlockCount] = []
     for block in spec.blocks:
+        peak = 0
         if isinstance(block, GenConv):
             conv = Conv(block.in_channels, block.out_channels, block.kernel, block.stride, side)
             params, macs, side = conv.params, conv.macs, conv.out_side
@@ -268,9 +275,9 @@ def count_genet(
             units = genet_units(block, side)
             params = sum(unit_params(u) for u in units)
             macs = sum(unit_macs(u) for u in units)
-            side = units[-1].out_side
+            side, peak = units[-1].out_side, units_peak(units)
         stride *= block.stride
-        blocks.append(BlockCount(block.name, params, macs, block.out_channels, side, stride))
+        blocks.append(BlockCount(block.name, params, macs, block.out_channels, side, stride, peak))
     head_params, head_macs = linear_head(spec.blocks[-1].out_channels, num_classes)
     return ModelComplexity.summed(
         spec,

@@ -8,11 +8,13 @@ the TinyNAS V100 table) are left out and reported in `not_costed`.
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
 from zennas.arch import ArchSpec
+from zennas.errors import LatencyError
 from zennas.latency.ops import Op, network_op_groups
 from zennas.latency.table import LatencyTable
 
@@ -38,11 +40,20 @@ class LatencyPrediction:
 
 
 def apply_correction(table: LatencyTable, total_ms: float) -> float:
-    """The table's fitted correction of an additive sum (identity when it has none)."""
+    """The table's fitted correction of an additive sum (identity when it has none).
+
+    A latency that is not finite and positive is a LatencyError, never a figure: NaN passes every
+    `latency > budget` test, and zero or a negative time would pass every budget.
+    """
     correction = table.correction
-    if not correction:
-        return total_ms
-    return correction["intercept_ms"] + correction["slope"] * total_ms
+    value = total_ms if not correction else correction["intercept_ms"] + correction["slope"] * total_ms
+    if not (0 < total_ms < math.inf and 0 < value < math.inf):
+        raise LatencyError(
+            f"latency table {table.name!r} gives {value:g} ms per batch for this network (operator sum {total_ms:g} "
+            "ms), not a finite positive time: it costs none of the network's operators or its figures are corrupt; "
+            "use another table"
+        )
+    return value
 
 
 def group_ms(table: LatencyTable, group: tuple[Op, ...], batch: int) -> tuple[float, int, dict[str, int]]:

@@ -43,9 +43,10 @@ from torch import nn
 
 from zennas.counting import conv_out
 from zennas.errors import ConfigError, LatencyError
+from zennas.io import writable_file
 from zennas.latency.engines.ort import AUX_MARKER
 from zennas.latency.ops import Op, network_ops
-from zennas.latency.table import COLUMNS, LatencyTable, load_table, save_table
+from zennas.latency.table import LatencyTable, check_entry, check_header, load_table, save_table
 
 CHANNEL_GRID = (
     8, 16, 24, 32, 48, 64, 96, 128, 160, 192, 256, 320, 384, 512, 640, 768, 1024, 1280, 1536, 2048,
@@ -213,6 +214,23 @@ class ProfileResult:
     seconds: float
 
 
+def table_destination(path: str | os.PathLike) -> LatencyTable | None:
+    """The file a table is about to be written to, checked before any measurement: not a folder, in a
+    writable folder (OutputError otherwise), and either absent (None) or a zennas latency table, returned
+    (profile extends it, `latency validate --save-fit` replaces it). Any other file there is refused,
+    never overwritten."""
+    path = writable_file(path)
+    if not path.exists():
+        return None
+    try:
+        return load_table(path)
+    except LatencyError as exc:
+        raise ConfigError(
+            f"{str(path)!r} exists and is not a zennas latency table, so it is left as it is; choose another file "
+            f"name ({exc})"
+        ) from None
+
+
 def _read_partial(path: Path) -> list[list[Any]]:
     rows = []
     if not path.exists():
@@ -221,10 +239,10 @@ def _read_partial(path: Path) -> list[list[Any]]:
         for line in f:
             try:
                 row = json.loads(line)
-            except ValueError:
-                continue  # a line torn by an interruption: that entry is measured again
-            if isinstance(row, list) and len(row) == len(COLUMNS):
-                rows.append(row)
+                check_entry(row)
+            except (ValueError, RecursionError, LatencyError):
+                continue  # a line torn by an interruption (or not a valid row): that entry is measured again
+            rows.append(row)
     return rows
 
 
@@ -256,13 +274,14 @@ def profile(
     """
     if not isinstance(chunk, int) or chunk < 1:
         raise ConfigError(f"chunk must be a positive int, got {chunk!r}")
+    check_header(header)  # a bad name or field is refused now, not when the table is saved after hours
     out = Path(out)
     partial = out.with_name(out.name + ".partial.jsonl")
     ops = list(dict.fromkeys(ops))
     known: dict[tuple, list[Any]] = {}
     header = {**header, "source": dict(header.get("source") or {})}
-    if out.exists():
-        previous = load_table(out)
+    previous = table_destination(out)  # before any measurement: a folder, a user's file, no write access
+    if previous is not None:
         if not _compatible(header, previous.header):
             raise LatencyError(
                 f"{out} holds a table for another device/engine/precision/batch ({previous.describe()}); "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from datetime import date
 from importlib import resources
@@ -34,11 +35,28 @@ def shipped_tables() -> dict[str, Path]:
     return out
 
 
+def _load_shipped(name: str, path: Path) -> LatencyTable:
+    """A shipped table, whose `source` is its name (a search records the name, not the install path).
+
+    Each is parsed and checked once per process (the V100 table takes most of a second) and then shared,
+    look-up memo included: treat a shipped table as read-only. A file changed on disk is read again.
+    """
+    stat = path.stat()
+    return _load_shipped_file(name, path, stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=16)
+def _load_shipped_file(name: str, path: Path, mtime_ns: int, size: int) -> LatencyTable:
+    table = load_table(path)
+    table.source = name
+    return table
+
+
 def open_table(name_or_path: str) -> LatencyTable:
-    """A shipped table by name, or a table file by path."""
+    """A shipped table by name, or a table file by path (its `source` then is the absolute path)."""
     tables = shipped_tables()
     if name_or_path in tables:
-        return load_table(tables[name_or_path])
+        return _load_shipped(name_or_path, tables[name_or_path])
     path = Path(name_or_path)
     if path.suffix in (".json", ".gz") or path.exists():
         return load_table(path)
@@ -51,7 +69,7 @@ def open_table(name_or_path: str) -> LatencyTable:
 def table_for_gpu(gpu: str, *, precision: str | None = None, engine: str | None = None) -> LatencyTable:
     """The shipped table measured on GPU family `gpu` (e.g. V100), optionally of a precision/engine."""
     wanted = gpu.strip().upper()
-    tables = [load_table(path) for path in shipped_tables().values()]  # each file read once
+    tables = [_load_shipped(name, path) for name, path in shipped_tables().items()]  # each file read once
     matches = [
         t
         for t in tables

@@ -23,21 +23,33 @@ prediction always lies between the entries around it (monotone between grid poin
 outside the grid but within a factor EXTRAPOLATION_LIMIT of its edge is scaled proportionally from
 the edge (and counted as extrapolated); farther out is a LatencyError naming the operator.
 Batch sizes are never interpolated or scaled: small operators batch far from linearly.
+
+A table is data from outside, so every field is checked at load (`check_header`, `_check_entries`):
+a name that can be part of a file name, finite positive entries of integer sizes within
+MAX_DIMENSION, positive integer batch sizes, and a correction that keeps every latency finite and
+positive. `LatencyTable.sha256` is the digest of the file's bytes, so that a search can pin the
+table it ran against.
 """
 
 from __future__ import annotations
 
 import bisect
 import gzip
+import hashlib
+import io
 import json
+import math
 import os
+import re
+import reprlib
+import zlib
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from zennas.errors import LatencyError
-from zennas.io import atomic_write_bytes
+from zennas.io import atomic_write_bytes, parse_json_text
 from zennas.latency.ops import ACTIVATIONS, OP_KINDS, Op
 
 FORMAT = "zennas-latency-table"
@@ -47,6 +59,11 @@ COLUMNS_V1 = ("kind", "batch_size", "c_in", "c_out", "side", "kernel", "stride",
 EXTRAPOLATION_LIMIT = 4.0  # how far (as a ratio) outside a grid edge a coordinate may be scaled from it
 ONE_D_KINDS = ("dwconv", "se")  # looked up by input width alone
 REQUIRED_HEADER = ("name", "device", "engine", "precision", "batch_sizes", "unit", "op_kinds")
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")  # a table name becomes part of file names
+MAX_DIMENSION = 1 << 20  # batch, channels, side, kernel, stride: far beyond any network, far below overflow
+MIN_MS, MAX_MS = 1e-9, 1e9  # an entry between a picosecond and 11 days: sums and scalings stay finite
+MAX_SLOPE = 1e6
+MAX_TABLE_BYTES = 256 << 20  # uncompressed; the V100 table is about 6 MB
 
 
 @dataclass
@@ -76,19 +93,33 @@ def _interp(xs: list[int] | list[float], ys: list[float], x: float) -> tuple[flo
 
 
 class LatencyTable:
-    """A loaded table: header, entries and a memoised operator look-up."""
+    """A loaded table: header, entries and a memoised operator look-up.
 
-    def __init__(self, header: dict[str, Any], entries: list[list[Any]], path: Path | None = None):
-        _check_header(header, path)
+    `path` is the file it was read from (or written to), `sha256` the digest of that file's bytes,
+    and `source` how a search names it: the shipped table name, or the file's absolute path.
+    """
+
+    def __init__(
+        self, header: dict[str, Any], entries: list[list[Any]], path: Path | None = None, *, sha256: str | None = None
+    ):
+        check_header(header, path)
+        _check_entries(entries, path)
         self.header = header
         self.path = path
+        self.sha256 = sha256
+        self.source = str(Path(path).resolve()) if path is not None else None
         self.entries = entries
         self._exact: dict[tuple, float] = {}
         # (kind, batch, kernel, stride, fused) -> side -> c_out -> curve over c_in
         self._grid: dict[tuple, dict[int, dict[int, _Curve]]] = defaultdict(lambda: defaultdict(dict))
-        for row in entries:
+        for n, row in enumerate(entries):
             kind, batch, c_in, c_out, side, kernel, stride, fused, act, ms = row
             key = (kind, batch, kernel, stride, fused, act)
+            if (*key, c_in, c_out, side) in self._exact:  # two figures for one operator: which is right?
+                raise LatencyError(
+                    f"latency table{' in ' + str(path) if path else ''}: entry {n} {row[:-1]} repeats the operator "
+                    "of an earlier entry; keep one measurement per operator"
+                )
             self._exact[(*key, c_in, c_out, side)] = ms
             curve = self._grid[key][side].setdefault(c_out, _Curve())
             curve.c_in.append(c_in)
@@ -130,7 +161,7 @@ class LatencyTable:
     def default_batch_size(self) -> int:
         """The batch a budget refers to (header budget), else the only or largest tabulated batch."""
         budget = self.header.get("budget") or {}
-        return int(budget.get("batch_size") or max(self.batch_sizes))
+        return budget.get("batch_size") or max(self.batch_sizes)
 
     def describe(self) -> str:
         """One line: name, device, engine, precision, batches."""
@@ -244,38 +275,187 @@ class LatencyTable:
         )
 
 
-def _check_header(header: dict[str, Any], path: Path | None) -> None:
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxlist, _REPR.maxdict, _REPR.maxstring, _REPR.maxother, _REPR.maxlong = 2, 10, 6, 40, 40, 40
+
+
+def _show(value: Any) -> str:
+    """A bounded repr for error messages: a tampered value may be huge or deeply nested."""
+    return _REPR.repr(value)
+
+
+def _json_type(value: Any) -> str:
+    names = {dict: "an object", list: "a list", str: "a string", bool: "a boolean", type(None): "null"}
+    return names.get(type(value), "a number")
+
+
+def _is_int(value: Any, high: int = MAX_DIMENSION) -> bool:
+    """A JSON integer (not a boolean) from 1 to `high`."""
+    return type(value) is int and 1 <= value <= high
+
+
+def _is_number(value: Any) -> bool:
+    """A finite JSON number (not a boolean)."""
+    return type(value) in (int, float) and math.isfinite(value)
+
+
+def _bad(where: str, field: str, value: Any, need: str) -> LatencyError:
+    return LatencyError(f"latency table{where} has {field} {_show(value)}; it must be {need}: fix or regenerate it")
+
+
+def check_table_name(name: Any, where: str = "") -> str:
+    """`name` when it is a valid table name, else a LatencyError (a table's name becomes part of file names)."""
+    if not isinstance(name, str) or NAME_PATTERN.fullmatch(name) is None:
+        raise LatencyError(
+            f"latency table{where} has name {_show(name)}; a table name is 1 to 100 letters, digits, '.', '_' "
+            "or '-' starting with a letter or digit (it becomes part of file names)"
+        )
+    return name
+
+
+def check_header(header: Any, path: Path | None = None) -> None:
+    """A LatencyError naming the first header field that is missing, mistyped or out of range."""
     where = f" in {path}" if path else ""
+    if not isinstance(header, dict):
+        raise LatencyError(f"latency table{where}: 'header' must be an object, not {_json_type(header)}")
     missing = [k for k in REQUIRED_HEADER if k not in header]
     if missing:
         raise LatencyError(f"latency table header{where} lacks {', '.join(missing)}; regenerate the table")
-    unknown = set(header["op_kinds"]) - set(OP_KINDS)
-    if unknown:
-        raise LatencyError(f"latency table{where} declares unknown operator kinds {sorted(unknown)}")
-    unknown = set(header.get("activations") or ()) - set(ACTIVATIONS)
-    if unknown:
-        raise LatencyError(f"latency table{where} declares unknown activations {sorted(unknown)}")
+    check_table_name(header["name"], where)
+    for key in ("engine", "precision", "unit", "description", "date"):
+        if (key in REQUIRED_HEADER or header.get(key) is not None) and not isinstance(header[key], str):
+            raise _bad(where, key, header[key], "a string")
     if header["unit"] != "ms_per_batch":
         raise LatencyError(f"latency table{where} has unit {header['unit']!r}; zennas tables store ms_per_batch")
+    for key in ("device", "versions", "engine_options", "source", "budget", "correction"):
+        if (key == "device" or header.get(key) is not None) and not isinstance(header[key], dict):
+            raise _bad(where, key, header[key], "an object")
+    for key in ("family", "name"):
+        if header["device"].get(key) is not None and not isinstance(header["device"][key], str):
+            raise _bad(where, f"device {key}", header["device"][key], "a string")
+    engine_options = header.get("engine_options") or {}
+    threads = engine_options.get("threads")
+    if threads is not None and not _is_int(threads, 4096):
+        raise _bad(where, "engine_options threads", threads, "an integer from 1 to 4096")
+    for key in ("exporter", "timer"):
+        if engine_options.get(key) is not None and not isinstance(engine_options[key], str):
+            raise _bad(where, f"engine_options {key}", engine_options[key], "a string")
+    _check_vocabulary(header, where)
+    batches = header["batch_sizes"]
+    if not isinstance(batches, list) or not batches or not all(_is_int(b) for b in batches):
+        raise _bad(where, "batch_sizes", batches, f"a non-empty list of integers from 1 to {MAX_DIMENSION}")
+    budget = header.get("budget") or {}
+    if budget.get("batch_size") is not None and not (_is_int(budget["batch_size"]) and budget["batch_size"] in batches):
+        raise _bad(where, "budget batch_size", budget["batch_size"], f"one of the table's batch_sizes {batches}")
+    if budget.get("resolution") is not None and not _is_int(budget["resolution"]):
+        raise _bad(where, "budget resolution", budget["resolution"], f"an integer from 1 to {MAX_DIMENSION}")
+    _check_correction(header.get("correction"), where)
+
+
+def _check_vocabulary(header: dict[str, Any], where: str) -> None:
+    """op_kinds: a non-empty list of known kinds; activations: null or a list of known activations."""
+    kinds, acts = header["op_kinds"], header.get("activations")
+    if not isinstance(kinds, list) or not kinds or not all(isinstance(k, str) for k in kinds):
+        raise _bad(where, "op_kinds", kinds, f"a non-empty list of operator kinds ({', '.join(OP_KINDS)})")
+    unknown = set(kinds) - set(OP_KINDS)
+    if unknown:
+        raise LatencyError(f"latency table{where} declares unknown operator kinds {sorted(unknown)}")
+    if acts is not None and (not isinstance(acts, list) or not all(isinstance(a, str) for a in acts)):
+        raise _bad(where, "activations", acts, f"null or a list of activations ({', '.join(ACTIVATIONS)})")
+    unknown = set(acts or ()) - set(ACTIVATIONS)
+    if unknown:
+        raise LatencyError(f"latency table{where} declares unknown activations {sorted(unknown)}")
+
+
+def _check_correction(correction: Any, where: str) -> None:
+    """A correction intercept_ms + slope x sum: finite numbers, the slope positive (latency grows with the sum).
+
+    The intercept may be negative (a table timed operator by operator over-predicts small networks, whose
+    launch gaps hide in a whole network); a corrected latency that is not positive is refused where it is
+    computed (zennas.latency.predict.apply_correction), never used.
+    """
+    if correction is None:
+        return
+    intercept, slope = correction.get("intercept_ms"), correction.get("slope")
+    if not (_is_number(intercept) and -MAX_MS <= intercept <= MAX_MS):
+        raise _bad(where, "correction intercept_ms", intercept, f"a number from {-MAX_MS:g} to {MAX_MS:g} ms")
+    if not (_is_number(slope) and 0 < slope <= MAX_SLOPE):
+        raise _bad(where, "correction slope", slope, f"a number above 0 and at most {MAX_SLOPE:g}")
+
+
+_ENTRY_NEEDS = (
+    f"every entry needs a known kind, integer sizes from 1 to {MAX_DIMENSION}, fused 0 or 1, a known activation "
+    f"and a positive finite ms from {MIN_MS:g} to {MAX_MS:g}"
+)
+
+
+def _entry_fault(row: list[Any]) -> str:
+    """Which field of a refused row is wrong, for the error message."""
+    kind, *sizes, fused, act, ms = row
+    if kind not in OP_KINDS:
+        return f"kind {_show(kind)}"
+    for name, value in zip(COLUMNS[1:7], sizes, strict=True):
+        if not _is_int(value):
+            return f"{name} {_show(value)}"
+    if type(fused) is not int or fused not in (0, 1):
+        return f"fused {_show(fused)}"
+    if act not in ACTIVATIONS:
+        return f"activation {_show(act)}"
+    return f"ms {_show(ms)}"
 
 
 def _check_entries(entries: Any, path: Path | None) -> list[list[Any]]:
     where = f" in {path}" if path else ""
     if not isinstance(entries, list):
-        raise LatencyError(f"latency table{where}: 'entries' must be a list of rows")
+        raise LatencyError(f"latency table{where}: 'entries' must be a list of rows, not {_json_type(entries)}")
+    top = MAX_DIMENSION  # the sizes are checked inline: this loop runs over 90,000 rows of the V100 table
     for n, row in enumerate(entries):
-        if not isinstance(row, list) or len(row) != len(COLUMNS):
+        if type(row) is not list or len(row) != len(COLUMNS):
             raise LatencyError(f"latency table{where}: entry {n} is not a row of {len(COLUMNS)} values ({COLUMNS})")
-        ms = row[-1]
-        if row[0] not in OP_KINDS or row[-2] not in ACTIVATIONS or not isinstance(ms, int | float) or not ms > 0:
-            raise LatencyError(
-                f"latency table{where}: entry {n} {row!r} needs a known kind, a known activation and a positive ms"
-            )
+        kind, batch, c_in, c_out, side, kernel, stride, fused, act, ms = row
+        if not (
+            kind in OP_KINDS and act in ACTIVATIONS and type(fused) is int and fused in (0, 1)
+            and type(batch) is int and 0 < batch <= top and type(c_in) is int and 0 < c_in <= top
+            and type(c_out) is int and 0 < c_out <= top and type(side) is int and 0 < side <= top
+            and type(kernel) is int and 0 < kernel <= top and type(stride) is int and 0 < stride <= top
+            and type(ms) in (int, float) and MIN_MS <= ms <= MAX_MS
+        ):  # fmt: skip
+            raise LatencyError(f"latency table{where}: entry {n} {_show(row)} has {_entry_fault(row)}; {_ENTRY_NEEDS}")
     return entries
 
 
-def _open_text(path: Path, mode: str):
-    return gzip.open(path, mode + "t", encoding="utf-8") if path.suffix == ".gz" else open(path, mode, encoding="utf-8")
+def check_entry(row: Any) -> None:
+    """A LatencyError unless `row` is a valid table row (COLUMNS order)."""
+    _check_entries([row], None)
+
+
+def _read_table_bytes(path: Path) -> tuple[bytes, bytes]:
+    """(file bytes, JSON bytes) of a table file, gzip decompressed; both bounded by MAX_TABLE_BYTES."""
+    try:
+        if path.stat().st_size > MAX_TABLE_BYTES:
+            raise LatencyError(f"latency table {path} is larger than {MAX_TABLE_BYTES >> 20} MiB; it is not a table")
+        raw = path.read_bytes()
+        if not path.name.endswith(".gz"):
+            return raw, raw
+        with gzip.GzipFile(fileobj=io.BytesIO(raw)) as f:
+            text = f.read(MAX_TABLE_BYTES + 1)  # bounded: a small file can inflate to gigabytes
+    except (OSError, EOFError, zlib.error) as exc:
+        raise LatencyError(f"latency table {path} is not readable JSON ({exc}); regenerate it") from None
+    if len(text) > MAX_TABLE_BYTES:
+        raise LatencyError(f"latency table {path} inflates to more than {MAX_TABLE_BYTES >> 20} MiB; it is not a table")
+    return raw, text
+
+
+def _v1_rows(entries: Any, path: Path) -> Any:
+    """Version-1 rows (no `act` column) as version-2 rows: every conv of a version-1 table has a ReLU."""
+    if not isinstance(entries, list):
+        return entries
+    for n, row in enumerate(entries):
+        if type(row) is not list or len(row) != len(COLUMNS_V1):
+            raise LatencyError(
+                f"latency table {path}: entry {n} is not a row of {len(COLUMNS_V1)} values ({COLUMNS_V1})"
+            )
+    return [[*row[:-1], "relu", row[-1]] for row in entries]
 
 
 def load_table(path: str | os.PathLike) -> LatencyTable:
@@ -283,38 +463,43 @@ def load_table(path: str | os.PathLike) -> LatencyTable:
     path = Path(path)
     if not path.is_file():
         raise LatencyError(f"latency table {path} does not exist; list the shipped ones with `zennas tables`")
-    try:
-        with _open_text(path, "r") as f:
-            data = json.load(f)
-    except (OSError, EOFError, ValueError) as exc:
-        raise LatencyError(f"latency table {path} is not readable JSON ({exc}); regenerate it") from None
+    raw, text = _read_table_bytes(path)
+    data = parse_json_text(text, f"latency table {path}", LatencyError)
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise LatencyError(f"{path} is not a zennas latency table (format {FORMAT!r} expected)")
-    version, columns, entries = data.get("version"), tuple(data.get("columns", ())), data.get("entries")
-    if version not in (1, VERSION):
-        raise LatencyError(f"latency table {path} has format version {version}; this zennas reads 1 and {VERSION}")
+    version, columns, entries = data.get("version"), data.get("columns"), data.get("entries")
+    if type(version) is not int or version not in (1, VERSION):
+        raise LatencyError(
+            f"latency table {path} has format version {_show(version)}; this zennas reads 1 and {VERSION}"
+        )
     expected = COLUMNS if version == VERSION else COLUMNS_V1
-    if columns != expected:
-        raise LatencyError(f"latency table {path} has columns {list(columns)}; version {version} has {list(expected)}")
-    if version == 1 and isinstance(entries, list):  # every conv of a version-1 table has a ReLU
-        entries = [[*row[:-1], "relu", row[-1]] if isinstance(row, list) and row else row for row in entries]
-    return LatencyTable(data["header"], _check_entries(entries, path), path)
+    if not isinstance(columns, list) or tuple(columns) != expected:
+        raise LatencyError(f"latency table {path} has columns {_show(columns)}; version {version} has {list(expected)}")
+    if version == 1:
+        entries = _v1_rows(entries, path)
+    return LatencyTable(data.get("header"), entries, path, sha256=hashlib.sha256(raw).hexdigest())
+
+
+def _encode(path: Path, data: Any) -> bytes:
+    """JSON bytes of `data`, gzip-compressed when the name ends in .gz (strict: NaN and infinity refused)."""
+    if path.suffix == ".gz":
+        return gzip.compress(json.dumps(data, separators=(",", ":"), allow_nan=False).encode(), mtime=0)
+    return json.dumps(data, indent=1, allow_nan=False).encode()
 
 
 def write_json_atomic(path: str | os.PathLike, data: Any) -> None:
     """Write JSON (gzip when the name ends in .gz) through a temporary file and an atomic rename."""
-    if Path(path).suffix == ".gz":
-        body = gzip.compress(json.dumps(data, separators=(",", ":")).encode(), mtime=0)
-    else:
-        body = json.dumps(data, indent=1).encode()
-    atomic_write_bytes(path, body)
+    atomic_write_bytes(path, _encode(Path(path), data))
 
 
 def save_table(path: str | os.PathLike, header: dict[str, Any], entries: list[list[Any]]) -> LatencyTable:
     """Validate and write a table atomically; returns it loaded."""
     path = Path(path)
-    _check_header(header, path)
+    check_header(header, path)
     entries = sorted(_check_entries(entries, path), key=lambda row: tuple(row[:-1]))
-    data = {"format": FORMAT, "version": VERSION, "header": header, "columns": list(COLUMNS), "entries": entries}
-    write_json_atomic(path, data)
-    return LatencyTable(header, entries, path)
+    table = LatencyTable(header, entries, path)  # every check passes before anything is written
+    body = _encode(path, {"format": FORMAT, "version": VERSION, "header": header, "columns": list(COLUMNS),
+                          "entries": entries})  # fmt: skip
+    atomic_write_bytes(path, body)
+    table.sha256 = hashlib.sha256(body).hexdigest()
+    return table

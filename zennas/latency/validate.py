@@ -25,6 +25,7 @@ from __future__ import annotations
 import html
 import json
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +40,9 @@ from zennas.errors import ConfigError, LatencyError
 from zennas.io import atomic_write_text
 from zennas.latency.predict import predict
 from zennas.latency.table import LatencyTable
+
+LOG_DIR = ".zennas-cache"
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")  # characters kept out of a log's file name
 
 
 @dataclass(frozen=True)
@@ -101,6 +105,19 @@ class ValidationReport:
         return out
 
 
+def default_log_path(
+    table: LatencyTable, space: str, engine: str, device: str, resolution: int, root: str | os.PathLike = LOG_DIR
+) -> Path:
+    """`root`/latency-<table>-<space>-<engine>-<device>-r<resolution>.jsonl: the log `validate` resumes from.
+
+    Each part is reduced to letters, digits, '.', '_' and '-' (device cuda:1 -> cuda_1), so the file
+    name holds no path separator and the log cannot land outside `root`, whatever a table's header says.
+    """
+    parts = (table.name, space, engine, device, f"r{resolution}")
+    name = "-".join(_UNSAFE.sub("_", str(part)) for part in parts)
+    return Path(root) / f"latency-{name}.jsonl"
+
+
 def _read_log(path: Path) -> dict[str, float]:
     known: dict[str, float] = {}
     if path.exists():
@@ -108,9 +125,11 @@ def _read_log(path: Path) -> dict[str, float]:
             for line in f:
                 try:
                     rec = json.loads(line)
-                    known[rec["arch"]] = float(rec["measured_ms"])
-                except (ValueError, KeyError, TypeError):
+                    ms = float(rec["measured_ms"])
+                except (ValueError, KeyError, TypeError, RecursionError):
                     continue  # a torn last line: that network is measured again
+                if isinstance(rec.get("arch"), str) and 0 < ms < float("inf"):  # else measured again, as a torn line
+                    known[rec["arch"]] = ms
     return known
 
 

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from zennas.arch import ArchSpec
+from zennas.counting import check_forward_size, count
 from zennas.device import resolve_device
 from zennas.errors import ConfigError, DegenerateNetworkError, ProxyError, ZennasError
 from zennas.proxies.context import ProxyContext, strict_fp32
@@ -174,6 +175,9 @@ def score(
     per_proxy_options = _resolve_options(chosen, options or {})
     spec, entry = _resolve(arch, dialect)
     resolution, num_classes, _ = settings_for(spec, entry, resolution, num_classes, None)
+    forward_batches = {batch_size or p.batch_size for p in chosen if p.uses_data}
+    if forward_batches:  # refuse an input or feature map too large to allocate before building anything
+        check_forward_size(count(spec, resolution=resolution, num_classes=num_classes), max(forward_batches))
     target = resolve_device(device)
     results: dict[str, ProxyResult] = {}
     # Analytic proxies do no floating-point tensor work, so they skip the precision guard.

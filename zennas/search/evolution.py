@@ -20,13 +20,15 @@ The loop of Zen-NAS with these changes:
 
 Every iteration appends a line to history.jsonl; every `checkpoint_every` iterations (and at the
 end) the state is written atomically to checkpoint.json with the byte length of the history it
-covers. `resume` truncates the history to that length and continues from the checkpoint, so a run
-killed at any moment and resumed ends exactly as an uninterrupted run.
+covers. `resume` checks the checkpoint and that history in full, then truncates the history to that
+length and continues from the checkpoint, so a run killed at any moment and resumed ends exactly as
+an uninterrupted run; a checkpoint or history that does not fit is refused before anything changes.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -37,13 +39,29 @@ from typing import Any
 import numpy as np
 
 from zennas.arch import ArchSpec
-from zennas.errors import ConfigError
-from zennas.io import atomic_write_json
+from zennas.errors import ConfigError, ZennasError
+from zennas.io import (
+    RunKind,
+    atomic_write_bytes,
+    atomic_write_json,
+    claim_output_folder,
+    json_field,
+    parse_json_text,
+    read_json_file,
+)
 from zennas.search.problem import Problem, Scored, Scorer
 
 STATE_FORMAT = "zennas-search-state"
 STATE_VERSION = 1
 SEED_PARENT_BELOW = 10  # Zen-NAS: while the population has <= 10 members, mutate the seed architecture
+COUNTS = ("scored", "duplicate", "degenerate", "over_layers", "over_params", "over_macs", "over_latency", "over_table")
+# What a search writes into --out (report.py writes the last six); --overwrite deletes them first.
+SEARCH_RUN = RunKind(
+    "search", "a search", "checkpoint.json",
+    ("checkpoint.json", "history.jsonl", "best.txt", "result.json", "population.json", "pareto.csv",
+     "search_trajectory.png", "pareto_front.png"),
+    recognise=lambda out: json_field(out / "checkpoint.json", "format") == STATE_FORMAT,  # before zennas-run.json
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -125,19 +143,114 @@ class State:
         }
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> State:
-        return cls(
-            iteration=data["iteration"],
-            rng=data["rng"],
-            population=[Member(**m) for m in data["population"]],
-            seen=set(data["seen"]),
-            history_bytes=data["history_bytes"],
-            counts=dict(data["counts"]),
-            wall_time_s=data["wall_time_s"],
-            seed_member=Member(**data["seed_member"]),
-            finished=data.get("finished", False),
-            rescored=data.get("rescored"),
+    def from_dict(cls, data: dict[str, Any], settings: Settings, where: str) -> State:
+        """The state in a checkpoint read from disk, every field's presence, type and range checked first
+        (ConfigError naming `where` and the field otherwise): resuming never fails half-way on a bad file."""
+
+        def get(key: str, ok: Callable[[Any], bool], what: str) -> Any:
+            if key not in data:
+                raise _bad_state(where, f"{key} is missing")
+            if not ok(data[key]):
+                raise _bad_state(where, f"{key} is not {what}")
+            return data[key]
+
+        iteration = get("iteration", lambda v: _is_count(v) and v <= settings.iterations,
+                        f"an iteration between 0 and {settings.iterations}")  # fmt: skip
+        population = get("population", lambda v: isinstance(v, list) and 1 <= len(v) <= settings.population,
+                         f"a list of 1 to {settings.population} members")  # fmt: skip
+        counts = get("counts", lambda v: isinstance(v, dict) and sorted(v) == sorted(COUNTS)
+                     and all(_is_count(n) for n in v.values()), f"a count for each of {', '.join(COUNTS)}")  # fmt: skip
+        if sum(counts.values()) != iteration + 1:  # every iteration counts once, plus the scored seed
+            raise _bad_state(where, f"its counts add up to {sum(counts.values())}, not iteration + 1 = {iteration + 1}")
+        seen = get("seen", lambda v: isinstance(v, list) and all(isinstance(h, str) for h in v), "a list of hashes")
+        finished = get("finished", lambda v: isinstance(v, bool), "true or false") if "finished" in data else False
+        rescored = get("rescored", _is_rescored, "null or a list of re-scored members") if "rescored" in data else None
+        state = cls(
+            iteration=iteration,
+            rng=get("rng", _is_pcg64_state, "a numpy PCG64 generator state"),
+            population=[_member(m, where, f"population[{i}]") for i, m in enumerate(population)],
+            seen=set(seen),
+            history_bytes=get("history_bytes", _is_count, "a byte count"),
+            counts=dict(counts),
+            wall_time_s=get("wall_time_s", lambda v: _is_number(v) and v >= 0, "a duration in seconds"),
+            seed_member=_member(data.get("seed_member"), where, "seed_member"),
+            finished=finished,
+            rescored=rescored,
         )
+        if state.rescored and state.rescored[0]["hash"] not in {m.hash for m in state.population}:
+            raise _bad_state(where, "the re-scored winner is not in the population")
+        return state
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _is_pcg64_state(value: Any) -> bool:
+    """True when numpy accepts `value` as a PCG64 state (what `np.random.default_rng` runs on)."""
+    if not isinstance(value, dict):
+        return False
+    try:
+        np.random.PCG64().state = value
+    except (TypeError, ValueError, KeyError, IndexError, OverflowError):
+        return False
+    return True
+
+
+def _is_rescored(value: Any) -> bool:
+    if value is None:
+        return True
+    numbers = ("single_draw", "mean", "std")
+    return isinstance(value, list) and all(
+        isinstance(r, dict) and isinstance(r.get("arch"), str) and isinstance(r.get("hash"), str)
+        and all(_is_number(r.get(k)) for k in numbers)
+        and isinstance(r.get("values"), list) and all(_is_number(v) for v in r["values"])
+        for r in value
+    )  # fmt: skip
+
+
+def _bad_state(where: str, what: str) -> ConfigError:
+    return ConfigError(
+        f"{where} is not a usable search checkpoint ({what}); restore the file the run wrote, or start afresh "
+        "with --overwrite instead of --resume"
+    )
+
+
+def _member(data: Any, where: str, name: str) -> Member:
+    """A population member from a checkpoint, its fields checked."""
+    fields = {"arch", "hash", "score", "iteration", "metrics", "values"}
+    if not isinstance(data, dict) or not {"arch", "hash", "score", "iteration", "metrics"} <= data.keys() <= fields:
+        raise _bad_state(where, f"{name} is not a member (an object with {', '.join(sorted(fields))})")
+    metrics, values = data["metrics"], data.get("values", {})
+    ok = (
+        isinstance(data["arch"], str) and isinstance(data["hash"], str) and _is_number(data["score"])
+        and _is_count(data["iteration"]) and isinstance(metrics, dict)
+        and all(_is_number(metrics.get(k)) for k in ("macs", "params", "layers"))
+        and isinstance(values, dict) and all(v is None or _is_number(v) for v in values.values())
+    )  # fmt: skip
+    if not ok:
+        raise _bad_state(where, f"{name} has a field of the wrong type")
+    return Member(**data)
+
+
+def history_record(line: str | bytes, where: str, *, measured: bool = False) -> dict[str, Any]:
+    """One line of a search's history.jsonl, its shape checked (ConfigError naming `where` otherwise).
+
+    Every record has an iteration `it` and a `status`; a scored one (or a MILP "solution") a finite
+    `score` and its `arch`, and with `measured` (an evolution's history) its macs, params and layers.
+    """
+    record = parse_json_text(line, where, ConfigError)
+    ok = isinstance(record, dict) and _is_count(record.get("it")) and isinstance(record.get("status"), str)
+    if ok and record["status"] in ("scored", "solution"):
+        ok = _is_number(record.get("score")) and isinstance(record.get("arch"), str)
+        ok = ok and (not measured or all(_is_number(record.get(k)) for k in ("macs", "params", "layers")))
+    if not ok:
+        raise ConfigError(f"{where} is not a zennas search history record; this history was not written by zennas")
+    return record
 
 
 class SerialMap:
@@ -233,21 +346,24 @@ class Evolution:
             raise ConfigError(f"the seed architecture cannot be scored ({scored.note}); give another with --init")
         seed = Member(spec.canonical, spec.hash, scored.score, 0, metrics, scored.values)
         rng = np.random.default_rng(self.problem.seed)
-        counts = {"scored": 1, "duplicate": 0, "degenerate": 0, "over_layers": 0, "over_params": 0, "over_macs": 0,
-                  "over_latency": 0, "over_table": 0}  # fmt: skip
+        counts = {name: int(name == "scored") for name in COUNTS}  # the seed is the first scored network
         return State(0, rng.bit_generator.state, [seed], {spec.hash}, 0, counts, 0.0, seed)
 
-    def _load_state(self) -> State | None:
-        if not self.state_path.exists():
-            return None
-        try:
-            data = json.loads(self.state_path.read_text(encoding="utf-8"))
-        except ValueError as exc:
+    def _load_state(self) -> State:
+        """The checkpoint to continue, checked in full together with the history it covers; modifies nothing."""
+        where = str(self.state_path)
+        data = read_json_file(self.state_path, f"search checkpoint {where!r}", ConfigError)
+        if not isinstance(data, dict) or data.get("format") != STATE_FORMAT or data.get("version") != STATE_VERSION:
+            raise ConfigError(f"{where!r} is not a zennas search checkpoint of version {STATE_VERSION}")
+        if not isinstance(data.get("problem"), dict) or not isinstance(data.get("settings"), dict):
+            raise _bad_state(repr(where), "problem or settings is missing")
+        then, now = data["problem"].get("table_sha256"), self.problem.to_dict()["table_sha256"]
+        if then is not None and then != now and data["problem"].get("table") == self.problem.table:
             raise ConfigError(
-                f"{self.state_path} is not a readable checkpoint ({exc}); remove --out or use another"
-            ) from exc
-        if data.get("format") != STATE_FORMAT or data.get("version") != STATE_VERSION:
-            raise ConfigError(f"{self.state_path} is not a zennas search checkpoint of version {STATE_VERSION}")
+                f"--resume: latency table {self.problem.table} has changed since the run in {self.out} started "
+                f"(sha256 {str(then)[:16]}... then, {str(now)[:16]}... now); restore the table it used or choose "
+                "another --out"
+            )
         if data["problem"] != self.problem.to_dict() or data["settings"] != self.settings.to_dict():
             changed = sorted(
                 k for k in set(data["problem"]) | set(self.problem.to_dict())
@@ -260,7 +376,49 @@ class Evolution:
                 f"--resume: the run in {self.out} was started with other settings ({', '.join(changed)}); "
                 "rerun with the same options or choose another --out"
             )
-        return State.from_dict(data)
+        state = State.from_dict(data, self.settings, repr(where))
+        for name, member in [("seed_member", state.seed_member), *((f"population[{i}]", m) for i, m in
+                                                                     enumerate(state.population))]:  # fmt: skip
+            try:
+                spec = self._parsed(member.arch)
+            except ZennasError as exc:
+                raise _bad_state(repr(where), f"{name}'s architecture does not parse: {exc}") from None
+            if (spec.canonical, spec.hash) != (member.arch, member.hash):
+                raise _bad_state(repr(where), f"{name}'s architecture is not canonical or does not match its hash")
+        self._check_history(state)
+        return state
+
+    def _check_history(self, state: State) -> None:
+        """history.jsonl must hold, in its first `state.history_bytes` bytes, exactly the records of
+        iterations 1..`state.iteration` (lines after them are a batch the checkpoint does not cover)."""
+        where = repr(str(self.history_path))
+        redo = "restore it, or start afresh with --overwrite instead of --resume"
+        try:
+            size = self.history_path.stat().st_size
+            f = open(self.history_path, "rb")  # noqa: SIM115 (closed below; open errors are reported)
+        except OSError as exc:
+            reason = exc.strerror or exc
+            raise ConfigError(f"--resume: cannot read the search history {where} ({reason}); {redo}") from None
+        if size < state.history_bytes:
+            raise ConfigError(
+                f"--resume: the search history {where} holds {size} bytes but the checkpoint covers "
+                f"{state.history_bytes}: it was cut short; {redo}"
+            )
+        with f:
+            left, it = state.history_bytes, 0
+            while left > 0:
+                line = f.readline(left)
+                if not line.endswith(b"\n"):
+                    raise ConfigError(f"--resume: the checkpoint does not end at a line of {where}; {redo}")
+                left -= len(line)
+                it += 1
+                record = history_record(line, f"{where} line {it}", measured=True)
+                if record["it"] != it:
+                    raise ConfigError(f"--resume: {where} line {it} is iteration {record['it']}; {redo}")
+        if it != state.iteration:
+            raise ConfigError(
+                f"--resume: {where} holds {it} iterations where the checkpoint covers {state.iteration}; {redo}"
+            )
 
     def _save(self, state: State) -> None:
         atomic_write_json(self.state_path, state.to_dict(self.problem, self.settings), indent=None)
@@ -274,29 +432,22 @@ class Evolution:
     def _score(self, canonicals: list[str]) -> list[Scored]:
         return self._scorer_map()(canonicals) if canonicals else []
 
-    def _checked_state(self, resume: bool) -> State | None:
-        """The checkpoint to continue (None: start afresh); an error when `out` holds another run
-        (without --resume) or one with other settings."""
-        if resume:
-            return self._load_state()
-        if self.state_path.exists() or self.history_path.exists():
-            raise ConfigError(
-                f"{self.out} already holds a search: add --resume to continue it, or choose another --out"
-            )
-        return None
-
     # -- the loop --------------------------------------------------------------------------------
-    def run(self, *, resume: bool = False, progress: Progress | None = None) -> State:
-        """Run (or continue) the search and return its final state."""
-        self.out.mkdir(parents=True, exist_ok=True)
-        state = self._checked_state(resume)
-        if state is None:
-            state = self._fresh_state()
-            self.history_path.write_bytes(b"")
-            self._save(state)
+    def run(self, *, resume: bool = False, overwrite: bool = False, progress: Progress | None = None) -> State:
+        """Run (or continue, with `resume`) the search and return its final state.
+
+        `out` is claimed first (zennas.io.claim_output_folder): a folder holding anything but a search is
+        refused unless `overwrite`, which deletes the files a search writes and starts afresh there."""
+        claim_output_folder(self.out, SEARCH_RUN, resume=resume, overwrite=overwrite)
+        if resume:
+            state = self._load_state()  # checkpoint and history checked in full; nothing changed yet
+            if self.history_path.stat().st_size > state.history_bytes:
+                with open(self.history_path, "r+b") as f:  # drop lines written after the checkpoint
+                    f.truncate(state.history_bytes)
         else:
-            with open(self.history_path, "r+b") as f:  # drop lines written after the checkpoint
-                f.truncate(state.history_bytes)
+            state = self._fresh_state()
+            atomic_write_bytes(self.history_path, b"")
+            self._save(state)
         started = time.monotonic() - state.wall_time_s
         rng = np.random.default_rng()
         rng.bit_generator.state = state.rng

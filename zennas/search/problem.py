@@ -18,6 +18,7 @@ import re
 import time
 from dataclasses import asdict, dataclass, field, replace
 from functools import cached_property
+from pathlib import Path
 from typing import Any
 
 from zennas.arch import ArchSpec, parse
@@ -61,6 +62,12 @@ def parse_proxy(text: str) -> tuple[ProxyTerm, ...]:
     return tuple(terms)
 
 
+def _is_shipped(table: str) -> bool:
+    from zennas.latency.shipped import shipped_tables
+
+    return table in shipped_tables()
+
+
 def describe_proxy(terms: tuple[ProxyTerm, ...]) -> str:
     """The canonical spelling of an objective: `zen` or `zen=1,naswot=0.5`."""
     if len(terms) == 1 and terms[0].weight == 1.0:
@@ -78,7 +85,8 @@ class Problem:
     num_classes: int
     budgets: Budgets = field(default_factory=Budgets)
     preset: str | None = None
-    table: str | None = None  # shipped table name or file
+    table: str | None = None  # shipped table name, or a table file (kept as an absolute path)
+    table_sha256: str | None = None  # digest of that table's file; None: whatever the file holds when opened
     proxy_batch_size: int | None = None  # None: the proxy's own default
     proxy_options: tuple[tuple[str, Any], ...] = ()
     seed: int = 0
@@ -86,8 +94,14 @@ class Problem:
     use_se: bool | None = None
     device: str = "cpu"  # where proxies run: cpu, cuda, cuda:1 (scores are reproducible per device kind)
 
+    def __post_init__(self) -> None:
+        if self.table is not None and not _is_shipped(self.table):
+            # A relative path would name another file when a run is resumed from another folder.
+            object.__setattr__(self, "table", str(Path(self.table).resolve()))
+
     def __getstate__(self) -> dict[str, Any]:
-        """Pickle the settings only: a worker reloads the space and table itself."""
+        """Pickle the settings only: a worker reloads the space itself. Workers never cost latency
+        (`measure` runs in the main process), and a table reopened from `table` must match `table_sha256`."""
         return {k: v for k, v in self.__dict__.items() if k not in ("search_space", "latency_table")}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -97,7 +111,29 @@ class Problem:
         out = asdict(self)
         out["proxy"] = describe_proxy(self.proxy)
         out["proxy_options"] = dict(self.proxy_options)
+        out["table_sha256"] = self.table_digest
         return out
+
+    def with_table(self, table: Any) -> Problem:
+        """This problem costed by `table`, a LatencyTable already loaded (None: no table).
+
+        The table object itself is used from then on (never reopened by name), and its source (shipped
+        name or absolute path) and file digest are recorded, so a resumed run can refuse a changed file.
+        """
+        if table is None:
+            return replace(self, table=None, table_sha256=None)
+        if table.source is None or table.sha256 is None:
+            raise ConfigError(f"latency table {table.name!r} was not read from a file; save it with save_table first")
+        problem = replace(self, table=table.source, table_sha256=table.sha256)
+        problem.__dict__["latency_table"] = table  # the cached_property's slot
+        return problem
+
+    @property
+    def table_digest(self) -> str | None:
+        """sha256 of the table file this problem uses: the pinned one, else that of the file as opened."""
+        if self.table is None:
+            return None
+        return self.table_sha256 or self.latency_table.sha256
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Problem:
@@ -123,11 +159,18 @@ class Problem:
 
     @cached_property
     def latency_table(self) -> Any:
+        """The LatencyTable given to `with_table`, else `table` opened (and checked against `table_sha256`)."""
         if self.table is None:
             return None
         from zennas.latency.shipped import open_table
 
-        return open_table(self.table)
+        table = open_table(self.table)
+        if self.table_sha256 is not None and table.sha256 != self.table_sha256:
+            raise LatencyError(
+                f"latency table {self.table} has changed since this search was set up (sha256 {self.table_sha256[:16]}"
+                f"... then, {table.sha256[:16]}... now); restore the table it used or start a new search"
+            )
+        return table
 
     def parse(self, canonical: str) -> ArchSpec:
         """The candidate written as `canonical` in the space's dialect."""
@@ -171,7 +214,8 @@ class Problem:
                 metrics["note"] = str(error)
                 return metrics, ["table"]
             metrics["latency_ms_per_image"] = ms / batch
-            if b.latency_ms_per_image is not None and ms / batch > b.latency_ms_per_image:
+            # `not <=`: a NaN latency must break the budget (`NaN > budget` is False); predict refuses NaN too.
+            if b.latency_ms_per_image is not None and not ms / batch <= b.latency_ms_per_image:
                 return metrics, ["latency"]
         return metrics, []
 

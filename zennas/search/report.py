@@ -8,21 +8,27 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import platform
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from zennas.errors import ConfigError
 from zennas.io import atomic_write_bytes, atomic_write_json, atomic_write_text
-from zennas.search.evolution import Evolution, State, best_member
+from zennas.search.evolution import Evolution, State, best_member, history_record
+from zennas.search.problem import Problem
 
 
 def read_history(path: str | Path) -> list[dict[str, Any]]:
-    """The history records (every iteration: scored, duplicate, over a budget, degenerate)."""
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
+    """The history records (every iteration: scored, duplicate, over a budget, degenerate); a missing,
+    unreadable or malformed file is a ConfigError naming it (and the line)."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read the search history {str(path)!r} ({exc.strerror or exc})") from None
+    return [history_record(line, f"{str(path)!r} line {n}") for n, line in enumerate(data.splitlines(), 1)
+            if line.strip()]  # fmt: skip
 
 
 def pareto_front(points: list[tuple[float, float, int]]) -> list[int]:
@@ -44,6 +50,14 @@ def _versions() -> dict[str, str]:
 
     return {"zennas": zennas.__version__, "python": platform.python_version(), "torch": torch.__version__,
             "numpy": numpy.__version__, "scipy": scipy.__version__}  # fmt: skip
+
+
+def table_record(problem: Problem) -> dict[str, Any]:
+    """Which latency table a search used: its file (absolute) and the sha256 of the file's bytes."""
+    table = problem.latency_table
+    if table is None:
+        return {"table_file": None, "table_sha256": None}
+    return {"table_file": str(table.path.resolve()), "table_sha256": problem.table_digest}
 
 
 def write_outputs(run: Evolution, state: State, *, plots: bool = True) -> dict[str, Any]:
@@ -69,6 +83,7 @@ def write_outputs(run: Evolution, state: State, *, plots: bool = True) -> dict[s
         "latency_ms_per_image": best.metrics.get("latency_ms_per_image"),
         "latency_batch_size": (problem.budgets.latency_batch_size or table.default_batch_size()) if table else None,
         "table": table.name if table is not None else None,
+        **table_record(problem),
         "macs": best.metrics["macs"],
         "params": best.metrics["params"],
         "layers": best.metrics["layers"],

@@ -7,11 +7,17 @@ import os
 from collections.abc import Callable
 from typing import Any
 
+from zennas.io import RunKind, json_field
 from zennas.search.evolution import Evolution, Settings, State
 from zennas.search.problem import Problem
 from zennas.search.report import write_outputs
 
 STRATEGIES = ("evolution", "random", "milp")
+# A MILP run writes in one go and cannot be resumed; folders from before zennas-run.json are known by result.json.
+MILP_RUN = RunKind(
+    "search-milp", "a MILP search", None, ("history.jsonl", "best.txt", "result.json"),
+    recognise=lambda out: json_field(out / "result.json", "strategy") == "milp",
+)  # fmt: skip
 
 
 def search(
@@ -20,13 +26,16 @@ def search(
     out: str | os.PathLike,
     *,
     resume: bool = False,
+    overwrite: bool = False,
     workers: int = 1,
     ray: bool = False,
     ray_address: str | None = None,
     progress: Callable[[int, int, float | None], None] | None = None,
     plots: bool = True,
 ) -> dict[str, Any]:
-    """Run (or resume) a search into `out` and return the content of its result.json."""
+    """Run (or resume) a search into `out` and return the content of its result.json.
+
+    `overwrite` starts afresh in a folder that holds other files (zennas.io.claim_output_folder)."""
     from zennas.search.parallel import make_map
 
     run = Evolution(
@@ -34,7 +43,7 @@ def search(
         make_scorer_map=lambda: make_map(problem, workers=workers, ray=ray, ray_address=ray_address),
     )  # fmt: skip
     try:
-        state: State = run.run(resume=resume, progress=progress)
+        state: State = run.run(resume=resume, overwrite=overwrite, progress=progress)
     finally:
         if run.map is not None:
             run.map.close()
@@ -45,23 +54,23 @@ def search(
 
 def run_milp(
     problem: Problem, settings: Settings, out: str | os.PathLike, *, workers: int = 1, ray: bool = False,
-    ray_address: str | None = None,
+    ray_address: str | None = None, overwrite: bool = False,
 ) -> dict[str, Any]:  # fmt: skip
     """BINAS-style exact search (zennas.search.milp) with `settings.iterations` proxy evaluations.
 
     iterations - 1 seeded samples are scored (on the scorer map: serial, processes or Ray), a
     bilinear estimator is fitted, the latency/MACs/params-constrained problem is solved exactly by
     HiGHS, and the solution is scored: the same number of proxy evaluations as an evolution run of
-    `iterations`. Writes best.txt, result.json and history.jsonl (every sample, then the solution).
+    `iterations`. Writes best.txt, result.json and history.jsonl (every sample, then the solution)
+    into `out`, claimed as a search folder is (`overwrite` as in `search`; a MILP run has no resume).
     """
     import time
-    from pathlib import Path
 
     from zennas.errors import ConfigError, ProxyError
-    from zennas.io import atomic_write_json, atomic_write_text
+    from zennas.io import atomic_write_json, atomic_write_text, claim_output_folder
     from zennas.search import milp
     from zennas.search.parallel import make_map
-    from zennas.search.report import _versions
+    from zennas.search.report import _versions, table_record
 
     b = problem.budgets
     if problem.latency_table is None or b.latency_ms_per_image is None:
@@ -72,11 +81,9 @@ def run_milp(
         raise ConfigError("--strategy milp takes latency, --flops-budget and --params-budget only (correct counts)")
     if settings.iterations < 2:
         raise ConfigError("--strategy milp needs --iterations of at least 2 (samples to fit, plus the solution)")
-    out = Path(out)
-    if (out / "result.json").exists() or (out / "history.jsonl").exists():
-        raise ConfigError(f"{out} already holds a search: choose another --out (a MILP run takes minutes to redo)")
     space = problem.search_space
     milp.space_layout(space)  # not a per-block/per-stage space: a clear error before any work
+    out = claim_output_folder(out, MILP_RUN, overwrite=overwrite)
     scorer_map = make_map(problem, workers=workers, ray=ray, ray_address=ray_address)
     records: list[dict[str, Any]] = []
 
@@ -111,7 +118,8 @@ def run_milp(
         "preset": problem.preset, "proxy": problem.to_dict()["proxy"], "strategy": "milp", "score": found.score,
         "estimated_score": found.estimated_score, "kendall_tau_heldout": found.kendall_tau,
         "latency_ms_per_image": metrics["latency_ms_per_image"], "latency_batch_size": batch,
-        "table": problem.latency_table.name, "macs": metrics["macs"], "params": metrics["params"],
+        "table": problem.latency_table.name, **table_record(problem), "macs": metrics["macs"],
+        "params": metrics["params"],
         "layers": metrics["layers"], "resolution": problem.resolution, "num_classes": problem.num_classes,
         "budgets": b.to_dict(), "seed": problem.seed, "iterations": found.proxy_evaluations,
         "proxy_evaluations": found.proxy_evaluations, "wall_time_s": wall,
@@ -122,7 +130,6 @@ def run_milp(
         "settings": settings.to_dict(), "problem": problem.to_dict(), "versions": _versions(),
         "workers": scorer_map.workers,
     }  # fmt: skip
-    out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "history.jsonl", "".join(json.dumps(r) + "\n" for r in records))
     atomic_write_text(out / "best.txt", spec.canonical + "\n")
     atomic_write_json(out / "result.json", result)

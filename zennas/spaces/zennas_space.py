@@ -23,6 +23,7 @@ from zennas.arch.genet import KERNELS as GENET_KERNELS
 from zennas.arch.genet import SUPER_KINDS as GENET_KINDS
 from zennas.arch.genet import GenBN, GenConv, GenPool, GenReLU, GenSuperRes
 from zennas.arch.ir import check_channel_chain, rechain
+from zennas.arch.limits import CHANNELS
 from zennas.arch.zennas_dialect import (
     IDW_EXPANSIONS,
     RES_KERNELS,
@@ -53,11 +54,16 @@ KNOWN_CONSTRAINTS = frozenset(
 
 @lru_cache(maxsize=65536)
 def width_choices(width: int, multipliers: tuple[float, ...], base: int, low: int, high: int | None) -> tuple[int, ...]:
-    """Deduplicated, sorted widths reachable from `width`: smart_round(width * m, base) clamped to [low, high]."""
+    """Deduplicated, sorted widths reachable from `width`: smart_round(width * m, base) clamped to [low, high].
+
+    high=None (a space without max_width) still stops at the widest network zennas parses and counts.
+    """
+    if high is None:
+        high = CHANNELS.maximum // base * base
     out = set()
     for multiplier in multipliers:
         candidate = max(low, smart_round(width * multiplier, base))
-        out.add(candidate if high is None else min(high, candidate))
+        out.add(min(high, candidate))
     return tuple(sorted(out))
 
 
@@ -361,6 +367,8 @@ class ZenNASSpace(_TomlSpace):
             return f"{what} {value} is not a multiple of {self.width_base}"
         if value < self.min_width:
             return f"{what} {value} is below this space's min_width {self.min_width}"
+        if value > CHANNELS.maximum:
+            return f"{what} {value} exceeds the {CHANNELS.maximum:,}-channel limit zennas can count and build"
         if self.max_width is not None and value > self.max_width:
             return (
                 f"{what} {value} exceeds this space's max_width {self.max_width} (the released XXBL bound; the "
@@ -629,6 +637,8 @@ class GENetSpace(_TomlSpace):
             return f"{what} {value} is not a multiple of {self.width_multiple}"
         if value < self.min_width:
             return f"{what} {value} is below this space's min_width {self.min_width}"
+        if value > CHANNELS.maximum:
+            return f"{what} {value} exceeds the {CHANNELS.maximum:,}-channel limit zennas can count and build"
         if self.max_width is not None and value > self.max_width:
             return f"{what} {value} exceeds this space's max_width {self.max_width}"
         return None

@@ -9,7 +9,6 @@ epoch. Final weights go to `model.safetensors` (plain state-dict keys, loadable 
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,7 @@ import torch
 from torch import nn
 
 from zennas.errors import ConfigError
-from zennas.io import atomic_write_bytes, atomic_write_json
+from zennas.io import atomic_write_bytes, atomic_write_json, read_json_file
 
 SIDECAR = "checkpoint.json"
 FORMAT = "zennas-train-checkpoint/1"
@@ -126,13 +125,32 @@ def read_sidecar(out: str | os.PathLike) -> dict[str, Any]:
     path = Path(out) / SIDECAR
     if not path.is_file():
         raise ConfigError(f"no checkpoint to resume in {str(Path(out))!r} ({SIDECAR} missing); drop --resume to start")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as error:
-        raise ConfigError(f"cannot read {str(path)!r}: {error}") from None
-    if data.get("format") != FORMAT:
-        raise ConfigError(f"{str(path)!r} is not a zennas training checkpoint (format {data.get('format')!r})")
+    data = read_json_file(path, repr(str(path)), ConfigError)
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        found = data.get("format") if isinstance(data, dict) else type(data).__name__
+        raise ConfigError(f"{str(path)!r} is not a zennas training checkpoint (format {found!r})")
+    problem = _sidecar_problem(data)
+    if problem is not None:
+        raise ConfigError(f"{str(path)!r} is not a usable training checkpoint: {problem}; it was not written by zennas")
     return data
+
+
+def _sidecar_problem(data: dict[str, Any]) -> str | None:
+    """What is wrong with a sidecar's own fields (epoch, tensors file name, optimizer state), or None."""
+    epoch, name, optimizer = data.get("epoch"), data.get("tensors"), data.get("optimizer")
+    if not isinstance(epoch, int) or isinstance(epoch, bool) or epoch < 1:
+        return "epoch is not a positive integer"
+    # A bare file name in the run folder: a path elsewhere would be read (and later deleted) by save_checkpoint.
+    if not isinstance(name, str) or Path(name).name != name or not name.endswith(".safetensors"):
+        return "tensors is not the name of a .safetensors file beside it"
+    if not isinstance(optimizer, dict) or not isinstance(optimizer.get("param_groups"), list):
+        return "optimizer has no param_groups"
+    groups, scalars = optimizer["param_groups"], optimizer.get("scalars")
+    if not all(isinstance(g, dict) and isinstance(g.get("params"), list) for g in groups):
+        return "optimizer param_groups are not groups of parameters"
+    if not isinstance(scalars, dict) or not all(k.isdigit() and isinstance(v, dict) for k, v in scalars.items()):
+        return "optimizer scalars are not per-parameter objects"
+    return None
 
 
 def load_checkpoint(
@@ -161,8 +179,16 @@ def load_checkpoint(
         load_state_checked(extra, parts["extra"], "distillation adapter")
     try:
         optimizer.load_state_dict(_unflatten_optimizer(parts["optimizer"], info["optimizer"]))
-    except (ValueError, KeyError) as error:
+    except (ValueError, KeyError, TypeError, IndexError) as error:
         raise ConfigError(f"optimizer state in {str(out)!r} does not fit this run: {error}") from None
+    # torch does not check the shapes of state tensors (momentum, Adam moments); a wrong one fails at the first step.
+    for param, state in optimizer.state.items():
+        for name, value in state.items():
+            if isinstance(value, torch.Tensor) and value.ndim and value.shape != param.shape:
+                raise ConfigError(
+                    f"optimizer state in {str(out)!r} does not fit this run: {name} has shape {tuple(value.shape)} "
+                    f"for a parameter of shape {tuple(param.shape)}; resume with the network the run trained"
+                )
     return info
 
 

@@ -30,7 +30,7 @@ from torch import nn
 
 from zennas.errors import ConfigError
 from zennas.io import atomic_write_json, atomic_write_text
-from zennas.train.checkpoint import load_checkpoint, load_weights, save_checkpoint, save_weights
+from zennas.train.checkpoint import SIDECAR, load_checkpoint, load_weights, save_checkpoint, save_weights
 from zennas.train.core import (
     AMP_DTYPES,
     DistInfo,
@@ -40,8 +40,9 @@ from zennas.train.core import (
     param_groups,
     resume_point,
     run_on_ranks,
+    training_run,
 )
-from zennas.train.data import load_classification_data, make_loader
+from zennas.train.data import load_classification_data, make_loader, screen_folder_images
 from zennas.train.longtail import (
     METHODS,
     PRIOR_SHIFTED,
@@ -59,10 +60,11 @@ from zennas.train.longtail import (
     soft_cross_entropy,
     tau_normalize_,
 )
+from zennas.train.memory import check_memory, training_values
 
 OPTIMIZERS = ("sgd", "adamw")
 # Settings that may differ between an interrupted run and its resumption (they do not change results).
-_RESUME_FREE = ("out", "resume", "device", "workers")
+_RESUME_FREE = ("out", "resume", "overwrite", "device", "workers")
 
 
 @dataclass(frozen=True)
@@ -90,6 +92,7 @@ class TrainConfig:
     amp: str = "bf16"  # "bf16", "fp16" or "off"; CUDA only
     channels_last: bool = True  # CUDA only
     hflip: float = 0.5
+    skip_bad_images: bool = False  # leave out (and list) image files that do not decode instead of failing
     teacher: str | None = None  # a training --out folder, a weights .safetensors with its .json, or an ARCH
     teacher_weights: str | None = None  # weights for a teacher given as ARCH
     kd_alpha: float = 0.5  # weight of the KL term (1 - kd_alpha on the label loss)
@@ -99,6 +102,7 @@ class TrainConfig:
     device: str | None = None  # default: cuda if available, else cpu
     workers: int = 0
     resume: bool = False
+    overwrite: bool = False  # start afresh in a non-empty out (zennas.io.claim_output_folder)
 
     def __post_init__(self) -> None:
         if (self.arch is None) == (self.run is None):
@@ -379,14 +383,18 @@ def _targets(dataset: Any) -> np.ndarray:
 
 
 def _dive_teacher(config: LongtailConfig, out: Path) -> str:
-    """DiVE's teacher: the run's --teacher, or a balanced-softmax twin trained (or resumed) in OUT/teacher."""
+    """DiVE's teacher: the run's --teacher, or a balanced-softmax twin trained (or resumed) in OUT/teacher.
+
+    With --overwrite the twin starts afresh too; otherwise a finished twin is reused, an interrupted
+    one resumed from its checkpoint, and a missing one started."""
     if config.teacher is not None:
         return config.teacher
     folder = out / "teacher"
-    if not (folder / "model.safetensors").is_file():
+    if config.overwrite or not (folder / "model.safetensors").is_file():
         import dataclasses
 
-        twin = dataclasses.replace(config, method="balanced-softmax", out=str(folder), resume=True, teacher=None)
+        resume = not config.overwrite and (folder / SIDECAR).is_file()
+        twin = dataclasses.replace(config, method="balanced-softmax", out=str(folder), resume=resume, teacher=None)
         train_classification(twin)
     return str(folder)
 
@@ -401,9 +409,16 @@ def _train(config: TrainConfig, dist: DistInfo, device: torch.device, cuda: bool
     lt = config if isinstance(config, LongtailConfig) else None
     method = lt.method if lt else None
     settings = config.settings()
-    saved = resume_point(out, settings, config.resume)  # None: a fresh run
+    kind = training_run("longtail" if lt is not None else "classification")
+    saved = resume_point(out, settings, config.resume, kind=kind, overwrite=config.overwrite)  # None: a fresh run
     spec, _, resolution, use_se = resolve_architecture(config)
+    batch_per_rank = max(1, config.batch_size // dist.world)
+    check_memory(training_values(spec, resolution, resolution, use_se), batch_per_rank, device,
+                 what=f"one training step of {batch_per_rank} images of {resolution}x{resolution}",
+                 lower="--resolution or --batch-size",
+                 bytes_per_value=2 if cuda and config.amp != "off" else 4)  # fmt: skip
     data = load_classification_data(config.data, resolution, hflip=config.hflip)
+    skipped = screen_folder_images(data, skip=config.skip_bad_images)  # before the first step, not when drawn
     num_classes = len(data.classes)
     if num_classes < 2:
         raise ConfigError(f"the dataset in {config.data!r} has {num_classes} class; classification needs at least 2")
@@ -440,7 +455,6 @@ def _train(config: TrainConfig, dist: DistInfo, device: torch.device, cuda: bool
         teacher.to(memory_format=memory)
     ema = ModelEma(net, config.ema_decay) if config.ema_decay > 0 else None
 
-    batch_per_rank = max(1, config.batch_size // dist.world)
     lr = config.lr if config.lr is not None else (0.1 if config.optimizer == "sgd" else 1e-3) * config.batch_size / 256
     wd = config.weight_decay if config.weight_decay is not None else (5e-4 if config.optimizer == "sgd" else 0.05)
 
@@ -678,6 +692,7 @@ def _train(config: TrainConfig, dist: DistInfo, device: torch.device, cuda: bool
         "num_classes": num_classes,
         "train_images": len(train_set),
         "val_images": len(data.val),
+        "skipped_images": [{"path": p.path, "problem": p.problem} for p in skipped],
         "seconds": sum(r["seconds"] for r in history),
     }
     if lt is not None:

@@ -1,8 +1,9 @@
 """What every trainer shares: torchrun set-up, the run wrapper, resume checks, settings, parameter groups.
 
 The task trainers (classification/long-tail, detection, reid) differ in data, model and loss; how
-they join a process group, protect the caller's RNG, refuse to overwrite a run, check that a
-resumed run has the settings it was started with, and split weight decay is the same, and lives here.
+they join a process group, protect the caller's RNG, claim their --out folder (never overwriting a
+run or the user's files unasked), check that a resumed run is whole and has the settings it was
+started with, and split weight decay is the same, and lives here.
 """
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, fields
-from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
@@ -18,7 +18,8 @@ from torch import nn
 
 from zennas.device import resolve_device
 from zennas.errors import ConfigError
-from zennas.train.checkpoint import SIDECAR, read_sidecar
+from zennas.io import RunKind, claim_output_folder, json_field
+from zennas.train.checkpoint import FORMAT, SIDECAR, read_sidecar
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 StepHook = Callable[[int, int, int, float], None]  # (epoch, step, steps, loss)
@@ -71,24 +72,55 @@ def config_settings(config: Any, resume_free: Iterable[str]) -> dict[str, Any]:
     return {f.name: getattr(config, f.name) for f in fields(config) if f.name not in free}
 
 
-def resume_point(out: str | os.PathLike, settings: dict[str, Any], resume: bool) -> dict[str, Any] | None:
-    """The checkpoint sidecar to resume from, or None to start afresh.
+TRAIN_FILES = (SIDECAR, "checkpoint-*.safetensors", "metrics.jsonl", "metrics.json", "model.safetensors", "model.json")
+SCALER_KEYS = ("scale", "growth_factor", "backoff_factor", "growth_interval", "_growth_tracker")
 
-    A folder holding a checkpoint is refused without `resume`; with it, the stored settings must
-    equal `settings` (one-line error naming the ones that differ).
+
+def training_run(task: str, *more_files: str) -> RunKind:
+    """The output folder of a `task` training run, as zennas.io.claim_output_folder claims it."""
+    return RunKind(f"train-{task}", "a training checkpoint", SIDECAR, (*TRAIN_FILES, *more_files),
+                   recognise=lambda out: json_field(out / SIDECAR, "format") == FORMAT)  # fmt: skip
+
+
+def resume_point(
+    out: str | os.PathLike, settings: dict[str, Any], resume: bool, *, kind: RunKind, overwrite: bool = False
+) -> dict[str, Any] | None:
+    """Claim `out` for a training run of `kind` and return the checkpoint sidecar to resume from, or
+    None to start afresh.
+
+    Without `resume`, a folder holding a checkpoint or anything else is refused (unless `overwrite`:
+    zennas.io.claim_output_folder). With it, the checkpoint must be whole (sidecar shape, history,
+    tensors file) and its settings equal `settings` (one-line error naming the ones that differ).
+    Every rank of a torchrun job calls this: the checks read only, the writes are idempotent, and DDP's
+    first broadcast comes after every rank has returned from here.
     """
-    out = Path(out)
-    if not (out / SIDECAR).is_file():
-        return None
+    out = claim_output_folder(out, kind, resume=resume, overwrite=overwrite)
     if not resume:
-        raise ConfigError(f"{str(out)!r} already holds a training checkpoint; pass --resume or choose another --out")
+        return None
     saved = read_sidecar(out)
-    stored = saved.get("settings", {})
+    where = repr(str(out / SIDECAR))
+    stored = saved.get("settings")
+    if not isinstance(stored, dict):
+        raise ConfigError(f"{where} has no settings; it is not a checkpoint this trainer wrote")
     changed = sorted(k for k in set(settings) | set(stored) if settings.get(k) != stored.get(k))
     if changed:
         raise ConfigError(
             f"cannot resume {str(out)!r} with different settings ({', '.join(changed)}); "
             "rerun with the original settings or choose another --out"
+        )
+    history, scaler = saved.get("history"), saved.get("scaler")
+    if not isinstance(history, list) or len(history) != saved["epoch"] or not all(
+        isinstance(r, dict) and r.get("epoch") == i and isinstance(r.get("seconds"), int | float)
+        for i, r in enumerate(history, 1)
+    ):  # fmt: skip
+        raise ConfigError(f"{where}: its history is not one record per epoch up to epoch {saved['epoch']}")
+    if scaler is not None and not (isinstance(scaler, dict) and sorted(scaler) == sorted(SCALER_KEYS)
+                                   and all(isinstance(v, int | float) for v in scaler.values())):  # fmt: skip
+        raise ConfigError(f"{where}: its scaler state is not a GradScaler state ({', '.join(SCALER_KEYS)})")
+    if not (out / saved["tensors"]).is_file():
+        raise ConfigError(
+            f"{where} names {saved['tensors']!r}, which is missing: the run folder is incomplete; "
+            "start afresh with --overwrite instead of --resume"
         )
     return saved
 
@@ -101,6 +133,6 @@ def param_groups(params: Iterable[nn.Parameter], weight_decay: float) -> list[di
 
 
 __all__ = [
-    "AMP_DTYPES", "DistInfo", "EpochHook", "StepHook", "config_settings", "join_distributed", "param_groups",
-    "resume_point", "run_on_ranks",
+    "AMP_DTYPES", "TRAIN_FILES", "DistInfo", "EpochHook", "StepHook", "config_settings", "join_distributed",
+    "param_groups", "resume_point", "run_on_ranks", "training_run",
 ]  # fmt: skip

@@ -1,6 +1,8 @@
 """Classification data: an ImageFolder pair (DIR/train, DIR/val) or a CIFAR python-pickle folder.
 
-CIFAR files are pickles (their published format, read by torchvision): only open data you trust.
+CIFAR files are pickles (their published format); zennas.train.cifar reads them without running
+code from them. Image files are decoded once before training (`screen_folder_images`), so a bad
+file is found up front instead of when the loader first draws it.
 
 Class indices always follow train/'s sorted class list, so a val/ folder holding only some of the
 classes still gets the right labels; a val/ class unknown to train/ is an error.
@@ -9,7 +11,6 @@ classes still gets the right labels; a val/ class unknown to train/ is an error.
 from __future__ import annotations
 
 import os
-import pickle
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,12 +20,13 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from zennas.errors import ConfigError, DependencyError
+from zennas.train.cifar import find_cifar, read_cifar
+from zennas.train.images import ImageProbe, screen_images
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 SMALL_IMAGE = 64  # at or below this side, pad-and-crop (CIFAR recipe) instead of RandomResizedCrop
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
-CIFAR_FOLDERS = {"cifar-10-batches-py": "CIFAR10", "cifar-100-python": "CIFAR100"}
 
 
 @dataclass
@@ -66,42 +68,19 @@ def _class_dirs(split: Path) -> list[str]:
     return sorted(e.name for e in os.scandir(split) if e.is_dir() and not e.name.startswith("."))
 
 
-def _find_cifar(root: Path) -> tuple[Path, str] | None:
-    """(folder torchvision's CIFAR class takes as `root`, class name) if `root` holds a CIFAR pickle set."""
-    for folder, name in CIFAR_FOLDERS.items():
-        if (root / folder).is_dir():
-            return root, name
-        if root.name == folder:
-            return root.parent, name
-    return None
-
-
 def load_classification_data(data_dir: str | os.PathLike, resolution: int, *, hflip: float = 0.5) -> ClassificationData:
     """Read DIR/train and DIR/val (ImageFolder layout) or a CIFAR-10/100 python folder, with transforms."""
     root = Path(data_dir)
     if not root.is_dir():
         raise ConfigError(f"dataset folder {str(root)!r} not found; --data must hold train/ and val/ class folders")
     tv = torchvision_module()
-    cifar = _find_cifar(root)
+    cifar = find_cifar(root)
     if cifar is not None:
-        cifar_root, name = cifar
-        base = getattr(tv.datasets, name)
         # Same layout, no md5 check: a CIFAR-style set (a subset, a relabelling) is welcome too.
-        cls = type(name, (base,), {
-            "train_list": [[f, None] for f, _ in base.train_list],
-            "test_list": [[f, None] for f, _ in base.test_list],
-            "meta": {**base.meta, "md5": None},
-        })  # fmt: skip
-        try:
-            train = cls(
-                cifar_root, train=True, download=False, transform=build_transforms(resolution, train=True, hflip=hflip)
-            )
-            val = cls(cifar_root, train=False, download=False, transform=build_transforms(resolution, train=False))
-        except (RuntimeError, OSError, EOFError, KeyError, ValueError, pickle.UnpicklingError) as error:
-            raise ConfigError(
-                f"cannot read the {name} files in {str(root)!r}: {' '.join(str(error).split())}"
-            ) from None
-        return ClassificationData(train, val, list(train.classes), name.lower())
+        folder, layout = cifar
+        train_transform = build_transforms(resolution, train=True, hflip=hflip)
+        train, val, classes = read_cifar(folder, layout, train_transform, build_transforms(resolution, train=False))
+        return ClassificationData(train, val, classes, layout.name)
     missing = [s for s in ("train", "val") if not (root / s).is_dir()]
     if missing:
         raise ConfigError(
@@ -137,6 +116,26 @@ def load_classification_data(data_dir: str | os.PathLike, resolution: int, *, hf
             f"{str(root / 'val')!r} holds no images ({', '.join(IMAGE_SUFFIXES[:4])}, ...) in class folders"
         )
     return ClassificationData(train, val, classes, "imagefolder")
+
+
+def screen_folder_images(
+    data: ClassificationData, *, skip: bool, splits: tuple[str, ...] = ("train", "val"), fix: str | None = None
+) -> list[ImageProbe]:
+    """Decode every image file of `splits` once; refuse bad ones (ConfigError naming the first ones and
+    the count, ending with `fix`), or with `skip` drop them from the splits. Returns the bad files."""
+    if data.layout != "imagefolder":
+        return []  # CIFAR's pixels were checked when read
+    folders = [getattr(data, split) for split in splits]
+    paths = [path for folder in folders for path, _ in folder.samples]
+    where = " and ".join(f"{split}/" for split in splits)
+    bad = screen_images(paths, skip=skip, where=where, **({"fix": fix} if fix else {}))
+    gone = {probe.path for probe in bad}
+    for split, folder in zip(splits, folders, strict=True):
+        folder.samples = folder.imgs = [s for s in folder.samples if s[0] not in gone]
+        folder.targets = [label for _, label in folder.samples]
+        if not folder.samples:
+            raise ConfigError(f"{split}/ holds no image that decodes ({len(bad)} left out); add readable images")
+    return bad
 
 
 def seed_worker(worker_id: int) -> None:

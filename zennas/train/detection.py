@@ -68,14 +68,19 @@ from zennas.train.core import (
     param_groups,
     resume_point,
     run_on_ranks,
+    training_run,
 )
 from zennas.train.data import IMAGENET_MEAN, IMAGENET_STD, seed_worker, torchvision_module
+from zennas.train.images import probe_images
+from zennas.train.memory import check_memory, training_values
 
 OPTIMIZERS = ("sgd", "adamw")
 FPN_STRIDES = (8, 16, 32)  # C3, C4, C5: the backbone taps the FPN consumes
 LEVEL_STRIDES = (8, 16, 32, 64, 128)  # P3..P7, one anchor point per location with side = stride
 BOX_TOLERANCE = 1.0  # pixels a box may cross the image border (COCO's float rounding) before it is an error
-_RESUME_FREE = ("out", "resume", "device", "workers", "export_onnx", "onnx_exporter")
+_RESUME_FREE = ("out", "resume", "overwrite", "device", "workers", "export_onnx", "onnx_exporter")
+# What a detection run writes into --out besides a training run's files (--overwrite deletes them first).
+DETECTION_RUN = training_run("detection", "detector.onnx", "detector.onnx.data", "detector.json")
 
 
 @dataclass(frozen=True)
@@ -112,6 +117,7 @@ class DetectionConfig:
     device: str | None = None
     workers: int = 0
     resume: bool = False
+    overwrite: bool = False  # start afresh in a non-empty out (zennas.io.claim_output_folder)
     export_onnx: bool = True
     onnx_exporter: str = "auto"  # see zennas.export.export_onnx: "auto" (dynamo, else TorchScript), "dynamo", ...
 
@@ -307,23 +313,22 @@ def _image_dir(data_dir: Path, json_path: Path, first_file: str) -> Path:
 
 
 def _check_files(json_path: Path, image_dir: Path, images: dict[int, dict[str, Any]]) -> list[Path]:
-    """Each image's path; its file must exist and be as large as the JSON says (read from the header only)."""
-    from PIL import Image, UnidentifiedImageError
-
-    where, files = _Where(json_path), []
-    for i, (image_id, im) in enumerate(images.items()):
-        path = image_dir / im["file_name"]
-        entry = f"images[{i}] (id {image_id}, {im['file_name']!r})"
+    """Each image's path; its file must exist, decode fully (zennas.train.images) and be as large as the JSON says."""
+    where = _Where(json_path)
+    files = [image_dir / im["file_name"] for im in images.values()]
+    entries = [f"images[{i}] (id {image_id}, {im['file_name']!r})" for i, (image_id, im) in enumerate(images.items())]
+    for path, entry in zip(files, entries, strict=True):
         if not path.is_file():
             raise where.fail(entry, f"image file {str(path)!r} not found")
-        try:
-            with Image.open(path) as file:
-                width, height = file.size
-        except (OSError, UnidentifiedImageError) as error:
-            raise where.fail(entry, f"cannot read image {str(path)!r} ({error})") from None
-        if (width, height) != (im["width"], im["height"]):
+    probes = probe_images(files)
+    bad = [i for i, probe in enumerate(probes) if probe.problem is not None]
+    if bad:
+        raise where.fail(entries[bad[0]], f"cannot decode image {probes[bad[0]].path!r} ({probes[bad[0]].problem}); "
+                                          f"{len(bad)} of {len(files)} images of this split do not decode")  # fmt: skip
+    for probe, entry, im in zip(probes, entries, images.values(), strict=True):
+        if probe.size != (im["width"], im["height"]):
+            width, height = probe.size
             raise where.fail(entry, f"the file is {width}x{height} but the entry says {im['width']}x{im['height']}")
-        files.append(path)
     return files
 
 
@@ -738,11 +743,23 @@ def _optimizer(config: DetectionConfig, model: nn.Module) -> tuple[torch.optim.O
     return (torch.optim.SGD(groups, lr=lr, momentum=0.9) if sgd else torch.optim.AdamW(groups, lr=lr)), lr
 
 
-def _setup(config: DetectionConfig, device: torch.device) -> tuple[_Run, float]:
+def _detector_values(spec: Any, side: int, use_se: bool | None, channels: int, convs: int) -> int:
+    """Floor of the values one side x side image keeps for the backward pass: the backbone's (see
+    zennas.train.memory), then on each level P3-P7 the FPN output and the outputs of both head towers."""
+    levels = sum((side // stride) ** 2 for stride in LEVEL_STRIDES)
+    return training_values(spec, side, side, use_se) + levels * channels * (1 + 2 * convs)
+
+
+def _setup(config: DetectionConfig, device: torch.device, world: int = 1) -> tuple[_Run, float]:
     spec, _, resolution, use_se = resolve_architecture(config)
     max_size = config.max_size or round(resolution * 1333 / 800)
     if max_size < resolution:
         raise ConfigError(f"max_size ({max_size}) must be at least the resolution ({resolution})")
+    batch = max(1, config.batch_size // world)
+    check_memory(_detector_values(spec, resolution, use_se, config.fpn_channels, config.head_convs), batch, device,
+                 what=f"one training step of {batch} images of {resolution}x{resolution} (square images)",
+                 lower="--resolution or --batch-size",
+                 bytes_per_value=2 if device.type == "cuda" and config.amp != "off" else 4)  # fmt: skip
     train, val = load_coco_data(config.data, skip_bad_boxes=config.skip_bad_boxes)
     torch.manual_seed(config.seed)
     detector = build_detector(
@@ -765,11 +782,11 @@ def _setup(config: DetectionConfig, device: torch.device) -> tuple[_Run, float]:
     return _Run(detector, ema, optimizer, scaler, train, val, spec, resolution, max_size, info), lr
 
 
-def _restore(config: DetectionConfig, run: _Run) -> None:
-    """Refuse to overwrite a run; on --resume check the settings and load the last checkpoint."""
-    out = Path(config.out)
-    if resume_point(out, config.settings(), config.resume) is None:
+def _restore(config: DetectionConfig, run: _Run, saved: dict[str, Any] | None) -> None:
+    """On --resume (`saved`, the checked checkpoint sidecar) load the last checkpoint into `run`."""
+    if saved is None:
         return
+    out = Path(config.out)
     state = load_checkpoint(out, model=run.detector, optimizer=run.optimizer, arch=run.spec.canonical,
                             ema=run.ema.module if run.ema else None)  # fmt: skip
     if state.get("scaler"):
@@ -779,8 +796,10 @@ def _restore(config: DetectionConfig, run: _Run) -> None:
 
 def _train(config: DetectionConfig, dist: DistInfo, device: torch.device, on_step, on_epoch) -> dict[str, Any]:
     out, main = Path(config.out), dist.rank == 0
-    run, lr = _setup(config, device)
-    _restore(config, run)
+    # --out is claimed (and a checkpoint to resume checked) before the data is read: None starts afresh.
+    saved = resume_point(out, config.settings(), config.resume, kind=DETECTION_RUN, overwrite=config.overwrite)
+    run, lr = _setup(config, device, dist.world)
+    _restore(config, run, saved)
     model: nn.Module = run.detector
     dataset = CocoDataset(run.train, hflip=config.hflip, seed=config.seed)
     sampler = None

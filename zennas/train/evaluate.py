@@ -45,15 +45,20 @@ def evaluate_checkpoint(
     from zennas.arch import parse
     from zennas.train.checkpoint import load_weights
     from zennas.train.classification import build_trained
-    from zennas.train.data import load_classification_data, make_loader
+    from zennas.train.data import load_classification_data, make_loader, screen_folder_images
+    from zennas.train.memory import check_memory, inference_values
 
     if plot is not None:
         writable_file(plot)  # before the evaluation, not after it
     weights, info = _weights_and_sidecar(checkpoint)
     spec = parse(info["arch"], info.get("dialect"))
+    side = info["resolution"]
+    check_memory(inference_values(spec, side, side, info.get("use_se")), batch_size, resolve_device(device),
+                 what=f"evaluating {batch_size} images of {side}x{side} at once", lower="--batch-size")  # fmt: skip
     net = build_trained(spec, info["num_classes"], info.get("use_se"), info.get("head", "linear"))
     load_weights(weights, net, spec.canonical)
-    data = load_classification_data(data_dir, info["resolution"])
+    data = load_classification_data(data_dir, side)
+    screen_folder_images(data, skip=False, splits=("val",), fix="replace or delete them")
     if info.get("classes") is not None and list(data.classes) != list(info["classes"]):
         raise ConfigError(
             f"the dataset's classes {data.classes[:5]}... differ from the checkpoint's {info['classes'][:5]}...; "

@@ -42,7 +42,7 @@ import re
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -69,8 +69,11 @@ from zennas.train.core import (
     param_groups,
     resume_point,
     run_on_ranks,
+    training_run,
 )
 from zennas.train.data import IMAGE_SUFFIXES, IMAGENET_MEAN, IMAGENET_STD, seed_worker, torchvision_module
+from zennas.train.images import ImageProbe, screen_images
+from zennas.train.memory import check_memory, inference_values, training_values
 
 SPLITS = {"train": "bounding_box_train", "query": "query", "gallery": "bounding_box_test"}
 JUNK, DISTRACTOR = -1, 0
@@ -79,7 +82,7 @@ PATTERN_HINT = "PPPP_cCsS_FFFFFF_NN.jpg (person, camera, sequence, frame, box), 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 METRICS = ("cosine", "euclidean")
 NECK_FEATURES = ("after", "before")
-_RESUME_FREE = ("out", "resume", "device", "workers", "eval_batch_size")
+_RESUME_FREE = ("out", "resume", "overwrite", "device", "workers", "eval_batch_size")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -104,6 +107,7 @@ class ReidData:
     gallery: list[ReidImage]
     train_ids: list[int]
     skipped: dict[str, int]  # junk / distractor images dropped, per split
+    bad_images: list[ImageProbe] = field(default_factory=list)  # files that do not decode, left out on request
 
     def summary(self) -> dict[str, int]:
         """Counts for metrics.json."""
@@ -129,8 +133,10 @@ def _read_split(root: Path, split: str) -> list[ReidImage]:
     folder = root / SPLITS[split]
     images = []
     for entry in sorted(os.scandir(folder), key=lambda e: e.name):
-        if entry.name.startswith(".") or not entry.is_file() or Path(entry.name).suffix.lower() not in IMAGE_SUFFIXES:
-            continue  # Thumbs.db, notes, hidden files
+        linked = entry.is_symlink()  # a broken link to an image is a bad image, not a file to ignore
+        if entry.name.startswith(".") or not (entry.is_file() or linked) or \
+                Path(entry.name).suffix.lower() not in IMAGE_SUFFIXES:  # fmt: skip
+            continue  # Thumbs.db, notes, hidden files, folders
         match = _NAME.fullmatch(Path(entry.name).stem)
         if match is None:
             raise ConfigError(
@@ -142,8 +148,12 @@ def _read_split(root: Path, split: str) -> list[ReidImage]:
     return images
 
 
-def read_market1501(data_dir: str | os.PathLike) -> ReidData:
-    """Read and check a Market-1501-layout folder (see the module docstring for the rules)."""
+def read_market1501(data_dir: str | os.PathLike, *, skip_bad_images: bool = False) -> ReidData:
+    """Read and check a Market-1501-layout folder (see the module docstring for the rules).
+
+    Every image is decoded once first: one that does not is an error naming it, or with
+    `skip_bad_images` it is left out (listed in `bad_images`) before the protocol checks.
+    """
     root = Path(data_dir)
     layout = ", ".join(f"{name}/" for name in SPLITS.values())
     if not root.is_dir():
@@ -154,6 +164,13 @@ def read_market1501(data_dir: str | os.PathLike) -> ReidData:
             f"{str(root)!r} has no {' or '.join(m + '/' for m in missing)} folder; a Market-1501 layout holds {layout}"
         )
     splits = {split: _read_split(root, split) for split in SPLITS}
+    where = " and ".join(f"{name}/" for name in SPLITS.values())
+    bad = screen_images([im.path for ims in splits.values() for im in ims], skip=skip_bad_images, where=where)
+    gone = {probe.path for probe in bad}
+    splits = {split: [im for im in ims if im.path not in gone] for split, ims in splits.items()}
+    for split, ims in splits.items():
+        if not ims:
+            raise ConfigError(f"{SPLITS[split]}/ holds no image that decodes ({len(bad)} left out); add images")
     skipped = {"train": 0, "gallery": 0}
     train = [im for im in splits["train"] if im.pid > 0]
     skipped["train"] = len(splits["train"]) - len(train)
@@ -182,7 +199,7 @@ def read_market1501(data_dir: str | os.PathLike) -> ReidData:
                 f"{name}: person {im.pid:04d} appears in {SPLITS['gallery']}/ only under camera {im.camera}, "
                 "which the protocol excludes; add gallery images from another camera"
             )
-    return ReidData(train, splits["query"], gallery, train_ids, skipped)
+    return ReidData(train, splits["query"], gallery, train_ids, skipped, bad)
 
 
 class ReidDataset(Dataset):
@@ -589,6 +606,7 @@ class ReidConfig:
     hflip: float = 0.5
     pad: int | None = None  # default: 10 pixels at height 256, scaled
     erasing: float = 0.5
+    skip_bad_images: bool = False  # leave out (and list) image files that do not decode instead of failing
     neck: str = "after"
     metric: str = "cosine"
     eval_every: int = 10
@@ -606,6 +624,7 @@ class ReidConfig:
     device: str | None = None
     workers: int = 0
     resume: bool = False
+    overwrite: bool = False  # start afresh in a non-empty out (zennas.io.claim_output_folder)
 
     def __post_init__(self) -> None:
         if (self.arch is None) == (self.run is None):
@@ -646,6 +665,17 @@ def train_reid(config: ReidConfig, *, on_step: StepHook | None = None, on_epoch:
     )
 
 
+def _check_memory(config: ReidConfig, spec: Any, use_se: bool | None, device: torch.device, *, amp: bool) -> None:
+    """Refuse a P x K training step or an evaluation batch that cannot fit on `device` (before anything is built)."""
+    h, w, batch = config.height, config.width, config.p * config.k
+    check_memory(training_values(spec, h, w, use_se), batch, device, bytes_per_value=2 if amp else 4,
+                 what=f"one training step of {config.p} x {config.k} images of {h}x{w}",
+                 lower="--height and --width, or --ids-per-batch or --images-per-id")  # fmt: skip
+    check_memory(inference_values(spec, h, w, use_se), config.eval_batch_size, device, bytes_per_value=2 if amp else 4,
+                 what=f"embedding {config.eval_batch_size} images of {h}x{w} at once",
+                 lower="--eval-batch-size or --height and --width")  # fmt: skip
+
+
 def _load_pretrained(model: BNNeck, path: str, arch: str) -> None:
     """Backbone weights from a classification or ReID run; classifier and neck keys are ignored."""
     from safetensors import SafetensorError
@@ -667,11 +697,15 @@ def _load_pretrained(model: BNNeck, path: str, arch: str) -> None:
 def _train(config: ReidConfig, dist: Any, device: torch.device, cuda: bool, on_step, on_epoch) -> dict[str, Any]:
     out = Path(config.out)
     main = dist.rank == 0
+    settings = config.settings()
+    # --out is claimed (and a checkpoint to resume checked) before the data is read: None starts afresh.
+    saved = resume_point(out, settings, config.resume, kind=training_run("reid"), overwrite=config.overwrite)
     spec, _, _, use_se = resolve_architecture(
         TrainConfig(data=config.data, out=config.out, arch=config.arch, run=config.run, dialect=config.dialect)
     )
-    data = read_market1501(config.data)
     height, width = config.height, config.width
+    _check_memory(config, spec, use_se, device, amp=cuda and config.amp != "off")
+    data = read_market1501(config.data, skip_bad_images=config.skip_bad_images)
     labels = {pid: i for i, pid in enumerate(data.train_ids)}
     train_set = ReidDataset(data.train, reid_transforms(height, width, train=True, hflip=config.hflip, pad=config.pad,
                             erasing=config.erasing), [labels[im.pid] for im in data.train])  # fmt: skip
@@ -703,9 +737,8 @@ def _train(config: ReidConfig, dist: Any, device: torch.device, cuda: bool, on_s
     def autocast():
         return torch.autocast("cuda", dtype=AMP_DTYPES[config.amp]) if amp else contextlib.nullcontext()
 
-    settings = config.settings()
     start, history = 0, []
-    if resume_point(out, settings, config.resume) is not None:
+    if saved is not None:
         info = load_checkpoint(out, model=model, optimizer=optimizer, arch=spec.canonical,
                                ema=ema.module if ema else None)  # fmt: skip
         if info.get("scaler"):
@@ -813,6 +846,7 @@ def _train(config: ReidConfig, dist: Any, device: torch.device, cuda: bool, on_s
         "height": height,
         "width": width,
         **data.summary(),
+        "skipped_images": [{"path": p.path, "problem": p.problem} for p in data.bad_images],
         "seconds": sum(r["seconds"] for r in history),
     }
     if config.rerank:
