@@ -683,25 +683,42 @@ OVERWRITE_HELP = (
 @click.option("--preset", help="A published search setting of the space (e.g. imagenet-flops400M for zennas-idw).")
 @click.option("--proxy", "-p", default="zen", show_default=True,
               help="A registered proxy, or a weighted sum on raw scales: zen=1,naswot=0.5.")  # fmt: skip
+@click.option("--proxy-option", "proxy_option_pairs", multiple=True, metavar="KEY=VALUE",
+              help="Option of the objective's proxies (as zennas score -o), e.g. mode=zennas; repeatable.")  # fmt: skip
 @click.option("--budget", help="Latency budget per image with a unit: 1ms, 0.8ms/image, 800us.")
 @click.option("--budget-batch-size", type=click.IntRange(min=1),
               help="Batch of the latency budget (default: the table's budget batch; 64 for V100).")  # fmt: skip
 @click.option("--gpu", help="Use the shipped latency table of this GPU family (e.g. V100).")
 @click.option("--table", help="Latency table file or shipped name (zennas tables).")
-@click.option("--flops-budget", help="MACs budget, e.g. 400M (the counts zennas info reports).")
-@click.option("--params-budget", help="Parameter budget, e.g. 5.5M.")
-@click.option("--max-layers", type=click.IntRange(min=1), help="At most this many layers (REFERENCE 1.4 counting).")
-@click.option("--convention", type=click.Choice(["correct", "zennas"]), default="correct", show_default=True,
-              help="Counting of --flops-budget/--params-budget (zennas: the repository's, no SE).")  # fmt: skip
+@click.option("--flops-budget", help="MACs budget, e.g. 400M (counted as --convention says); overrides a preset's.")
+@click.option("--params-budget", help="Parameter budget, e.g. 5.5M (as --convention says); overrides a preset's.")
+@click.option("--max-layers", type=click.IntRange(min=1),
+              help="At most this many layers (REFERENCE 1.4 counting). Default: the preset's; with a budget and no "
+                   "preset, the cap of the space's nearest published preset of that budget.")  # fmt: skip
+@click.option("--convention", type=click.Choice(["correct", "zennas", "tinynas"]),
+              help="Counting of the FLOPs/params budgets (zennas: the repository's, no SE). Default: the space's "
+                   "(zennas for Zen-NAS presets) while the preset states such a budget, else correct.")  # fmt: skip
 @click.option("--resolution", "-r", type=click.IntRange(min=1), help="Input side (default: the preset's or 224).")
 @click.option("--num-classes", type=click.IntRange(min=0), help="Classifier outputs (default: the preset's or 1000).")
-@click.option("--iterations", type=click.IntRange(min=1), default=1000, show_default=True,
-              help="Children generated (Zen-NAS scripts: 480,000).")  # fmt: skip
+@click.option("--iterations", type=click.IntRange(min=1),
+              help="Children generated, screened or scored (default: 1000, or none with --time-limit; Zen-NAS "
+                   "scripts: 480,000).")  # fmt: skip
+@click.option("--time-limit", help="Stop at the first batch past this much search time: 90s, 8m, 1h (--resume with "
+                                   "a longer limit continues).")  # fmt: skip
 @click.option("--population", type=click.IntRange(min=1), default=64, show_default=True, help="Zen-NAS: 512.")
 @click.option("--batch", type=click.IntRange(min=1), default=16, show_default=True,
-              help="Children per scoring batch (the result does not depend on --workers, only on this).")  # fmt: skip
+              help="Children scored per batch (the result does not depend on --workers, only on this).")  # fmt: skip
+@click.option(
+    "--no-funnel",
+    is_flag=True,
+    help="Score every child with the proxy; by default a closed form, where one covers the objective "
+    "(sampled zen), screens --screen-ratio x --batch children and the best --batch are scored.",
+)
+@click.option("--screen-ratio", type=click.IntRange(min=2), default=8, show_default=True,
+              help="With the funnel: children screened per child scored.")  # fmt: skip
 @click.option("--seed", type=SEED, default=0, show_default=True)
-@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True, help="Local scoring processes.")
+@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Local scoring processes; with --device cuda, candidates in flight on one GPU.")  # fmt: skip
 @click.option("--ray", "ray_address", is_flag=False, flag_value="local", default=None,
               help="Score on Ray: --ray (local cluster) or --ray ADDRESS (needs zennas[ray]).")  # fmt: skip
 @click.option("--strategy", type=click.Choice(["evolution", "random", "milp"]), default="evolution", show_default=True)
@@ -719,70 +736,104 @@ OVERWRITE_HELP = (
 @click.option("--no-plots", is_flag=True, help="Skip the PNG plots.")
 @_one_line_errors
 def search_command(
-    space, preset, proxy, budget, budget_batch_size, gpu, table, flops_budget, params_budget, max_layers, convention,
-    resolution, num_classes, iterations, population, batch, seed, workers, ray_address, strategy, init,
-    proxy_batch_size, threads, device, rescore, rescore_repeats, checkpoint_every, out, resume, overwrite, no_plots,
+    space, preset, proxy, proxy_option_pairs, budget, budget_batch_size, gpu, table, flops_budget, params_budget,
+    max_layers, convention, resolution, num_classes, iterations, time_limit, population, batch, no_funnel,
+    screen_ratio, seed, workers, ray_address, strategy, init, proxy_batch_size, threads, device, rescore,
+    rescore_repeats, checkpoint_every, out, resume, overwrite, no_plots,
 ) -> None:  # fmt: skip
     """Find the best-scoring architecture within the budgets, e.g. `zennas search --budget 1ms --gpu V100`."""
-    from zennas.search.budget import Budgets, parse_count_budget, parse_latency_budget
+    from zennas.search.budget import parse_count_budget, parse_duration, parse_latency_budget
+    from zennas.search.constraints import describe_constraints
     from zennas.search.evolution import Settings
     from zennas.search.run import search
 
     if gpu is not None and table is not None:
         raise click.UsageError("give --gpu or --table, not both")
     chosen = _open_latency_table(table, gpu, None) if (gpu or table) else None
-    if budget is not None and chosen is None:
+    if budget is not None and chosen is None and preset is None:  # a latency preset brings the V100 table
         raise click.UsageError("a latency budget needs a latency table: add --gpu V100 or --table FILE|NAME")
     if resume and out is None:
         raise click.UsageError("--resume needs the --out folder of the run to continue")
-    budgets = Budgets(
-        latency_ms_per_image=parse_latency_budget(budget) if budget is not None else None,
-        latency_batch_size=(budget_batch_size or chosen.default_batch_size()) if chosen is not None else None,
-        macs=parse_count_budget(flops_budget, "FLOPs") if flops_budget is not None else None,
-        params=parse_count_budget(params_budget, "params") if params_budget is not None else None,
-        max_layers=max_layers,
-        convention=convention,
-    )
-    problem = _search_problem(space, preset, proxy, resolution, num_classes, budgets, chosen, proxy_batch_size,
-                              seed, threads, device)  # fmt: skip
+    given = {
+        "latency_ms_per_image": parse_latency_budget(budget) if budget is not None else None,
+        "latency_batch_size": budget_batch_size,
+        "macs": parse_count_budget(flops_budget, "FLOPs") if flops_budget is not None else None,
+        "params": parse_count_budget(params_budget, "params") if params_budget is not None else None,
+        "max_layers": max_layers,
+        "convention": convention,
+        "resolution": resolution,
+        "num_classes": num_classes,
+    }
+    problem, constraints = _search_problem(space, preset, proxy, proxy_option_pairs, given, chosen,
+                                           proxy_batch_size, seed, threads, device)  # fmt: skip
     out = out or time.strftime("runs/search-%Y%m%d-%H%M%S", time.gmtime())
+    time_limit_s = parse_duration(time_limit) if time_limit is not None else None
     settings = Settings(
-        iterations=iterations, population=population, batch=batch, checkpoint_every=checkpoint_every,
-        rescore=rescore, rescore_repeats=rescore_repeats, init=init,
-        strategy="random" if strategy == "random" else "evolution",
+        iterations=iterations if iterations is not None or time_limit_s is not None else 1000,
+        population=population, batch=batch, checkpoint_every=checkpoint_every, rescore=rescore,
+        rescore_repeats=rescore_repeats, init=init, strategy="random" if strategy == "random" else "evolution",
+        time_limit_s=time_limit_s, funnel=not no_funnel, screen_ratio=screen_ratio,
     )  # fmt: skip
-    click.echo(
-        f"searching {problem.space} for {problem.to_dict()['proxy']} under {budgets.describe()}"
-        + (f" (table {chosen.name})" if chosen is not None else "")
-        + f"; output in {out}",
-        err=True,
-    )
+    options = "".join(f", {k}={v}" for k, v in problem.proxy_options)
+    given_table = f"; table {chosen.name}" if chosen is not None else ""
+    click.echo(f"searching {problem.search_space.name} for {problem.to_dict()['proxy']}{options}{given_table}; "
+               f"output in {out}", err=True)  # fmt: skip
+    click.echo(f"budgets: {describe_constraints(constraints, SEARCH_FLAGS)}", err=True)
     if strategy == "milp":
         from zennas.search.run import run_milp
 
         if resume:
             raise click.UsageError("--strategy milp runs in one go (minutes); it has no --resume")
+        if settings.iterations is None:
+            raise click.UsageError("--strategy milp takes --iterations (proxy evaluations), not --time-limit")
         result = run_milp(
             problem, settings, out, workers=workers, ray=ray_address is not None,
             ray_address=None if ray_address in (None, "local") else ray_address, overwrite=overwrite,
         )  # fmt: skip
     else:
-        best: dict[str, float | None] = {"score": None}
+        if settings.strategy == "evolution" and settings.funnel:
+            click.echo(f"funnel: {problem.screen_note}", err=True)
+        options = {
+            "resume": resume,
+            "overwrite": overwrite,
+            "workers": workers,
+            "ray": ray_address is not None,
+            "ray_address": None if ray_address in (None, "local") else ray_address,
+            "plots": not no_plots,
+        }
+        result = _search_with_progress(search, problem, settings, out, options)
+    _print_search_result(result, out)
 
-        def status() -> str:
-            return f"best {best['score']:.6g}" if best["score"] is not None else ""
 
-        with _progress(iterations, "search", status) as advance:
+def _search_with_progress(search, problem, settings, out, options: dict) -> dict:
+    """`search(...)` with a progress bar over the iterations, or over the time limit when there is one;
+    the status shows the best score and the children scored and screened so far."""
+    shown: dict[str, str] = {"status": ""}
 
-            def progress(done: int, _total: int, score: float | None) -> None:
-                best["score"] = score
-                advance(done)
+    def status() -> str:
+        return shown["status"]
 
-            result = search(
-                problem, settings, out, resume=resume, overwrite=overwrite, workers=workers,
-                ray=ray_address is not None, ray_address=None if ray_address in (None, "local") else ray_address,
-                progress=progress, plots=not no_plots,
-            )  # fmt: skip
+    by_time = settings.time_limit_s is not None
+    total = round(settings.time_limit_s) if by_time else settings.iterations
+    with _progress(total, "search (s)" if by_time else "search", status) as advance:
+
+        def progress(state) -> None:
+            c = state.counts
+            screened = f", screened {c['screened']:,}" if c["screened"] else ""
+            shown["status"] = (f"best {max(m.score for m in state.population):.6g} (it {state.iteration:,}: "
+                               f"scored {c['scored']:,}{screened})")  # fmt: skip
+            advance(min(total, round(state.wall_time_s)) if by_time else state.iteration)
+
+        return search(problem, settings, out, progress=progress, **options)
+
+
+def _print_search_result(result: dict, out: str) -> None:
+    """The answer and its figures, as the last lines of `zennas search`."""
+    if result.get("stopped"):
+        click.echo(f"stopped: {result['stopped']['reason']} after {result['iterations']:,} iterations", err=True)
+    funnel = result.get("funnel")
+    if funnel and funnel.get("active"):
+        click.echo(f"funnel: {funnel['scored']:,} children scored, {funnel['screened']:,} screened out", err=True)
     lat = result.get("latency_ms_per_image")
     click.echo(result["arch"])
     click.echo(
@@ -793,11 +844,16 @@ def search_command(
     )
 
 
-def _search_problem(space, preset, proxy, resolution, num_classes, budgets, table, proxy_batch_size, seed, threads,
-                    device):  # fmt: skip
-    """The Problem of a search command; resolution and classes default to the preset's, then the dialect's."""
-    from zennas.models import DIALECT_DEFAULTS
-    from zennas.search.problem import Problem, parse_proxy
+# How `zennas search` sets each constraint, for the printed budgets (zennas.search.constraints).
+SEARCH_FLAGS = {"latency": "--budget", "macs": "--flops-budget", "params": "--params-budget", "layers": "--max-layers",
+                "resolution": "--resolution", "num_classes": "--num-classes", "table": "--gpu/--table"}  # fmt: skip
+
+
+def _search_problem(space, preset, proxy, option_pairs, given, table, proxy_batch_size, seed, threads, device):
+    """(the Problem of a search command, its Constraints): the preset's constraints unless a flag overrides one."""
+    from zennas.bench import parse_options
+    from zennas.search.constraints import resolve_constraints
+    from zennas.search.problem import Problem, check_proxy_options, parse_proxy
     from zennas.spaces import get_space
 
     sp = get_space(space)
@@ -805,15 +861,16 @@ def _search_problem(space, preset, proxy, resolution, num_classes, budgets, tabl
         if not hasattr(sp, "with_preset"):
             raise click.UsageError(f"space {space!r} has no presets")
         sp = sp.with_preset(preset)
-    default_res, default_classes = DIALECT_DEFAULTS.get(sp.dialect, (224, 1000))
-    constraints = getattr(sp, "constraints", {}) or {}
+    c = resolve_constraints(sp, table=table, **given)
+    terms = parse_proxy(proxy)
     # with_table: the search uses the loaded table itself, never one reopened by its header name.
-    return Problem(
-        space=space, preset=preset, proxy=parse_proxy(proxy),
-        resolution=resolution or int(constraints.get("resolution", default_res)),
-        num_classes=num_classes if num_classes is not None else int(constraints.get("num_classes", default_classes)),
-        budgets=budgets, proxy_batch_size=proxy_batch_size, seed=seed, threads=threads, device=device,
-    ).with_table(table)  # fmt: skip
+    problem = Problem(
+        space=space, preset=preset, proxy=terms, resolution=c.resolution, num_classes=c.num_classes,
+        budgets=c.budgets, proxy_batch_size=proxy_batch_size,
+        proxy_options=check_proxy_options(terms, parse_options(option_pairs)), seed=seed, threads=threads,
+        device=device, origins=c.origin_items(),
+    ).with_table(c.table)  # fmt: skip
+    return problem, c
 
 
 @main.command("profile")

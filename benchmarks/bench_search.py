@@ -4,6 +4,8 @@
     python benchmarks/bench_search.py idw400m [--iterations 600] [--workers 2] [--proxy-batch-size 16]
                                               [--analytic-iterations 20000]
     python benchmarks/bench_search.py milp [--evaluations 300] [--budget-ms 9] [--seeds 3] [--workers 2]
+    python benchmarks/bench_search.py race [--time-limit 8m] [--variants funnel,no-funnel] [--repeats 10]
+    python benchmarks/bench_search.py mainjob [--time-limit 3m] [--plain-time-limit 20m] [--repeats 3]
 
 throughput: the same zennas-res search (V100 table, 1 ms/image at batch 64) run serially and with
 2 workers, for a sampled proxy (zen) and a closed form (zen-analytic); candidates/s counts every
@@ -22,11 +24,25 @@ exact solver (`--strategy milp`: evaluations - 1 samples, fit, solve, score the 
 evolution and random sampling, each with the same number of proxy evaluations (evolution and random
 count the scored seed, so they get evaluations - 1 children that reach the proxy at most), for
 the params proxy (whose optimum the solver can reach exactly) and the sampled Zen-Score.
+
+race: Zen-NAS's CIFAR setting on the 2-core machine, as a user runs it: `zennas search --space
+zennas-res --preset cifar-params1M --time-limit 8m --workers 2` (and the same with `--no-funnel`, or
+any variant given as extra options), each winner judged by Zen-NAS's own objective, `zennas score
+--mode zennas --batch-size 64 --repeats 10` at 32 px and 100 classes, and checked against the
+preset's budgets in the repository counts (`zennas info --convention zennas`). The published
+ZenNet-CIFAR-1M is judged alongside. A variant is `name=OPTIONS`, e.g. `ratio16=--screen-ratio 16`.
+
+mainjob: the README's main job (`zennas search --budget 1ms --gpu V100 --workers 2`) with a short
+time limit, against the same search without the funnel for a long one; both winners judged by the
+sampled Zen-Score (the search's objective: paper mode, batch 64, 224 px) over `--repeats` draws.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import shlex
+import subprocess
 import sys
 import tempfile
 import time
@@ -165,6 +181,97 @@ def milp_vs_evolution(args: argparse.Namespace) -> None:
     append_result("bench_search milp - BINAS-style exact solver vs evolution at equal proxy evaluations", table_md)
 
 
+def _zennas(*args: str) -> str:
+    """Run the installed command line (as a user does) and return its stdout; stderr passes through."""
+    command = [sys.executable, "-c", "from cli import main; main()", *args]
+    done = subprocess.run(command, stdout=subprocess.PIPE, text=True, check=False)
+    if done.returncode != 0:
+        raise SystemExit(f"zennas {shlex.join(args)} failed with exit code {done.returncode}")
+    return done.stdout
+
+
+def _judge(arch: str, settings: list[str], repeats: int) -> tuple[float, float]:
+    """(mean, std) of the sampled Zen-Score of `arch` over `repeats` seeded draws with `settings`."""
+    out = json.loads(_zennas("score", arch, "-p", "zen", "--repeats", str(repeats), "--device", "cpu", *settings,
+                             "--json"))  # fmt: skip
+    return out["zen"]["mean"], out["zen"]["std"]
+
+
+def _searched(out: Path, base: list[str], extra: str, time_limit: str) -> dict:
+    start = time.perf_counter()
+    _zennas("search", *base, "--time-limit", time_limit, "--out", str(out), "--no-plots", *shlex.split(extra))
+    result = json.loads((out / "result.json").read_text())
+    result["command_s"] = time.perf_counter() - start
+    return result
+
+
+def race(args: argparse.Namespace) -> None:
+    base = ["--space", "zennas-res", "--preset", "cifar-params1M", "--workers", str(args.workers)]
+    judge = ["--mode", "zennas", "--batch-size", "64", "--resolution", "32", "--num-classes", "100"]
+    rows = []
+    mean, std = _judge("zennet-cifar10-1m", judge, args.repeats)
+    info = json.loads(_zennas("info", "zennet-cifar10-1m", "--convention", "zennas", "--num-classes", "100", "--json"))
+    rows.append(f"| published ZenNet-CIFAR-1M | - | {mean:.2f} ± {std:.2f} | {info['convention_params']:,} | "
+                f"{info['layers']} | - | - | - |")  # fmt: skip
+    print(rows[-1], flush=True)
+    for variant in args.variants.split(";"):
+        name, _, extra = variant.partition("=")
+        extra = extra or {"funnel": "", "no-funnel": "--no-funnel"}[name]
+        with tempfile.TemporaryDirectory() as tmp:
+            result = _searched(Path(tmp) / "run", base, extra, args.time_limit)
+        mean, std = _judge(result["arch"], judge, args.repeats)
+        info = json.loads(_zennas("info", result["arch"], "--convention", "zennas", "--num-classes", "100",
+                                  "--resolution", "32", "--json"))  # fmt: skip
+        within = info["convention_params"] <= 1_000_000 and info["layers"] <= 18
+        counts = result["counts"]
+        rows.append(
+            f"| {name} (`{extra}`) | {result['command_s']:.0f} s | {mean:.2f} ± {std:.2f} | "
+            f"{info['convention_params']:,} | {info['layers']} | {'yes' if within else 'NO'} | "
+            f"{counts['scored']:,} scored, {counts['screened']:,} screened of {result['iterations']:,} | "
+            f"`{result['arch']}` |"
+        )
+        print(rows[-1], flush=True)
+    head = (
+        f"`zennas search --space zennas-res --preset cifar-params1M --time-limit {args.time_limit} --workers "
+        f"{args.workers}` plus each variant's options; winners judged by `zennas score --mode zennas --batch-size 64 "
+        f"--repeats {args.repeats}` (32 px, 100 classes, seed 0); budget: params <= 1M in the repository counts, "
+        "layers <= 18. Target: >= 123.0 within the budget.\n\n"
+        "| run | wall (whole command) | Zen-Score (zennas mode) | params (repo) | layers | within budget | children | "
+        "architecture |\n|---|---|---|---|---|---|---|---|"
+    )
+    table_md = head + "\n" + "\n".join(rows)
+    print(table_md)
+    append_result(f"bench_search race - Zen-NAS CIFAR params <= 1M, {args.time_limit} on this machine", table_md)
+
+
+def mainjob(args: argparse.Namespace) -> None:
+    base = ["--budget", "1ms", "--gpu", "V100", "--workers", str(args.workers)]
+    judge = ["--batch-size", "64", "--resolution", "224", "--num-classes", "1000"]
+    rows = []
+    for name, extra, limit in (("main job", "", args.time_limit), ("plain (no funnel)", "--no-funnel",
+                                                                    args.plain_time_limit)):  # fmt: skip
+        with tempfile.TemporaryDirectory() as tmp:
+            result = _searched(Path(tmp) / "run", base, extra, limit)
+        mean, std = _judge(result["arch"], judge, args.repeats)
+        counts = result["counts"]
+        rows.append(
+            f"| {name} | {limit} | {result['command_s']:.0f} s | {result['score']:.2f} | {mean:.2f} ± {std:.2f} | "
+            f"{result['latency_ms_per_image']:.4f} | {result['layers']} | {counts['scored']:,} scored, "
+            f"{counts['screened']:,} screened | `{result['arch']}` |"
+        )
+        print(rows[-1], flush=True)
+    head = (
+        f"`zennas search --budget 1ms --gpu V100 --workers {args.workers} --time-limit T` (V100 TensorRT table, "
+        "ms/image at batch 64), the main job against the same search without the funnel; winners judged by the "
+        f"sampled Zen-Score (paper mode, batch 64, 224 px, seed 0, {args.repeats} draws).\n\n"
+        "| run | time limit | wall (whole command) | single-draw score in the search | judged Zen-Score | "
+        "ms/image | layers | children | architecture |\n|---|---|---|---|---|---|---|---|---|"
+    )
+    table_md = head + "\n" + "\n".join(rows)
+    print(table_md)
+    append_result("bench_search mainjob - 1 ms on V100, short funnel search vs long plain search", table_md)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="what", required=True)
@@ -180,9 +287,20 @@ def main() -> None:
     m.add_argument("--budget-ms", type=float, default=9.0)
     m.add_argument("--seeds", type=int, default=3)
     m.add_argument("--workers", type=int, default=2)
+    r = sub.add_parser("race")
+    r.add_argument("--time-limit", default="8m")
+    r.add_argument("--variants", default="funnel;no-funnel", help="';'-separated NAME or NAME=OPTIONS")
+    r.add_argument("--repeats", type=int, default=10)
+    r.add_argument("--workers", type=int, default=2)
+    j = sub.add_parser("mainjob")
+    j.add_argument("--time-limit", default="3m")
+    j.add_argument("--plain-time-limit", default="20m")
+    j.add_argument("--repeats", type=int, default=3)
+    j.add_argument("--workers", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(1)
-    {"throughput": throughput, "idw400m": idw400m, "milp": milp_vs_evolution}[args.what](args)
+    jobs = {"throughput": throughput, "idw400m": idw400m, "milp": milp_vs_evolution, "race": race, "mainjob": mainjob}
+    jobs[args.what](args)
 
 
 if __name__ == "__main__":

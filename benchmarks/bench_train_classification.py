@@ -45,8 +45,8 @@ SMALL_ARCH = "SuperConvK3BNRELU(3,16,1,1)SuperResK3K3(16,32,2,16,1)SuperConvK1BN
 def searched(work: Path, args: argparse.Namespace) -> None:
     data = write_digits_folder(work / "digits", val_per_class=30)
     search = [sys.executable, str(ROOT / "cli.py"), "search", "--space", "zennas-res", "--preset", "cifar-params1M",
-              "--params-budget", args.params_budget, "--flops-budget", args.flops_budget, "--max-layers", "12",
-              "--num-classes", "10", "--iterations", str(args.iterations), "--population", "16",
+              "--params-budget", args.params_budget, "--flops-budget", args.flops_budget, "--convention", "correct",
+              "--max-layers", "12", "--num-classes", "10", "--iterations", str(args.iterations), "--population", "16",
               "--proxy-batch-size", "4", "--out", str(work / "search"), "--no-plots"]  # fmt: skip
     started = time.monotonic()
     subprocess.run(search, check=True, cwd=ROOT)

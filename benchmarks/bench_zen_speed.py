@@ -1,13 +1,26 @@
-"""Zen-Score overhead: end-to-end `score(..., "zen")` time per candidate over its two bare forward passes.
+"""Zen-Score speed: where one score's time goes, and scores per second with candidates in flight.
 
-End to end = what `score` does per candidate: resolve, build, N(0, 1) init, draw inputs, forward x and
-x' in train mode, read the BN statistics. Bare = the two `forward_features` calls alone on the same
-network already built, same batch and resolution, train mode, `torch.no_grad()`. The two are timed
-alternately (so both see the same machine load) after warm-up, and the ratio of their medians is
-reported; the target is <= 1.2. SE is off for every net, as Zen builds them.
+Phases (per model in --models; medians of alternated repeats after a warm-up, every phase timed
+after a device synchronisation):
+  build     plain_skeleton: the plain network's modules on the device, PyTorch's default init skipped
+  init      init_plain_: N(0, 1) weights drawn where the network lives, BN reset
+  inputs    x and eps drawn on the scoring device
+  forwards  the two train-mode `forward_features` calls (x, then x + gamma * eps), no grad
+  read      the L1 sum and every BN's mean variance read back as one tensor, as zen_score does
+  score()   zennas.proxies.score end to end (resolve, checks, all of the above)
+Outside the forwards = score() - forwards; ratio = score() / forwards (target <= 1.2). SE is off, as
+Zen builds every net.
 
-Prints a table and appends it to benchmarks/RESULTS.md (date, machine, command, figures).
-Usage: python benchmarks/bench_zen_speed.py [--repeats 5] [--mode paper] [--threads 1] [--models a,b]
+Throughput (--throughput N): N members of the zennas-idw preset imagenet-flops400M (<= 400M FLOPs in
+the ZenNAS convention, <= 14 layers), taken from a feasible mutation walk from the preset's seed
+(what a search scores), are scored at batch 64 and 224 px with
+`zennas.proxies.inflight.score_many(..., in_flight=k)` for each k of --in-flight after a warm-up on
+other members; prints scores/s per k and whether every k gave bit-identical scores.
+
+Prints the tables and appends them to benchmarks/RESULTS.md (date, machine, command, figures).
+Usage:
+  python benchmarks/bench_zen_speed.py --threads 1 --models zennet-cifar10-1m,zennet-400m-se --batch-size 64
+  python benchmarks/bench_zen_speed.py --device cuda --models zennet-400m-se --batch-size 64 --throughput 256
 """
 
 from __future__ import annotations
@@ -16,12 +29,18 @@ import argparse
 import statistics
 import time
 
+import numpy as np
 import torch
 from _record import append_result
 
+from zennas.counting import count
+from zennas.device import resolve_device
 from zennas.models import get_model_entry
 from zennas.proxies import score
-from zennas.proxies.zen import plain_network
+from zennas.proxies.context import strict_fp32
+from zennas.proxies.inflight import score_many
+from zennas.proxies.zen import batch_norms, init_plain_, plain_skeleton
+from zennas.spaces import get_space
 
 # (model, batch size, resolution): CIFAR nets at the search batch, ImageNet nets at batch 16.
 MODELS = (
@@ -34,48 +53,104 @@ MODELS = (
 )
 
 
-def measure(name: str, batch: int, resolution: int, repeats: int, mode: str) -> dict:
-    """Median end-to-end and bare times of one model."""
-    spec = get_model_entry(name).spec()
-    generator = torch.Generator().manual_seed(0)
-    model = plain_network(spec, generator, torch.device("cpu"))
-    x = torch.randn(batch, 3, resolution, resolution, generator=generator)  # [B, 3, R, R]
-    x_perturbed = x + 1e-2 * torch.randn(x.shape, generator=generator)  # [B, 3, R, R]
+def _clock(device: torch.device) -> float:
+    """perf_counter after the device has finished its queued work."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
 
-    def bare() -> float:
-        start = time.perf_counter()
-        with torch.no_grad():
-            model.forward_features(x)
-            model.forward_features(x_perturbed)
-        return time.perf_counter() - start
+
+def measure(name: str, batch: int, resolution: int, repeats: int, mode: str, device: torch.device) -> dict:
+    """Median seconds of each phase of one model's score (see the module docstring)."""
+    spec = get_model_entry(name).spec()
+    shape = (batch, 3, resolution, resolution)
+
+    def phases(seed: int) -> dict[str, float]:
+        generator = torch.Generator(device=device).manual_seed(seed)
+        t0 = _clock(device)
+        model = plain_skeleton(spec, device)
+        t1 = _clock(device)
+        init_plain_(model, generator)
+        t2 = _clock(device)
+        x = torch.randn(shape, generator=generator, device=device)  # [B, 3, R, R]
+        eps = torch.randn(shape, generator=generator, device=device)  # [B, 3, R, R]
+        t3 = _clock(device)
+        with torch.inference_mode():
+            f_x = model.forward_features(x)  # [B, C, H, W]
+            f_xp = model.forward_features(x + 1e-2 * eps)  # [B, C, H, W]
+            t4 = _clock(device)
+            torch.stack([(f_x - f_xp).abs_().sum(), *[bn.running_var.mean() for bn in batch_norms(model)]]).cpu()
+        t5 = _clock(device)
+        return {"build": t1 - t0, "init": t2 - t1, "inputs": t3 - t2, "forwards": t4 - t3, "read": t5 - t4}
 
     def end_to_end(seed: int) -> float:
-        start = time.perf_counter()
-        score(name, "zen", batch_size=batch, resolution=resolution, seed=seed, options={"mode": mode})
-        return time.perf_counter() - start
+        start = _clock(device)
+        score(spec, "zen", batch_size=batch, resolution=resolution, seed=seed, device=device, options={"mode": mode})
+        return _clock(device) - start
 
-    def build_only(seed: int) -> float:
-        start = time.perf_counter()
-        plain_network(spec, torch.Generator().manual_seed(seed), torch.device("cpu"))
-        return time.perf_counter() - start
+    runs, full = [], []
+    with strict_fp32():  # the phases run under the flags score() sets (no TF32, deterministic cuDNN)
+        phases(repeats)  # warm-up on another seed: allocator, kernels, lazy imports
+        end_to_end(repeats)
+        for seed in range(repeats):
+            full.append(end_to_end(seed))
+            runs.append(phases(seed))
+    row = {key: statistics.median(r[key] for r in runs) for key in runs[0]}
+    row.update(name=name, batch=batch, resolution=resolution, score=statistics.median(full))
+    row["outside"] = row["score"] - row["forwards"]
+    row["ratio"] = row["score"] / row["forwards"]
+    return row
 
-    bare()  # warm-up: allocator, kernels, lazy imports
-    end_to_end(-1)
-    bare_s, full_s, build_s = [], [], []
-    for seed in range(repeats):
-        full_s.append(end_to_end(seed))
-        bare_s.append(bare())
-        build_s.append(build_only(seed))
-    full, plain = statistics.median(full_s), statistics.median(bare_s)
-    return {
-        "name": name,
-        "batch": batch,
-        "resolution": resolution,
-        "full": full,
-        "bare": plain,
-        "build": statistics.median(build_s),
-        "ratio": full / plain,
-    }
+
+def idw400m_members(n: int, seed: int) -> list:
+    """`n` distinct members of zennas-idw/imagenet-flops400M from a feasible mutation walk from its seed."""
+    space = get_space("zennas-idw").with_preset("imagenet-flops400M")
+    limits = space.constraints
+
+    def feasible(spec: object) -> bool:
+        cx = count(spec, resolution=224, num_classes=1000, use_se=False, convention="zennas")
+        return cx.flops <= limits["budget_flops"] and cx.layers <= limits["max_layers"]
+
+    rng = np.random.default_rng(seed)
+    walk, members = [space.initial()[0]], {}
+    for _ in range(200 * n + 1000):  # bounded: a walk of this preset keeps ~85 % of its children
+        child = space.mutate(walk[int(rng.integers(len(walk)))], rng)
+        if feasible(child):
+            walk.append(child)
+            if len(walk) > 4 * n:  # past the burn-in near the small seed, as a running search is
+                members.setdefault(child.hash, child)
+        if len(members) == n:
+            return list(members.values())
+    raise RuntimeError(f"the walk found only {len(members)} distinct members; ask for fewer")
+
+
+def throughput(args: argparse.Namespace, device: torch.device) -> str:
+    """Scores/s of `score_many` for each in-flight count, and whether the scores matched across counts."""
+    members = idw400m_members(args.throughput + args.warmup, seed=args.seed)
+    warm, timed = members[: args.warmup], members[args.warmup :]
+    settings = {"batch_size": 64, "resolution": 224, "num_classes": 1000, "seed": 0, "options": {"mode": args.mode}}
+    params = statistics.median(count(m, resolution=224, num_classes=0, use_se=False).params for m in timed)
+    macs = statistics.median(count(m, resolution=224, num_classes=0, use_se=False).macs for m in timed)
+    lines = ["| in flight | scores/s | ms per score | seconds |", "|---|---|---|---|"]
+    print("\n".join(lines), flush=True)
+    reference, identical = None, True
+    for k in [int(v) for v in args.in_flight.split(",")]:
+        score_many(warm, "zen", in_flight=k, device=device, **settings)
+        start = _clock(device)
+        results = score_many(timed, "zen", in_flight=k, device=device, **settings)
+        seconds = _clock(device) - start
+        values = [r["zen"].values for r in results]
+        reference = values if reference is None else reference
+        identical = identical and values == reference
+        lines.append(f"| {k} | {len(timed) / seconds:.1f} | {seconds * 1e3 / len(timed):.1f} | {seconds:.2f} |")
+        print(lines[-1], flush=True)
+    lines.append(
+        f"\n{len(timed)} members of zennas-idw/imagenet-flops400M (median {params / 1e6:.2f}M params, "
+        f"{macs / 1e6:.0f}M MACs without head), walk seed {args.seed}; zen mode {args.mode}, batch 64, 224 px, "
+        f"device {device}, strict FP32; warm-up on {len(warm)} other members per count; scores "
+        f"{'bit-identical' if identical else 'DIFFERENT'} across in-flight counts"
+    )
+    return "\n".join(lines)
 
 
 def main() -> None:
@@ -83,28 +158,41 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--mode", choices=("paper", "zennas"), default="paper")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (the CPU is shared)")
-    parser.add_argument("--models", default=",".join(m for m, _, _ in MODELS), help="comma-separated subset")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1")
+    parser.add_argument("--models", default=",".join(m for m, _, _ in MODELS), help="comma-separated subset, or none")
+    parser.add_argument("--batch-size", type=int, help="batch of every model in the phase table (default: per model)")
+    parser.add_argument("--throughput", type=int, default=0, help="members of the 400M preset to score (0: skip)")
+    parser.add_argument("--in-flight", default="1,2,4,8", help="in-flight counts of the throughput run")
+    parser.add_argument("--warmup", type=int, default=8, help="other members scored first at each count")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the members' mutation walk")
     parser.add_argument("--no-record", action="store_true", help="print only; do not append to RESULTS.md")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
     chosen = set(args.models.split(","))
-    rows = [measure(m, b, r, args.repeats, args.mode) for m, b, r in MODELS if m in chosen]
-    header = "| model | batch | resolution | score() ms | build + init ms (inside score) | 2 bare forwards ms | ratio |"
-    lines = [header, "|" + "---|" * 7]
-    for r in rows:
+    tables = []
+    rows = [measure(m, args.batch_size or b, r, args.repeats, args.mode, device) for m, b, r in MODELS if m in chosen]
+    if rows:
+        keys = ("build", "init", "inputs", "forwards", "read", "score", "outside")
+        lines = [
+            "| model | batch | px | build ms | init ms | inputs ms | 2 forwards ms | read ms | score() ms "
+            "| outside forwards ms | ratio |",
+            "|" + "---|" * 11,
+        ]
+        for r in rows:
+            figures = " | ".join(f"{r[k] * 1e3:.1f}" for k in keys)
+            lines.append(f"| {r['name']} | {r['batch']} | {r['resolution']} | {figures} | {r['ratio']:.3f} |")
         lines.append(
-            f"| {r['name']} | {r['batch']} | {r['resolution']} | {r['full'] * 1e3:.1f} | {r['build'] * 1e3:.1f} "
-            f"| {r['bare'] * 1e3:.1f} | {r['ratio']:.3f} |"
+            f"\nmode {args.mode}, medians of {args.repeats} alternated repeats after warm-up, "
+            f"{args.threads} torch thread(s), strict FP32 on {device}; target ratio <= 1.2"
         )
-    lines.append(
-        f"\nmode {args.mode}, medians of {args.repeats} alternated repeats after warm-up, "
-        f"{args.threads} torch thread(s), FP32 on the CPU; target ratio <= 1.2"
-    )
-    table = "\n".join(lines)
-    print(table)
-    if args.no_record:
-        return
-    append_result("bench_zen_speed", table)
+        tables.append("\n".join(lines))
+        print(tables[-1], flush=True)
+    if args.throughput:
+        tables.append(throughput(args, device))
+        print(tables[-1].split("\n\n")[-1])
+    if tables and not args.no_record:
+        append_result("bench_zen_speed", "\n\n".join(tables))
 
 
 if __name__ == "__main__":

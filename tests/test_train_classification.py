@@ -289,9 +289,9 @@ def test_a_searched_network_learns_the_digits(digits, tmp_path):
 
     runner = CliRunner()
     search = ["search", "--space", "zennas-res", "--preset", "cifar-params1M", "--params-budget", "50k",
-              "--flops-budget", "8M", "--max-layers", "8", "--num-classes", "10", "--iterations", "60",
-              "--population", "8", "--proxy-batch-size", "4", "--init", OTHER, "--out", str(tmp_path / "search"),
-              "--no-plots"]  # fmt: skip
+              "--flops-budget", "8M", "--convention", "correct", "--max-layers", "8", "--num-classes", "10",
+              "--iterations", "60", "--population", "8", "--proxy-batch-size", "4", "--init", OTHER, "--out",
+              str(tmp_path / "search"), "--no-plots"]  # fmt: skip
     res = runner.invoke(main, search)
     assert res.exit_code == 0, res.output
     found = json.loads((tmp_path / "search" / "result.json").read_text())

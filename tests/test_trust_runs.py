@@ -22,11 +22,12 @@ from cli import main
 from zennas.errors import ConfigError, OutputError
 from zennas.io import RUN_MARKER
 from zennas.latency.shipped import table_for_gpu
-from zennas.search.budget import Budgets
+from zennas.search.constraints import resolve_constraints
 from zennas.search.evolution import Settings
 from zennas.search.problem import Problem, parse_proxy
 from zennas.search.report import read_history
 from zennas.search.run import search
+from zennas.spaces import get_space
 
 V100 = table_for_gpu("V100")
 SETTINGS = Settings(iterations=24, population=8, batch=4, checkpoint_every=8)
@@ -37,9 +38,10 @@ USER_FILES = {"result.json": b'{"mine": true}\n', "best.txt": b"my network\n", "
 
 
 def problem() -> Problem:
-    budgets = Budgets(latency_ms_per_image=0.2, latency_batch_size=64)
-    return Problem(space="zennas-res", proxy=parse_proxy("zen-analytic"), budgets=budgets, resolution=224,
-                   num_classes=1000).with_table(V100)  # fmt: skip
+    """The Problem `zennas search` builds from SEARCH_ARGS: its budgets (with the borrowed layer cap) and origins."""
+    c = resolve_constraints(get_space("zennas-res"), table=V100, latency_ms_per_image=0.2)
+    return Problem(space="zennas-res", proxy=parse_proxy("zen-analytic"), budgets=c.budgets, resolution=224,
+                   num_classes=1000, origins=c.origin_items()).with_table(V100)  # fmt: skip
 
 
 def run_search(out: Path, **kw) -> dict:
@@ -115,7 +117,7 @@ def test_overwrite_of_a_search_starts_afresh_and_resume_continues_the_new_run(fi
     out = copy_of(finished_search, tmp_path)
     (out / "notes.txt").write_bytes(b"keep me\n")
     reference = json.loads((finished_search / "result.json").read_text())
-    other = Settings(iterations=16, population=8, batch=4, checkpoint_every=8)
+    other = Settings(iterations=16, population=6, batch=4, checkpoint_every=8)
     with pytest.raises(ConfigError, match="other settings"):  # the old run is not continued with new settings
         search(problem(), other, out, resume=True, plots=False)
     result = search(problem(), other, out, overwrite=True, plots=False)
@@ -251,8 +253,8 @@ class _StopError(Exception):
 def test_history_past_the_checkpoint_is_dropped_and_the_run_ends_as_an_uninterrupted_one(finished_search, tmp_path):
     out = tmp_path / "stopped"
 
-    def stop(done: int, _total: int, _best: float | None) -> None:
-        if done == 12:  # the checkpoint covers iteration 8; the history holds 12
+    def stop(state) -> None:
+        if state.iteration == 12:  # the checkpoint covers iteration 8; the history holds 12
             raise _StopError
 
     with pytest.raises(_StopError):

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from zennas._once import Once
 from zennas.arch import ArchSpec
 from zennas.arch.limits import MAX_BUILD_PARAMS, MAX_RESOLUTION, check_num_classes
 from zennas.counting import count
@@ -79,12 +80,8 @@ def _check_buildable(spec: ArchSpec, options: BuildOptions) -> None:
         )
 
 
-_LOADED = False
-
-
-def _load_builtin_builders() -> None:
-    global _LOADED
-    if _LOADED:
-        return
-    _LOADED = True
+def _import_builtin_builders() -> None:
     from zennas.blocks import binas, nb201, tinynas, zennas_blocks  # noqa: F401
+
+
+_load_builtin_builders = Once(_import_builtin_builders)

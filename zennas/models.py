@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
+from zennas._once import Once
 from zennas.arch import ArchSpec, get_dialect, parse
 from zennas.arch.limits import MAX_TEXT_CHARS, check_text_size
 from zennas.errors import ConfigError, UnknownModelError, excerpt
@@ -169,14 +170,7 @@ def _zennet_name(zoo_name: str, status: str) -> str:
     return f"{prefix}{int(digits) / 10:g}ms{se}"
 
 
-_LOADED = False
-
-
-def _load_zoo() -> None:
-    global _LOADED
-    if _LOADED:
-        return
-    _LOADED = True
+def _read_zoo() -> None:
     data = json.loads(resources.files("zennas").joinpath("data/zoo.json").read_text())
     for item in data:
         if item["family"] == "GENet":
@@ -197,3 +191,6 @@ def _load_zoo() -> None:
                 published={k: item.get(k) for k in ("params", "flops", "top1", "figures_source", "latency")},
             )
         )
+
+
+_load_zoo = Once(_read_zoo)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
+from zennas._once import Once
 from zennas.arch.ir import ArchSpec, BlockSpec
 from zennas.arch.limits import check_text_size
 from zennas.errors import ArchSyntaxError, UnknownDialectError, UnknownTokenError, excerpt
@@ -33,7 +34,6 @@ class Dialect(Protocol):
 
 
 _DIALECTS: dict[str, Dialect] = {}
-_BUILTINS_LOADED = False
 
 
 def register_dialect(dialect: Dialect) -> Dialect:
@@ -93,13 +93,12 @@ def parse(text: str, dialect: str | None = None, *, rechain: bool = False) -> Ar
     raise best
 
 
-def _load_builtin_dialects() -> None:
+def _import_builtin_dialects() -> None:
     """Import the dialect modules (they register themselves)."""
-    global _BUILTINS_LOADED
-    if _BUILTINS_LOADED:
-        return
-    _BUILTINS_LOADED = True
     from zennas.arch import binas, genet, nb201, tinynas, zennas_dialect  # noqa: F401
+
+
+_load_builtin_dialects = Once(_import_builtin_dialects)
 
 
 __all__ = [

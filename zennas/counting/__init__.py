@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from zennas._once import Once
 from zennas.arch import ArchSpec
 from zennas.arch.limits import (
     BLOCKS,
@@ -204,12 +205,8 @@ def check_forward_size(cx: ModelComplexity, batch_size: int) -> None:
         )
 
 
-_LOADED = False
-
-
-def _load_builtin_counters() -> None:
-    global _LOADED
-    if _LOADED:
-        return
-    _LOADED = True
+def _import_builtin_counters() -> None:
     from zennas.counting import binas, nb201, tinynas, zennas_count  # noqa: F401
+
+
+_load_builtin_counters = Once(_import_builtin_counters)

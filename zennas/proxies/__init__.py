@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from zennas._once import Once
 from zennas.arch import ArchSpec
 from zennas.counting import check_forward_size, count
 from zennas.device import resolve_device
@@ -257,15 +258,11 @@ def _describe(spec: ArchSpec) -> str:
     return f"{spec.dialect} architecture {spec.hash} ({text[:80]}{'...' if len(text) > 80 else ''})"
 
 
-_LOADED = False
-
-
-def _load_builtin_proxies() -> None:
-    global _LOADED
-    if _LOADED:
-        return
-    _LOADED = True
+def _import_builtin_proxies() -> None:
     from zennas.proxies import classic, counts, entropy, zen  # noqa: F401
+
+
+_load_builtin_proxies = Once(_import_builtin_proxies)
 
 
 __all__ = [

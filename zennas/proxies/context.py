@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import torch
@@ -24,33 +26,59 @@ def _precision_knobs() -> list[object]:
     return [k for k in knobs if hasattr(k, "fp32_precision")]
 
 
+# The flags strict_fp32 sets are process-wide, while candidates may be scored from several threads at
+# once (zennas.proxies.inflight): the first entry saves and sets them, the last exit restores them.
+_STRICT_LOCK = threading.Lock()
+_strict_depth = 0
+_strict_saved: tuple[list[object], list[str], tuple[bool, bool]] | None = None
+
+
 @contextlib.contextmanager
 def strict_fp32() -> Iterator[None]:
     """IEEE FP32 (no TF32/bf32) and deterministic cuDNN while scoring; every setting is restored.
 
     Only the `fp32_precision` API is touched: mixing it with the legacy `allow_tf32` flags inside
     one process makes PyTorch raise, and saving/restoring the new values leaves legacy reads intact.
+    Nested and concurrent entries (threads) share one save: the settings are restored when the last
+    one exits, so a thread that finishes first cannot switch TF32 back on under another.
     """
-    knobs = _precision_knobs()
-    saved = [k.fp32_precision for k in knobs]
-    cudnn = (torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark)
-    for knob in knobs:
-        knob.fp32_precision = "ieee"
-    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+    global _strict_depth, _strict_saved
+    with _STRICT_LOCK:
+        if _strict_depth == 0:
+            knobs = _precision_knobs()
+            cudnn = (torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark)
+            _strict_saved = (knobs, [k.fp32_precision for k in knobs], cudnn)
+            for knob in knobs:
+                knob.fp32_precision = "ieee"
+            torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+        _strict_depth += 1
     try:
         yield
     finally:
-        for knob, value in zip(knobs, saved, strict=True):
-            knob.fp32_precision = value
-        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = cudnn
+        with _STRICT_LOCK:
+            _strict_depth -= 1
+            if _strict_depth == 0 and _strict_saved is not None:
+                knobs, saved, cudnn = _strict_saved
+                for knob, value in zip(knobs, saved, strict=True):
+                    knob.fp32_precision = value
+                torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = cudnn
+                _strict_saved = None
+
+
+# ProxyContext.build seeds the global RNG for PyTorch's default init; candidates scored in threads
+# take turns there, so no build ever runs under another candidate's seed.
+_GLOBAL_RNG_LOCK = threading.Lock()
 
 
 @dataclass
 class ProxyContext:
     """Everything one repeat of one proxy may use. All randomness comes from `generator`.
 
-    Tensors are drawn on the CPU from the seeded generator and then moved to `device`, so a seed
-    gives the same inputs and weights on every device.
+    `generator` is a seeded CPU generator: tensors drawn from it and then moved to `device` are the
+    same on every device. `device_generator` draws on the device itself (no host work, no copy); on
+    the CPU it is `generator`, so CPU values do not change, while on CUDA it is a CUDA generator with
+    the same seed, and scores drawn from it are reproducible per device kind (PyTorch lays out its
+    CUDA random stream by the GPU's SM count), not equal to CPU scores.
     """
 
     spec: ArchSpec
@@ -71,9 +99,20 @@ class ProxyContext:
         """A fresh 63-bit seed drawn from the generator (for APIs that take a seed, not a generator)."""
         return int(torch.randint(0, 2**62, (1,), generator=self.generator).item())
 
+    @cached_property
+    def device_generator(self) -> torch.Generator:
+        """A generator on the scoring device: `generator` itself on the CPU, else one seeded as it was."""
+        if self.device.type == self.generator.device.type:
+            return self.generator
+        return torch.Generator(device=self.device).manual_seed(self.generator.initial_seed())
+
     def gaussian(self, *shape: int) -> torch.Tensor:
-        """N(0, 1) tensor of `shape` on the scoring device."""
+        """N(0, 1) tensor of `shape` on the scoring device, drawn on the CPU (the same on every device)."""
         return torch.randn(*shape, generator=self.generator).to(self.device)
+
+    def device_gaussian(self, *shape: int) -> torch.Tensor:
+        """N(0, 1) tensor of `shape` drawn on the scoring device from `device_generator` (no copy)."""
+        return torch.randn(*shape, generator=self.device_generator, device=self.device)
 
     def images(self, batch_size: int | None = None) -> torch.Tensor:
         """The input batch [B, 3, R, R]: the real batch if one was given, else N(0, 1) noise."""
@@ -99,8 +138,9 @@ class ProxyContext:
         N(0, 1), biases to 0, BN gamma 1 and beta 0 (ZenNAS / MAE-DET practice).
         """
         settings = {"num_classes": self.num_classes, **options}
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(self.seed())
+        seed = self.seed()
+        with _GLOBAL_RNG_LOCK, torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
             model = build(self.spec, BuildOptions(**settings))
         if init == "normal":
             normal_init_(model, self.generator)

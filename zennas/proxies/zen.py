@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import threading
 from functools import lru_cache
 from itertools import accumulate
 from typing import NamedTuple
@@ -10,6 +11,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 from zennas.arch import ArchSpec
 from zennas.arch.genet import GenBN, GenConv, GenPool, GenReLU, GenSuperRes
@@ -17,7 +19,7 @@ from zennas.arch.zennas_dialect import ZenConv, ZenRes, smart_round
 from zennas.build import BuildOptions, build
 from zennas.counting import conv_out
 from zennas.counting.zennas_count import genet_units
-from zennas.errors import ConfigError, DegenerateNetworkError
+from zennas.errors import ConfigError, DegenerateNetworkError, ProxyError
 from zennas.proxies import Option, register_proxy
 from zennas.proxies.context import ProxyContext
 
@@ -44,24 +46,82 @@ def plain_network(
 
     Every conv/linear weight is drawn N(0, 1) from `generator` in module order (the same values as
     `torch.randn(weight.shape, generator=generator)`), biases are 0, BN gamma 1, beta 0, running mean 0
-    and variance 1, so a seed fixes the network on every device. The classifier head is not built:
-    Zen never looks past the features.
+    and variance 1. The classifier head is not built: Zen never looks past the features.
+
+    The network is allocated and drawn where `generator` lives: a generator on `device` builds it
+    there with no host work and no copy (a CUDA seed then fixes the network per device kind); a CPU
+    generator for a CUDA `device` draws on the CPU and copies, the same network on every device.
     """
-    # PyTorch's default init runs on the global RNG; fork it so the caller's stream is untouched.
-    with torch.random.fork_rng(devices=[]):
+    home = generator.device if generator.device.type != device.type else device
+    model = init_plain_(plain_skeleton(spec, home, residual=residual), generator)
+    return model if home == device else model.to(device)
+
+
+class _SkipInit(TorchFunctionMode):
+    """Inside it, every torch.nn.init function returns its tensor untouched.
+
+    Module constructors run PyTorch's default init (kaiming_uniform_ over every conv weight, on the
+    global RNG) only for init_plain_ to overwrite it: a full pass over the weights, wasted. The mode
+    is thread-local, so it never reaches another thread's modules.
+    """
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func in _INIT_FUNCTIONS:
+            return args[0] if args else kwargs["tensor"]
+        return func(*args, **(kwargs or {}))
+
+
+_INIT_FUNCTIONS = frozenset(
+    f for name, f in vars(nn.init).items() if callable(f) and name.endswith("_") and not name.startswith("_")
+)
+
+
+def plain_skeleton(spec: ArchSpec, device: torch.device, *, residual: bool = False) -> nn.Module:
+    """The modules of `spec`'s plain network (see plain_network) on `device`, weights not yet drawn.
+
+    Parameters hold whatever memory they were given until init_plain_ fills them; nothing touches
+    the global RNG. Off the CPU they are allocated on the device directly (`to_empty`), not copied.
+    """
+    with _SkipInit():
         model = build(spec, BuildOptions(num_classes=0, residual=residual, use_se=False))
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, nn.Conv2d | nn.Linear):
-                module.weight.normal_(generator=generator)  # in place: no temporary, same stream as randn
-                if module.bias is not None:
-                    module.bias.zero_()
-            elif isinstance(module, nn.BatchNorm2d):
-                if module.affine:
-                    module.weight.fill_(1.0)
-                    module.bias.zero_()
-                module.reset_running_stats()
-    return model.to(device).float().train()
+    if device.type != "cpu":
+        model = model.to_empty(device=device)
+    return model.train()
+
+
+@torch.no_grad()
+def init_plain_(model: nn.Module, generator: torch.Generator) -> nn.Module:
+    """Conv/linear weights ~ N(0, 1) from `generator` in module order, biases 0; BN gamma 1, beta 0,
+    running mean 0, variance 1; returned in FP32. Every parameter and buffer is written."""
+    ones: list[torch.Tensor] = []
+    zeros: list[torch.Tensor] = []
+    counters: list[torch.Tensor] = []
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Conv2d | nn.Linear):
+            module.weight.normal_(generator=generator)  # in place: no temporary, same stream as randn
+            if module.bias is not None:
+                zeros.append(module.bias)
+        elif isinstance(module, nn.BatchNorm2d):
+            if module.affine:
+                ones.append(module.weight)
+                zeros.append(module.bias)
+            if module.track_running_stats:
+                ones.append(module.running_var)
+                zeros.append(module.running_mean)
+                counters.append(module.num_batches_tracked)
+        elif any(True for _ in module.parameters(recurse=False)) or any(True for _ in module.buffers(recurse=False)):
+            raise ProxyError(
+                f"zen cannot initialise module {name} ({type(module).__name__}): it draws Conv2d/Linear weights "
+                "and resets BatchNorm2d only; teach zennas.proxies.zen.init_plain_ this module"
+            )
+    # A few fused kernels on CUDA instead of five launches per BN layer; 0 + 1 is exactly 1.
+    if zeros or ones:
+        torch._foreach_zero_(zeros + ones)
+    if ones:
+        torch._foreach_add_(ones, 1.0)
+    if counters:
+        torch._foreach_zero_(counters)
+    return model if torch.get_default_dtype() == torch.float32 else model.float()
 
 
 def batch_norms(model: nn.Module) -> list[nn.BatchNorm2d]:
@@ -114,20 +174,21 @@ def zen_score(model: nn.Module, x: torch.Tensor, eps: torch.Tensor, *, gamma: fl
     else:
         f_x = features(x)  # [B, C, H, W]
     f_xp = features(x + gamma * eps)  # [B, C, H, W]
-    delta = float((f_x - f_xp).abs_().sum()) / x.shape[0]
+    if mode == "zennas":
+        # The ZenNAS quirk: running_var after two forwards (0.81 + 0.09 v(x) + 0.1 v(x')), not v(x).
+        variances = [bn.running_var.mean() for bn in bns]
+    # One device -> host transfer per score: the L1 sum and every BN's mean variance, FP32 as computed.
+    host = torch.stack([(f_x - f_xp).abs_().sum(), *variances]).cpu()  # [1 + num_bn]
+    delta = float(host[0]) / x.shape[0]
     if delta == 0.0:
         raise DegenerateNetworkError(
             "the features do not depend on the input (Delta = 0), so Zen-Score is undefined for this network"
         )
-    v = torch.zeros(0, dtype=torch.float64)  # [num_bn] per-layer sigma_i^2; empty without BN
+    v = host[1:].double()  # [num_bn] per-layer sigma_i^2 in FP64; empty without BN
     if mode == "paper" and ran:
+        # Unbiased -> biased: BN normalises with the variance over N * H * W values.
         n = torch.tensor([samples[bn] for bn in ran], dtype=torch.float64)  # [num_bn]
-        # Unbiased -> biased: BN normalises with the variance over N * H * W values. In FP64 on the
-        # CPU whatever the scoring device (the variances came from CUDA on a GPU run).
-        v = torch.stack(variances).double().cpu() * (n - 1) / n
-    elif mode == "zennas" and bns:
-        # The ZenNAS quirk: running_var after two forwards (0.81 + 0.09 v(x) + 0.1 v(x')), not v(x).
-        v = torch.stack([bn.running_var.mean() for bn in bns]).double().cpu()
+        v = v * (n - 1) / n
     # A BN whose input is identically zero sits on no live path to the output (e.g. behind an NB201
     # `none` edge): it rescales no signal, so it contributes nothing rather than ln 0.
     live = v[v > 0]
@@ -157,10 +218,12 @@ def zen_score(model: nn.Module, x: torch.Tensor, eps: torch.Tensor, *, gamma: fl
 def zen_proxy(ctx: ProxyContext) -> float:
     """One Zen-Score sample on a fresh plain network (the registry repeats with fresh generators)."""
     mode, gamma, residual = ctx.option("mode"), _gamma(ctx), ctx.option("residual")
-    model = plain_network(ctx.spec, ctx.generator, ctx.device, residual=residual == "kept")
+    # Weights, then x, then eps, all from one stream drawn on the scoring device: nothing is drawn on
+    # the host or copied (on the CPU this is the seeded CPU generator itself).
+    model = plain_network(ctx.spec, ctx.device_generator, ctx.device, residual=residual == "kept")
     r = ctx.resolution
-    x = ctx.gaussian(ctx.batch_size, 3, r, r)  # [B, 3, R, R]
-    eps = ctx.gaussian(ctx.batch_size, 3, r, r)  # [B, 3, R, R]
+    x = ctx.device_gaussian(ctx.batch_size, 3, r, r)  # [B, 3, R, R]
+    eps = ctx.device_gaussian(ctx.batch_size, 3, r, r)  # [B, 3, R, R]
     ctx.meta.update(
         input="gaussian N(0,1)",
         init="normal",
@@ -396,6 +459,7 @@ class _Memo:
 
 
 _MEMO = _Memo()
+_MEMO_LOCK = threading.RLock()  # candidates may be scored from several threads (zennas.proxies.inflight)
 
 
 class ZenEstimate(NamedTuple):
@@ -414,21 +478,23 @@ def expected_zen(
     if mode not in MODES:
         raise ConfigError(f"unknown Zen mode {mode!r}; use one of {', '.join(MODES)}")
     blocks = conv_blocks(spec)
-    if len(_MEMO) > _MEMO_LIMIT:
-        clear_memo()
-    memo = _MEMO
-    state = memo.root(resolution)
     eps = 1.0 - 1.0 / math.sqrt(1.0 + gamma * gamma)  # 1 - corr(x, x + gamma * eps): kept by the first conv
     log_sigma, layers = 0.0, 0
-    for index, block in enumerate(blocks):
-        state, block_log_sigma, dilution = memo.block(block, state, index == 0, batch_size, mode)
-        log_sigma += block_log_sigma
-        for position, ratio in enumerate(dilution):
-            if index or position:
-                eps = _relu_eps(eps)  # every conv but the first reads a ReLU output
-            eps *= ratio
-        layers += len(dilution)
-    side, _, _, root_mean = memo.states[state]
+    # A new state's number is the memo's length when it is appended: one thread in the memo at a time.
+    with _MEMO_LOCK:
+        if len(_MEMO) > _MEMO_LIMIT:
+            clear_memo()
+        memo = _MEMO
+        state = memo.root(resolution)
+        for index, block in enumerate(blocks):
+            state, block_log_sigma, dilution = memo.block(block, state, index == 0, batch_size, mode)
+            log_sigma += block_log_sigma
+            for position, ratio in enumerate(dilution):
+                if index or position:
+                    eps = _relu_eps(eps)  # every conv but the first reads a ReLU output
+                eps *= ratio
+            layers += len(dilution)
+        side, _, _, root_mean = memo.states[state]
     channels = spec.blocks[-1].out_channels
     # Delta = C x sum over positions of sqrt(eps / pi) x sqrt(profile(h) profile(w)).
     log_delta = math.log(channels) + 0.5 * math.log(eps / math.pi) + 2.0 * math.log(side * root_mean)
@@ -438,7 +504,8 @@ def expected_zen(
 def clear_memo() -> None:
     """Forget the memoised profiles and block terms of `expected_zen` (results do not change)."""
     global _MEMO
-    _MEMO = _Memo()
+    with _MEMO_LOCK:
+        _MEMO = _Memo()
     _block_convs.cache_clear()
     _taps.cache_clear()
     _spans.cache_clear()

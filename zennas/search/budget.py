@@ -80,3 +80,18 @@ class Budgets:
         if self.max_layers is not None:
             parts.append(f"layers <= {self.max_layers}")
         return ", ".join(parts) or "no budget"
+
+
+_DURATION = re.compile(r"^\s*(?:(\d+(?:\.\d*)?)\s*h)?\s*(?:(\d+(?:\.\d*)?)\s*m)?\s*(?:(\d+(?:\.\d*)?)\s*s)?\s*$")
+
+
+def parse_duration(text: str) -> float:
+    """Seconds from `90s`, `8m`, `1h`, `1h30m`, `2m30s` (a unit is required)."""
+    match = _DURATION.match(str(text))
+    if match is None or not any(match.groups()):
+        raise ConfigError(f"cannot read duration {text!r}: write a number and a unit, e.g. 90s, 8m, 1h or 1h30m")
+    hours, minutes, seconds = (float(g) if g else 0.0 for g in match.groups())
+    total = hours * 3600 + minutes * 60 + seconds
+    if not 0 < total < math.inf:
+        raise ConfigError(f"duration {text!r} must be positive and finite")
+    return total

@@ -54,7 +54,10 @@ from zennas.search.problem import Problem, Scored, Scorer
 STATE_FORMAT = "zennas-search-state"
 STATE_VERSION = 1
 SEED_PARENT_BELOW = 10  # Zen-NAS: while the population has <= 10 members, mutate the seed architecture
-COUNTS = ("scored", "duplicate", "degenerate", "over_layers", "over_params", "over_macs", "over_latency", "over_table")
+COUNTS = ("scored", "screened", "duplicate", "degenerate", "over_layers", "over_params", "over_macs", "over_latency",
+          "over_table")  # fmt: skip
+# Settings a resumed run may change: how long it runs and how often it saves, not what it computes.
+RESUME_FREE = ("iterations", "time_limit_s", "checkpoint_every")
 # What a search writes into --out (report.py writes the last six); --overwrite deletes them first.
 SEARCH_RUN = RunKind(
     "search", "a search", "checkpoint.json",
@@ -68,20 +71,30 @@ SEARCH_RUN = RunKind(
 class Settings:
     """How the evolution runs (the Problem says what it optimises)."""
 
-    iterations: int = 1000
+    iterations: int | None = 1000  # children generated (screened or scored); None: until time_limit_s
     population: int = 64
-    batch: int = 16
+    batch: int = 16  # children scored by the objective per batch
     retries: int = 8
     checkpoint_every: int = 64
     rescore: int = 0
     rescore_repeats: int = 4
     init: str | None = None  # seed architecture text in the space's dialect; None: the space's first seed
     strategy: str = "evolution"  # or "random": every child a fresh space.sample (the baseline)
+    time_limit_s: float | None = None  # stop at the first batch boundary past this much search time
+    funnel: bool = True  # screen children by the objective's closed form where one exists (Problem.screen)
+    screen_ratio: int = 8  # with the funnel: batch x screen_ratio children screened, the best `batch` scored
 
     def validate(self) -> None:
         if self.strategy not in ("evolution", "random"):
             raise ConfigError(f"unknown strategy {self.strategy!r} for evolution; choose evolution or random")
-        for name in ("iterations", "population", "batch", "checkpoint_every", "rescore_repeats"):
+        if self.iterations is None and self.time_limit_s is None:
+            raise ConfigError("a search needs a bound: a number of iterations, a time limit, or both")
+        limit = self.time_limit_s
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int | float)
+                                  or not 0 < limit < math.inf):  # fmt: skip
+            raise ConfigError(f"the time limit must be a positive number of seconds, got {limit!r}")
+        counts = ["population", "batch", "checkpoint_every", "rescore_repeats", "screen_ratio"]
+        for name in ["iterations", *counts] if self.iterations is not None else counts:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be a positive integer, got {value!r}")
@@ -92,6 +105,12 @@ class Settings:
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
+
+    def more_than(self, state: State) -> bool:
+        """Whether these settings ask for more than `state` did: more iterations, or more time."""
+        if state.stopped is not None:  # ended by its time limit
+            return self.time_limit_s is None or self.time_limit_s > state.stopped["limit_s"]
+        return self.iterations is None or self.iterations > state.iteration
 
 
 @dataclass
@@ -123,6 +142,7 @@ class State:
     seed_member: Member
     finished: bool = False
     rescored: list[dict[str, Any]] | None = None
+    stopped: dict[str, Any] | None = None  # why the run ended before its iterations: {"reason", "limit_s", ...}
 
     def to_dict(self, problem: Problem, settings: Settings) -> dict[str, Any]:
         return {
@@ -140,6 +160,7 @@ class State:
             "seed_member": self.seed_member.to_dict(),
             "finished": self.finished,
             "rescored": self.rescored,
+            "stopped": self.stopped,
         }
 
     @classmethod
@@ -154,10 +175,11 @@ class State:
                 raise _bad_state(where, f"{key} is not {what}")
             return data[key]
 
-        iteration = get("iteration", lambda v: _is_count(v) and v <= settings.iterations,
-                        f"an iteration between 0 and {settings.iterations}")  # fmt: skip
+        iteration = get("iteration", _is_count, "an iteration count")
         population = get("population", lambda v: isinstance(v, list) and 1 <= len(v) <= settings.population,
                          f"a list of 1 to {settings.population} members")  # fmt: skip
+        if isinstance(data.get("counts"), dict):
+            data["counts"].setdefault("screened", 0)  # written before the funnel existed
         counts = get("counts", lambda v: isinstance(v, dict) and sorted(v) == sorted(COUNTS)
                      and all(_is_count(n) for n in v.values()), f"a count for each of {', '.join(COUNTS)}")  # fmt: skip
         if sum(counts.values()) != iteration + 1:  # every iteration counts once, plus the scored seed
@@ -165,6 +187,7 @@ class State:
         seen = get("seen", lambda v: isinstance(v, list) and all(isinstance(h, str) for h in v), "a list of hashes")
         finished = get("finished", lambda v: isinstance(v, bool), "true or false") if "finished" in data else False
         rescored = get("rescored", _is_rescored, "null or a list of re-scored members") if "rescored" in data else None
+        stopped = get("stopped", _is_stopped, "null or a stop record") if "stopped" in data else None
         state = cls(
             iteration=iteration,
             rng=get("rng", _is_pcg64_state, "a numpy PCG64 generator state"),
@@ -176,6 +199,7 @@ class State:
             seed_member=_member(data.get("seed_member"), where, "seed_member"),
             finished=finished,
             rescored=rescored,
+            stopped=stopped,
         )
         if state.rescored and state.rescored[0]["hash"] not in {m.hash for m in state.population}:
             raise _bad_state(where, "the re-scored winner is not in the population")
@@ -199,6 +223,11 @@ def _is_pcg64_state(value: Any) -> bool:
     except (TypeError, ValueError, KeyError, IndexError, OverflowError):
         return False
     return True
+
+
+def _is_stopped(value: Any) -> bool:
+    return value is None or (isinstance(value, dict) and isinstance(value.get("reason"), str)
+                             and _is_number(value.get("limit_s")) and value["limit_s"] > 0)  # fmt: skip
 
 
 def _is_rescored(value: Any) -> bool:
@@ -271,7 +300,7 @@ class SerialMap:
         pass
 
 
-Progress = Callable[[int, int, float | None], None]  # (iteration, total, best score)
+Progress = Callable[["State"], None]  # called after every batch with the run's state
 
 
 def _mutate(problem: Problem, parent: ArchSpec, draws: int, rng: np.random.Generator) -> ArchSpec:
@@ -335,6 +364,7 @@ class Evolution:
         self.map: Any = None  # the scorer map, once built
         self.history_path = self.out / "history.jsonl"
         self._specs: dict[str, ArchSpec] = {}  # parsed population members (parents), by canonical text
+        self._scored_s, self._scored_n = 0.0, 0  # scoring seconds and count in this process (time-limit reserve)
         self.state_path = self.out / "checkpoint.json"
 
     # -- state -----------------------------------------------------------------------------------
@@ -364,19 +394,23 @@ class Evolution:
                 f"(sha256 {str(then)[:16]}... then, {str(now)[:16]}... now); restore the table it used or choose "
                 "another --out"
             )
-        if data["problem"] != self.problem.to_dict() or data["settings"] != self.settings.to_dict():
+        settings = {k: v for k, v in self.settings.to_dict().items() if k not in RESUME_FREE}
+        stored = {k: v for k, v in data["settings"].items() if k not in RESUME_FREE}
+        if data["problem"] != self.problem.to_dict() or stored != settings:
             changed = sorted(
                 k for k in set(data["problem"]) | set(self.problem.to_dict())
                 if data["problem"].get(k) != self.problem.to_dict().get(k)
-            ) + sorted(
-                k for k in set(data["settings"]) | set(self.settings.to_dict())
-                if data["settings"].get(k) != self.settings.to_dict().get(k)
-            )  # fmt: skip
+            ) + sorted(k for k in set(stored) | set(settings) if stored.get(k) != settings.get(k))  # fmt: skip
             raise ConfigError(
                 f"--resume: the run in {self.out} was started with other settings ({', '.join(changed)}); "
                 "rerun with the same options or choose another --out"
             )
         state = State.from_dict(data, self.settings, repr(where))
+        if self.settings.iterations is not None and self.settings.iterations < state.iteration:
+            raise ConfigError(
+                f"--resume: the run in {self.out} has made {state.iteration} iterations already; ask for at least "
+                "that many"
+            )
         for name, member in [("seed_member", state.seed_member), *((f"population[{i}]", m) for i, m in
                                                                      enumerate(state.population))]:  # fmt: skip
             try:
@@ -448,14 +482,22 @@ class Evolution:
             state = self._fresh_state()
             atomic_write_bytes(self.history_path, b"")
             self._save(state)
+        s = self.settings
+        if state.finished and s.more_than(state):  # resumed with more iterations or more time: go on
+            state.finished, state.rescored, state.stopped = False, None, None
         started = time.monotonic() - state.wall_time_s
         rng = np.random.default_rng()
         rng.bit_generator.state = state.rng
-        s = self.settings
         last_saved = state.iteration
         with open(self.history_path, "ab") as history:
-            while state.iteration < s.iterations:
-                lines, to_score, pending = self._make_batch(state, rng)
+            while not state.finished and state.stopped is None:
+                if s.iterations is not None and state.iteration >= s.iterations:
+                    break
+                if self._out_of_time(time.monotonic() - started):
+                    state.stopped = {"reason": "time limit", "limit_s": s.time_limit_s, "at_iteration": state.iteration,
+                                     "at_s": round(time.monotonic() - started, 3)}  # fmt: skip
+                    break
+                lines, to_score, pending = self._make_batch(state, rng, self._affordable(time.monotonic() - started))
                 for scored, (it, spec, metrics) in zip(self._score(to_score), pending, strict=True):
                     lines.append(self._insert(state, it, spec, metrics, scored))
                 lines.sort(key=lambda rec: rec["it"])
@@ -467,11 +509,11 @@ class Evolution:
                 state.history_bytes = history.tell()
                 state.rng = rng.bit_generator.state
                 state.wall_time_s = time.monotonic() - started
-                if state.iteration - last_saved >= s.checkpoint_every or state.iteration >= s.iterations:
+                if state.iteration - last_saved >= s.checkpoint_every:
                     self._save(state)
                     last_saved = state.iteration
                 if progress is not None:
-                    progress(state.iteration, s.iterations, max(m.score for m in state.population))
+                    progress(state)
         if not state.finished:
             if s.rescore:
                 state.rescored = self._rescore(state)
@@ -480,16 +522,53 @@ class Evolution:
             self._save(state)
         return state
 
-    def _make_batch(self, state: State, rng: np.random.Generator) -> tuple[list[dict], list[str], list[tuple]]:
-        """Up to `batch` children from the population as it stands; cheap checks done, scoring pending."""
-        s, problem = self.settings, self.problem
+    def _out_of_time(self, elapsed_s: float) -> bool:
+        """Whether the time limit is reached, keeping back the time the final re-scoring will take."""
+        limit = self.settings.time_limit_s
+        if limit is None:
+            return False
+        reserve = 0.0
+        if self.settings.rescore and self._scored_n:
+            workers = getattr(self.map, "workers", None) or 1
+            mean = self._scored_s / self._scored_n
+            reserve = self.settings.rescore * self.settings.rescore_repeats * mean / workers
+        return elapsed_s + reserve >= limit
+
+    def _affordable(self, elapsed_s: float) -> int | None:
+        """With the funnel and a time limit: how many children the time left can score (None: a whole batch).
+
+        The last batch before the limit scores only the best that many by the closed form, so a run whose
+        scores take seconds ends near its limit rather than a whole batch past it."""
+        s = self.settings
+        if s.time_limit_s is None or self.screen is None or not self._scored_n:
+            return None
+        workers = getattr(self.map, "workers", None) or 1
+        mean = self._scored_s / self._scored_n
+        fits = int((s.time_limit_s - elapsed_s) * workers / mean)
+        return None if fits >= s.batch else max(1, min(workers, s.batch), fits)
+
+    @property
+    def screen(self) -> Callable[[ArchSpec], float] | None:
+        """The closed form that screens children (the funnel), or None when it is off or none exists."""
+        return self.problem.screen if self.settings.funnel and self.settings.strategy == "evolution" else None
+
+    def _make_batch(
+        self, state: State, rng: np.random.Generator, affordable: int | None = None
+    ) -> tuple[list[dict], list[str], list[tuple]]:
+        """Children of the population as it stands, cheap checks done, scoring pending: `batch` of them,
+        or with the funnel `batch` x `screen_ratio`, of which the `batch` best by the closed form (the
+        `affordable` best, when fewer) go on to be scored and the others are recorded as screened."""
+        s, problem, screen = self.settings, self.problem, self.screen
         lines: list[dict[str, Any]] = []
         to_score: list[str] = []
         pending: list[tuple[int, ArchSpec, dict[str, Any]]] = []
         parents = list(state.population)
         seed_spec = self._parsed(state.seed_member.arch)
         batch_seen: set[str] = set()
-        for _ in range(min(s.batch, s.iterations - state.iteration)):
+        children = s.batch * (s.screen_ratio if screen is not None else 1)
+        if s.iterations is not None:
+            children = min(children, s.iterations - state.iteration)
+        for _ in range(children):
             state.iteration += 1
             it = state.iteration
             if s.strategy == "random":
@@ -518,8 +597,20 @@ class Evolution:
                 state.seen.add(child.hash)
                 continue
             metrics["t_check_s"] = round(t_check, 6)
-            to_score.append(child.canonical)
+            if screen is not None:
+                t0 = time.perf_counter()
+                metrics["screen"] = screen(child)
+                metrics["t_check_s"] = round(t_check + time.perf_counter() - t0, 6)
             pending.append((it, child, metrics))
+        keep = s.batch if affordable is None else min(s.batch, affordable)
+        if screen is not None and len(pending) > keep:
+            ranked = sorted(pending, key=lambda p: (-p[2]["screen"], p[0]))  # best closed form first, then oldest
+            pending = sorted(ranked[:keep], key=lambda p: p[0])
+            for it, child, metrics in ranked[keep:]:
+                state.counts["screened"] += 1
+                state.seen.add(child.hash)
+                lines.append({"it": it, "status": "screened", "hash": child.hash, "arch": child.canonical, **metrics})
+        to_score = [child.canonical for _, child, _ in pending]
         return lines, to_score, pending
 
     def _parsed(self, arch: str) -> ArchSpec:
@@ -542,6 +633,8 @@ class Evolution:
             state.counts["degenerate"] += 1
             return {**record, "status": "degenerate", "note": scored.note}
         state.counts["scored"] += 1
+        self._scored_s += scored.seconds
+        self._scored_n += 1
         state.population.append(Member(spec.canonical, spec.hash, scored.score, it, metrics, scored.values))
         self._specs[spec.canonical] = spec
         return {**record, "status": "scored", "score": scored.score, "values": scored.values}

@@ -1,9 +1,12 @@
-"""Where candidates are scored: this process, N local worker processes, or actors on a Ray cluster.
+"""Where candidates are scored: this process, N local worker processes, N candidates in flight on one
+GPU, or actors on a Ray cluster.
 
-All three take a list of canonical architecture strings and return their `Scored` results in the
+All of them take a list of canonical architecture strings and return their `Scored` results in the
 same order; scores do not depend on the worker (problem.py), so a run gives the same result with
 any of them. Local workers are started with the `spawn` method (a forked copy of a process that has
-already run torch's thread pools can deadlock) and each builds its own Scorer once.
+already run torch's thread pools can deadlock) and each builds its own Scorer once. On CUDA,
+`--workers N` keeps N candidates in flight in this process, each on its own stream
+(zennas.proxies.inflight): one GPU context, whose kernels can overlap, instead of N.
 """
 
 from __future__ import annotations
@@ -55,6 +58,27 @@ class ProcessMap:
     def close(self) -> None:
         self.pool.terminate()
         self.pool.join()
+
+
+class InFlightMap:
+    """Scores up to `workers` candidates at once in this process on the problem's device, one CUDA
+    stream each (zennas.proxies.inflight.InFlight); the scores equal SerialMap's."""
+
+    def __init__(self, problem: Problem, workers: int):
+        from zennas.proxies.inflight import InFlight
+
+        self.workers = workers
+        self.scorer = Scorer(problem)
+        self.pool = InFlight(workers, problem.device)
+
+    def __call__(self, canonicals: Sequence[str]) -> list[Scored]:
+        return self.pool.map(self.scorer, canonicals)
+
+    def repeats(self, canonical: str, repeats: int) -> list[float]:
+        return self.scorer.repeats(canonical, repeats)
+
+    def close(self) -> None:
+        self.pool.close()
 
 
 def _import_ray() -> Any:
@@ -126,7 +150,7 @@ def make_map(problem: Problem, *, workers: int = 1, ray: bool = False, ray_addre
         gpus = 1.0 if problem.device.startswith("cuda") else 0.0  # one actor per GPU when scoring on CUDA
         return RayMap(problem, address=ray_address, workers=workers if workers > 1 else None, gpus_per_actor=gpus)
     if workers > 1 and problem.device.startswith("cuda"):
-        raise ConfigError("--workers N with --device cuda would put N scorers on one GPU; use --ray for one per GPU")
+        return InFlightMap(problem, workers)  # one process, N streams on one GPU; --ray spreads over GPUs
     if workers > 1:
         return ProcessMap(problem, workers)
     return SerialMap(problem)

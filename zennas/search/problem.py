@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 import re
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
@@ -24,6 +25,7 @@ from typing import Any
 from zennas.arch import ArchSpec, parse
 from zennas.errors import ConfigError, LatencyError
 from zennas.search.budget import Budgets
+from zennas.search.constraints import Origin
 
 _TERM = re.compile(r"^\s*([A-Za-z][\w.-]*)\s*(?:=\s*([+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?))?\s*$")
 
@@ -68,6 +70,29 @@ def _is_shipped(table: str) -> bool:
     return table in shipped_tables()
 
 
+def check_proxy_options(terms: tuple[ProxyTerm, ...], options: dict[str, Any]) -> tuple[tuple[str, Any], ...]:
+    """`options` as Problem.proxy_options: every key an option of a proxy of the objective, every value allowed."""
+    from zennas.proxies import get_proxy
+
+    proxies = [get_proxy(t.name) for t in terms]
+    for key, value in options.items():
+        owners = [p for p in proxies if key in p.options]
+        if not owners:
+            known = sorted({k for p in proxies for k in p.options})
+            raise ConfigError(
+                f"proxy option {key!r} applies to none of the proxies {describe_proxy(terms)}; "
+                f"their options: {', '.join(known) or 'none'}"
+            )
+        for proxy in owners:
+            allowed = proxy.options[key].allowed
+            if allowed is not None and value not in allowed:
+                raise ConfigError(
+                    f"proxy {proxy.name}: option {key}={value!r} is not allowed; choose one of "
+                    f"{', '.join(map(str, allowed))}"
+                )
+    return tuple(sorted(options.items()))
+
+
 def describe_proxy(terms: tuple[ProxyTerm, ...]) -> str:
     """The canonical spelling of an objective: `zen` or `zen=1,naswot=0.5`."""
     if len(terms) == 1 and terms[0].weight == 1.0:
@@ -93,6 +118,7 @@ class Problem:
     threads: int = 1  # torch threads per scorer
     use_se: bool | None = None
     device: str = "cpu"  # where proxies run: cpu, cuda, cuda:1 (scores are reproducible per device kind)
+    origins: tuple[tuple[str, Origin], ...] = ()  # where each constraint came from (search.constraints)
 
     def __post_init__(self) -> None:
         if self.table is not None and not _is_shipped(self.table):
@@ -102,7 +128,7 @@ class Problem:
     def __getstate__(self) -> dict[str, Any]:
         """Pickle the settings only: a worker reloads the space itself. Workers never cost latency
         (`measure` runs in the main process), and a table reopened from `table` must match `table_sha256`."""
-        return {k: v for k, v in self.__dict__.items() if k not in ("search_space", "latency_table")}
+        return {k: v for k, v in self.__dict__.items() if k not in ("search_space", "latency_table", "_screen")}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
@@ -111,6 +137,7 @@ class Problem:
         out = asdict(self)
         out["proxy"] = describe_proxy(self.proxy)
         out["proxy_options"] = dict(self.proxy_options)
+        out["origins"] = {name: origin.to_dict() for name, origin in self.origins}
         out["table_sha256"] = self.table_digest
         return out
 
@@ -141,6 +168,7 @@ class Problem:
         fields["proxy"] = parse_proxy(fields["proxy"])
         fields["budgets"] = Budgets(**fields["budgets"])
         fields["proxy_options"] = tuple(sorted(fields.get("proxy_options", {}).items()))
+        fields["origins"] = tuple(sorted((k, Origin(**v)) for k, v in fields.get("origins", {}).items()))
         return cls(**fields)
 
     def with_budgets(self, **changes: Any) -> Problem:
@@ -155,6 +183,10 @@ class Problem:
             if not hasattr(sp, "with_preset"):
                 raise ConfigError(f"space {self.space!r} has no presets")
             sp = sp.with_preset(self.preset)
+        cap, own = self.budgets.max_layers, getattr(sp, "max_layers", None)
+        if cap is not None and own is not None and cap > own and hasattr(sp, "with_options"):
+            # A preset's cap is part of membership (mutations keep within it): a larger budget lifts it.
+            sp = sp.with_options(constraints={"max_layers": cap})
         return sp
 
     @cached_property
@@ -171,6 +203,44 @@ class Problem:
                 f"... then, {table.sha256[:16]}... now); restore the table it used or start a new search"
             )
         return table
+
+    @cached_property
+    def _screen(self) -> tuple[Callable[[ArchSpec], float] | None, str]:
+        """(the closed form that screens children for the objective, or None; a line saying which or why none).
+
+        Only a sampled Zen-Score objective has one: zen-analytic, the expectation of the same score
+        (same mode, gamma, batch size and resolution) over the random weights and inputs, for the
+        dialects it covers. It ranks children (Kendall tau 0.99 with sampled Zen); it never scores them.
+        """
+        from zennas.proxies import get_proxy
+        from zennas.proxies.zen import ANALYTIC_DIALECTS, expected_zen
+
+        objective = describe_proxy(self.proxy)
+        if len(self.proxy) != 1 or self.proxy[0].name != "zen" or self.proxy[0].weight <= 0:
+            return None, f"no closed form screens the objective {objective} (the funnel serves the sampled zen alone)"
+        zen = get_proxy("zen")
+        options = {name: option.default for name, option in zen.options.items()} | dict(self.proxy_options)
+        if options["residual"] != "removed":
+            return None, "no closed form covers zen with residual=kept; every child is scored"
+        dialect = self.search_space.dialect
+        if dialect not in ANALYTIC_DIALECTS:
+            return None, f"no closed form covers the {dialect} networks of space {self.space}; every child is scored"
+        batch, gamma, mode = self.proxy_batch_size or zen.batch_size, float(options["gamma"]), options["mode"]
+
+        def screen(spec: ArchSpec) -> float:
+            return expected_zen(spec, resolution=self.resolution, batch_size=batch, gamma=gamma, mode=mode).score
+
+        return screen, f"zen-analytic (mode {mode}, batch {batch}) screens children; zen scores the best of them"
+
+    @property
+    def screen(self) -> Callable[[ArchSpec], float] | None:
+        """The objective's closed-form screen (see `_screen`), or None."""
+        return self._screen[0]
+
+    @property
+    def screen_note(self) -> str:
+        """Which closed form screens children, or why none does."""
+        return self._screen[1]
 
     def parse(self, canonical: str) -> ArchSpec:
         """The candidate written as `canonical` in the space's dialect."""
@@ -189,9 +259,10 @@ class Problem:
         metrics: dict[str, Any] = {"layers": cx.layers, "macs": cx.macs, "params": cx.params}
         if b.max_layers is not None and cx.layers > b.max_layers:
             return metrics, ["layers"]
-        if b.convention != "correct":  # ZenNAS searched against its repository counts, without SE
+        if b.convention != "correct":  # ZenNAS searched against its repository counts, without SE; TinyNAS with its SE
+            use_se = False if b.convention == "zennas" else self.use_se
             cc = count(
-                spec, resolution=self.resolution, num_classes=self.num_classes, use_se=False, convention=b.convention
+                spec, resolution=self.resolution, num_classes=self.num_classes, use_se=use_se, convention=b.convention
             )
             metrics["budget_macs"], metrics["budget_params"] = cc.flops, cc.convention_params
         budget_params = metrics.get("budget_params", cx.params)

@@ -95,6 +95,14 @@ def write_outputs(run: Evolution, state: State, *, plots: bool = True) -> dict[s
         "found_at_iteration": best.iteration,
         "wall_time_s": state.wall_time_s,
         "counts": state.counts,
+        "stopped": state.stopped,
+        "funnel": {
+            "active": run.screen is not None,
+            "note": problem.screen_note if run.settings.funnel else "off (--no-funnel)",
+            "screen_ratio": run.settings.screen_ratio if run.screen is not None else None,
+            "screened": state.counts["screened"],
+            "scored": state.counts["scored"],  # the seed included
+        },
         "rescored": state.rescored,
         "seed_architecture": {"arch": seed.arch, "score": seed.score, **seed.metrics},
         "settings": run.settings.to_dict(),

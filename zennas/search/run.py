@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable
 from typing import Any
 
 from zennas.io import RunKind, json_field
-from zennas.search.evolution import Evolution, Settings, State
+from zennas.search.evolution import Evolution, Progress, Settings, State
 from zennas.search.problem import Problem
 from zennas.search.report import write_outputs
 
@@ -30,7 +29,7 @@ def search(
     workers: int = 1,
     ray: bool = False,
     ray_address: str | None = None,
-    progress: Callable[[int, int, float | None], None] | None = None,
+    progress: Progress | None = None,
     plots: bool = True,
 ) -> dict[str, Any]:
     """Run (or resume) a search into `out` and return the content of its result.json.
@@ -73,6 +72,9 @@ def run_milp(
     from zennas.search.report import _versions, table_record
 
     b = problem.budgets
+    space = problem.search_space
+    # Not a per-block/per-stage space: a clear error before any work (and before a layer cap it would not take).
+    milp.space_layout(space)
     if problem.latency_table is None or b.latency_ms_per_image is None:
         raise ConfigError(
             "--strategy milp needs a latency budget and table, e.g. --budget 10ms --table cpu-ort-fp32-b1"
@@ -81,8 +83,6 @@ def run_milp(
         raise ConfigError("--strategy milp takes latency, --flops-budget and --params-budget only (correct counts)")
     if settings.iterations < 2:
         raise ConfigError("--strategy milp needs --iterations of at least 2 (samples to fit, plus the solution)")
-    space = problem.search_space
-    milp.space_layout(space)  # not a per-block/per-stage space: a clear error before any work
     out = claim_output_folder(out, MILP_RUN, overwrite=overwrite)
     scorer_map = make_map(problem, workers=workers, ray=ray, ray_address=ray_address)
     records: list[dict[str, Any]] = []

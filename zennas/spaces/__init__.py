@@ -15,12 +15,17 @@ from typing import Any
 
 import numpy as np
 
+from zennas._once import Once
 from zennas.arch import ArchSpec
 from zennas.errors import SearchSpaceError
 
 
 class SearchSpace(ABC):
     """One search space; subclasses implement the family's rules from a TOML definition."""
+
+    # The counting convention (zennas.counting) of the budget_flops / budget_model_size constraints the
+    # definition and its presets state: the one the published searches of the family used.
+    budget_convention: str = "correct"
 
     def __init__(self, name: str, definition: dict[str, Any]):
         self.name = name
@@ -112,12 +117,8 @@ def get_space(name: str) -> SearchSpace:
     return _FAMILIES[family](name, definition)
 
 
-_LOADED = False
-
-
-def _load_builtin_families() -> None:
-    global _LOADED
-    if _LOADED:
-        return
-    _LOADED = True
+def _import_builtin_families() -> None:
     from zennas.spaces import binas, nb201, tinynas, zennas_space  # noqa: F401
+
+
+_load_builtin_families = Once(_import_builtin_families)

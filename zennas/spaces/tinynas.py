@@ -132,6 +132,8 @@ class TinyNASSpace(SearchSpace):
     <= max_layers. No grouped convs, custom paddings or activations.
     """
 
+    budget_convention = "tinynas"  # budget_flops / budget_model_size are TinyNAS's counts (REFERENCE 5.5)
+
     def __init__(self, name: str, definition: dict[str, Any]):
         super().__init__(name, definition)
         d = _Definition(name, definition)

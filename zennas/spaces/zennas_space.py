@@ -298,6 +298,7 @@ class ZenNASSpace(_TomlSpace):
     """
 
     family = "zennas"
+    budget_convention = "zennas"  # the presets' budgets are ZenNAS repository counts, without SE (REFERENCE 2.2)
     allowed_keys = frozenset(
         {
             "family",
