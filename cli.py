@@ -714,7 +714,7 @@ OVERWRITE_HELP = (
     help="Score every child with the proxy; by default a closed form, where one covers the objective "
     "(sampled zen), screens --screen-ratio x --batch children and the best --batch are scored.",
 )
-@click.option("--screen-ratio", type=click.IntRange(min=2), default=8, show_default=True,
+@click.option("--screen-ratio", type=click.IntRange(min=2), default=64, show_default=True,
               help="With the funnel: children screened per child scored.")  # fmt: skip
 @click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,

@@ -175,8 +175,8 @@ def test_cli_time_limit_and_funnel_lines(tmp_path):
     result = CliRunner().invoke(main, [*args, "--time-limit", "0.001s", "--out", str(tmp_path / "t")])
     assert result.exit_code == 0, result.output
     assert "funnel: zen-analytic (mode paper, batch 2) screens children" in result.output
-    # The limit passes during the first batch (4 scored of 4 x 8 screened): the run stops at its end.
-    assert "stopped: time limit after 32 iterations" in result.output
+    # The limit passes during the first batch (4 scored of 4 x 64 screened): the run stops at its end.
+    assert "stopped: time limit after 256 iterations" in result.output
     saved = json.loads((tmp_path / "t" / "result.json").read_text())
     assert saved["stopped"]["limit_s"] == 0.001 and saved["settings"]["iterations"] is None
     result = CliRunner().invoke(main, [*args, "--iterations", "32", "--no-funnel", "--out", str(tmp_path / "n")])
