@@ -171,7 +171,7 @@ def test_search_keeps_candidates_in_flight_on_one_device_with_serial_scores():
     in_flight = InFlightMap(problem, 3)
     try:
         assert [s.score for s in in_flight(canonicals)] == [s.score for s in serial(canonicals)]
-        assert in_flight.repeats(canonicals[0], 2) == serial.repeats(canonicals[0], 2)
+        assert in_flight.repeats(canonicals, 2) == serial.repeats(canonicals, 2)
     finally:
         in_flight.close()
         serial.close()

@@ -205,3 +205,27 @@ def test_the_last_batch_before_the_limit_scores_only_what_the_time_left_affords(
                             0.0, seed)  # fmt: skip
     lines, to_score, _ = run_._make_batch(state, rng, affordable=2)
     assert len(to_score) == 2 and state.counts["screened"] == sum(r["status"] == "screened" for r in lines) > 0
+
+
+def test_rescoring_takes_at_most_a_quarter_of_the_time_limit(tmp_path):
+    run_ = evolution.Evolution(cifar_problem(), settings(rescore=8, rescore_repeats=4, time_limit_s=100.0), tmp_path)
+    run_._scored_s, run_._scored_n = 2.0, 1  # 2 s a score, one worker: 8 members x 4 draws would take 64 s
+    assert run_._rescore_count() == 3 and run_._rescore_seconds(3) == 24.0 <= 25.0
+    assert run_._out_of_time(100.0 - 24.0) and not run_._out_of_time(100.0 - 25.0)
+    untimed = evolution.Evolution(cifar_problem(), settings(rescore=8), tmp_path)
+    untimed._scored_s, untimed._scored_n = 2.0, 1
+    assert untimed._rescore_count() == 8
+
+
+def test_the_funnel_re_scores_its_best_by_default(tmp_path):
+    args = ["search", "--space", "zennas-res", "--params-budget", "300k", "--max-layers", "18", "--resolution", "16",
+            "--num-classes", "10", "--proxy-batch-size", "2", "--population", "8", "--batch", "4", "--init",
+            CIFAR_START, "--no-plots", "--iterations", "64", "--screen-ratio", "4"]  # fmt: skip
+    result = CliRunner().invoke(main, [*args, "--out", str(tmp_path / "f")])
+    assert result.exit_code == 0, result.output
+    assert "the best 8 re-scored with 4 draws at the end" in result.output
+    saved = json.loads((tmp_path / "f" / "result.json").read_text())
+    assert saved["settings"]["rescore"] == 8 and saved["rescored"] and saved["hash"] == saved["rescored"][0]["hash"]
+    assert all(len(r["values"]) == 4 for r in saved["rescored"])
+    plain = CliRunner().invoke(main, [*args, "--no-funnel", "--out", str(tmp_path / "n")])
+    assert json.loads((tmp_path / "n" / "result.json").read_text())["settings"]["rescore"] == 0, plain.output

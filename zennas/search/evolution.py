@@ -56,6 +56,7 @@ STATE_VERSION = 1
 SEED_PARENT_BELOW = 10  # Zen-NAS: while the population has <= 10 members, mutate the seed architecture
 COUNTS = ("scored", "screened", "duplicate", "degenerate", "over_layers", "over_params", "over_macs", "over_latency",
           "over_table")  # fmt: skip
+RESCORE_SHARE = 0.25  # under a time limit, the final re-scoring takes at most this share of it
 # Settings a resumed run may change: how long it runs and how often it saves, not what it computes.
 RESUME_FREE = ("iterations", "time_limit_s", "checkpoint_every")
 # What a search writes into --out (report.py writes the last six); --overwrite deletes them first.
@@ -296,8 +297,9 @@ class SerialMap:
     def __call__(self, canonicals: Sequence[str]) -> list[Scored]:
         return [self.scorer(c) for c in canonicals]
 
-    def repeats(self, canonical: str, repeats: int) -> list[float]:
-        return self.scorer.repeats(canonical, repeats)
+    def repeats(self, canonicals: Sequence[str], repeats: int) -> list[list[float]]:
+        """Objective values of `repeats` draws of each candidate ([] for a degenerate one)."""
+        return [self.scorer.repeats(c, repeats) for c in canonicals]
 
     def close(self) -> None:
         pass
@@ -530,12 +532,26 @@ class Evolution:
         limit = self.settings.time_limit_s
         if limit is None:
             return False
-        reserve = 0.0
-        if self.settings.rescore and self._scored_n:
-            workers = getattr(self.map, "workers", None) or 1
-            mean = self._scored_s / self._scored_n
-            reserve = self.settings.rescore * self.settings.rescore_repeats * mean / workers
-        return elapsed_s + reserve >= limit
+        return elapsed_s + self._rescore_seconds(self._rescore_count()) >= limit
+
+    def _rescore_seconds(self, members: int) -> float:
+        """Expected time to re-score `members` candidates (they are spread over the workers)."""
+        if not self._scored_n:
+            return 0.0
+        workers = getattr(self.map, "workers", None) or 1
+        rounds = -(-members // workers)  # ceil: each worker re-scores its share in turn
+        return rounds * self.settings.rescore_repeats * self._scored_s / self._scored_n
+
+    def _rescore_count(self) -> int:
+        """How many of the best members the final re-scoring takes: `rescore`, or under a time limit as many
+        as RESCORE_SHARE of the limit affords (at least one), so re-scoring never eats the search."""
+        s = self.settings
+        if s.time_limit_s is None or not s.rescore:
+            return s.rescore
+        members = s.rescore
+        while members > 1 and self._rescore_seconds(members) > RESCORE_SHARE * s.time_limit_s:
+            members -= 1
+        return members
 
     def _affordable(self, elapsed_s: float) -> int | None:
         """With the funnel and a time limit: how many children the time left can score (None: a whole batch).
@@ -673,10 +689,11 @@ class Evolution:
     def _rescore(self, state: State) -> list[dict[str, Any]]:
         """Mean objective over `rescore_repeats` draws for the top `rescore` members, best mean first."""
         scorer_map = self._scorer_map()
-        top = sorted(state.population, key=lambda m: (-m.score, m.iteration))[: self.settings.rescore]
+        top = sorted(state.population, key=lambda m: (-m.score, m.iteration))[: self._rescore_count()]
         out = []
-        for m in top:
-            values = scorer_map.repeats(m.arch, self.settings.rescore_repeats)
+        for m, values in zip(
+            top, scorer_map.repeats([m.arch for m in top], self.settings.rescore_repeats), strict=True
+        ):
             if values:
                 std = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
                 mean = float(np.mean(values))

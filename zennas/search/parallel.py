@@ -52,8 +52,9 @@ class ProcessMap:
     def __call__(self, canonicals: Sequence[str]) -> list[Scored]:
         return self.pool.map(_score_in_worker, list(canonicals), chunksize=1)
 
-    def repeats(self, canonical: str, repeats: int) -> list[float]:
-        return self.pool.apply(_repeats_in_worker, ((canonical, repeats),))
+    def repeats(self, canonicals: Sequence[str], repeats: int) -> list[list[float]]:
+        """Objective values of `repeats` draws of each candidate, the candidates spread over the workers."""
+        return self.pool.map(_repeats_in_worker, [(c, repeats) for c in canonicals], chunksize=1)
 
     def close(self) -> None:
         self.pool.terminate()
@@ -74,8 +75,8 @@ class InFlightMap:
     def __call__(self, canonicals: Sequence[str]) -> list[Scored]:
         return self.pool.map(self.scorer, canonicals)
 
-    def repeats(self, canonical: str, repeats: int) -> list[float]:
-        return self.scorer.repeats(canonical, repeats)
+    def repeats(self, canonicals: Sequence[str], repeats: int) -> list[list[float]]:
+        return self.pool.map(lambda c: self.scorer.repeats(c, repeats), canonicals)
 
     def close(self) -> None:
         self.pool.close()
@@ -121,8 +122,9 @@ class RayMap:
         futures = [self.actors[i % self.workers].score.remote(c) for i, c in enumerate(canonicals)]
         return list(self.ray.get(futures))
 
-    def repeats(self, canonical: str, repeats: int) -> list[float]:
-        return self.ray.get(self.actors[0].repeats.remote(canonical, repeats))
+    def repeats(self, canonicals: Sequence[str], repeats: int) -> list[list[float]]:
+        futures = [self.actors[i % self.workers].repeats.remote(c, repeats) for i, c in enumerate(canonicals)]
+        return list(self.ray.get(futures))
 
     def close(self) -> None:
         for a in self.actors:
