@@ -175,8 +175,9 @@ def test_cli_time_limit_and_funnel_lines(tmp_path):
     result = CliRunner().invoke(main, [*args, "--time-limit", "0.001s", "--out", str(tmp_path / "t")])
     assert result.exit_code == 0, result.output
     assert "funnel: zen-analytic (mode paper, batch 2) screens children" in result.output
-    # The limit passes during the first batch (4 scored of 4 x 64 screened): the run stops at its end.
-    assert "stopped: time limit after 256 iterations" in result.output
+    # The final re-scoring of the seed alone would pass a 1 ms limit: the run stops before any batch and
+    # still writes every output, the seed its answer.
+    assert "stopped: time limit after 0 iterations" in result.output
     saved = json.loads((tmp_path / "t" / "result.json").read_text())
     assert saved["stopped"]["limit_s"] == 0.001 and saved["settings"]["iterations"] is None
     result = CliRunner().invoke(main, [*args, "--iterations", "32", "--no-funnel", "--out", str(tmp_path / "n")])
@@ -190,21 +191,34 @@ def test_cli_time_limit_and_funnel_lines(tmp_path):
 
 def test_the_last_batch_before_the_limit_scores_only_what_the_time_left_affords(tmp_path):
     run_ = evolution.Evolution(cifar_problem(), settings(batch=8, time_limit_s=100.0), tmp_path / "a")
-    run_._scored_s, run_._scored_n = 30.0, 3  # 10 s a score, one worker
-    assert run_._affordable(0.0) is None  # 100 s left: a whole batch of 8 fits
-    assert run_._affordable(60.0) == 4  # 40 s left: the 4 best by the closed form
-    assert run_._affordable(99.0) == 1  # still before the limit: at least one child
+    assert run_._affordable(0.0) is None  # nothing scored yet: no rate to predict with
+    run_._scored_s, run_._scored_n, run_._scored_macs = 30.0, 3, 3_000_000  # 10 us a MAC, one worker
+    assert run_._affordable(60.0) == 40.0 and run_._affordable(120.0) == 0.0
     unscreened = evolution.Evolution(cifar_problem(), settings(batch=8, time_limit_s=100.0, funnel=False), tmp_path)
-    unscreened._scored_s, unscreened._scored_n = 30.0, 3
+    unscreened._scored_s, unscreened._scored_n, unscreened._scored_macs = 30.0, 3, 3_000_000
     assert unscreened._affordable(60.0) is None  # without the funnel a batch is never cut
-    # In a run: a batch made with 2 affordable scores 2 children and screens out the rest.
+    # In a batch: the children best by the closed form are scored while their predicted time fits.
     rng = evolution.np.random.default_rng(0)
     spec = run_.problem.parse(CIFAR_START)
     seed = evolution.Member(spec.canonical, spec.hash, 1.0, 0, {"macs": 1, "params": 1, "layers": 1})
-    state = evolution.State(0, rng.bit_generator.state, [seed], {spec.hash}, 0, dict.fromkeys(evolution.COUNTS, 0),
-                            0.0, seed)  # fmt: skip
-    lines, to_score, _ = run_._make_batch(state, rng, affordable=2)
-    assert len(to_score) == 2 and state.counts["screened"] == sum(r["status"] == "screened" for r in lines) > 0
+
+    def batch(affordable):
+        state = evolution.State(0, evolution.np.random.default_rng(0).bit_generator.state, [seed], {spec.hash}, 0,
+                                dict.fromkeys(evolution.COUNTS, 0), 0.0, seed)  # fmt: skip
+        lines, to_score, pending = run_._make_batch(state, evolution.np.random.default_rng(0), affordable)
+        return lines, to_score, pending
+
+    lines, everything, ranked = batch(None)
+    assert len(everything) == 8
+    by_screen = sorted(ranked, key=lambda p: -p[2]["screen"])
+    cost = [p[2]["macs"] * 1e-5 for p in by_screen]  # predicted seconds, best first
+    lines, cut, _ = batch(cost[0] + cost[1] + 1e-9)
+    assert sorted(cut) == sorted(p[1].canonical for p in by_screen[:2])
+    assert sum(r["status"] == "screened" for r in lines) == len(ranked) - 2 + sum(
+        r["status"] == "screened" for r in batch(None)[0]
+    )  # fmt: skip
+    assert len(batch(0.0)[1]) == 1  # still before the limit: at least one child
+    del rng
 
 
 def test_rescoring_takes_at_most_a_quarter_of_the_time_limit(tmp_path):

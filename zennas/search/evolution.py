@@ -369,7 +369,8 @@ class Evolution:
         self.map: Any = None  # the scorer map, once built
         self.history_path = self.out / "history.jsonl"
         self._specs: dict[str, ArchSpec] = {}  # parsed population members (parents), by canonical text
-        self._scored_s, self._scored_n = 0.0, 0  # scoring seconds and count in this process (time-limit reserve)
+        # Scoring seconds, count and MACs in this process: the time-limit reserve and the last batch's cut.
+        self._scored_s, self._scored_n, self._scored_macs = 0.0, 0, 0
         self.state_path = self.out / "checkpoint.json"
 
     # -- state -----------------------------------------------------------------------------------
@@ -380,6 +381,7 @@ class Evolution:
         if scored.score is None:
             raise ConfigError(f"the seed architecture cannot be scored ({scored.note}); give another with --init")
         seed = Member(spec.canonical, spec.hash, scored.score, 0, metrics, scored.values)
+        self._scored_s, self._scored_n, self._scored_macs = scored.seconds, 1, metrics["macs"]
         rng = np.random.default_rng(self.problem.seed)
         counts = {name: int(name == "scored") for name in COUNTS}  # the seed is the first scored network
         return State(0, rng.bit_generator.state, [seed], {spec.hash}, 0, counts, 0.0, seed)
@@ -553,18 +555,19 @@ class Evolution:
             members -= 1
         return members
 
-    def _affordable(self, elapsed_s: float) -> int | None:
-        """With the funnel and a time limit: how many children the time left can score (None: a whole batch).
+    def _affordable(self, elapsed_s: float) -> float | None:
+        """With the funnel and a time limit: the worker-seconds of scoring left before the limit, after the
+        final re-scoring's share (None: no limit, or no funnel to choose what to leave out).
 
-        The last batch before the limit scores only the best that many by the closed form, so a run whose
-        scores take seconds ends near its limit rather than a whole batch past it."""
+        A batch then scores its children best first by the closed form only while their predicted scoring
+        time (MACs x the seconds per MAC measured so far) fits, so a run whose scores take seconds ends near
+        its limit rather than a whole batch past it."""
         s = self.settings
-        if s.time_limit_s is None or self.screen is None or not self._scored_n:
+        if s.time_limit_s is None or self.screen is None or not self._scored_macs:
             return None
         workers = getattr(self.map, "workers", None) or 1
-        mean = self._scored_s / self._scored_n
-        fits = int((s.time_limit_s - elapsed_s) * workers / mean)
-        return None if fits >= s.batch else max(1, min(workers, s.batch), fits)
+        left = s.time_limit_s - elapsed_s - self._rescore_seconds(self._rescore_count())
+        return max(0.0, left) * workers
 
     @property
     def screen(self) -> Callable[[ArchSpec], float] | None:
@@ -572,12 +575,13 @@ class Evolution:
         return self.problem.screen if self.settings.funnel and self.settings.strategy == "evolution" else None
 
     def _make_batch(
-        self, state: State, rng: np.random.Generator, affordable: int | None = None
+        self, state: State, rng: np.random.Generator, affordable: float | None = None
     ) -> tuple[list[dict], list[str], list[tuple]]:
         """Children of the population as it stands, cheap checks done, scoring pending.
 
         Without the funnel: `batch` children. With it, `batch` x `screen_ratio` children are screened by
-        the closed form and `batch` of them (`affordable`, when fewer) go on to be scored; the others are
+        the closed form and the `batch` best of them (fewer when their predicted scoring time exceeds the
+        `affordable` worker-seconds; always at least one) go on to be scored; the others are
         recorded as screened (benchmarks/RESULTS.md: a hill climb by the closed form from each parent
         instead of independent children did worse).
         """
@@ -587,7 +591,6 @@ class Evolution:
         parents = list(state.population)
         seed_spec = self._parsed(state.seed_member.arch)
         batch_seen: set[str] = set()
-        keep = s.batch if affordable is None else min(s.batch, affordable)
         left = s.iterations - state.iteration if s.iterations is not None else None
 
         def parent_and_draws() -> tuple[ArchSpec | None, int]:
@@ -608,8 +611,13 @@ class Evolution:
             entry = self._new_child(state, *parent_and_draws(), rng, batch_seen, lines)
             if entry is not None:
                 pending.append(entry)
+        ranked = sorted(pending, key=lambda p: (-p[2]["screen"], p[0])) if screen is not None else pending
+        keep = s.batch
+        if affordable is not None:
+            rate = self._scored_s / self._scored_macs  # seconds per MAC of the scores so far
+            predicted = np.cumsum([metrics["macs"] * rate for _, _, metrics in ranked[: s.batch]])
+            keep = max(1, int(np.searchsorted(predicted, affordable, side="right")))
         if screen is not None and len(pending) > keep:
-            ranked = sorted(pending, key=lambda p: (-p[2]["screen"], p[0]))  # best closed form, then oldest
             pending = sorted(ranked[:keep], key=lambda p: p[0])
             for entry in ranked[keep:]:
                 screened(entry)
@@ -669,6 +677,7 @@ class Evolution:
         state.counts["scored"] += 1
         self._scored_s += scored.seconds
         self._scored_n += 1
+        self._scored_macs += metrics["macs"]
         state.population.append(Member(spec.canonical, spec.hash, scored.score, it, metrics, scored.values))
         self._specs[spec.canonical] = spec
         return {**record, "status": "scored", "score": scored.score, "values": scored.values}
