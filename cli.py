@@ -8,6 +8,7 @@ import json
 import sys
 import time
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import click
 
@@ -996,8 +997,11 @@ def _train_options(fn):
         click.option("--grad-clip", type=click.FloatRange(min=0), default=0.0, show_default=True, help="0 = off."),
         click.option("--amp", type=click.Choice(["bf16", "fp16", "off"]), default="bf16", show_default=True,
                      help="CUDA only."),
-        click.option("--hflip", type=click.FloatRange(0, 1), default=0.5, show_default=True,
-                     help="Flip probability."),
+        click.option("--hflip", type=click.FloatRange(0, 1), default=0.5, show_default=True, help=HFLIP_HELP),
+        click.option("--data-cache", type=click.Choice(["auto", "memory", "off"]), default="auto", show_default=True,
+                     help="Keep the decoded images in memory (on the GPU when training there) and augment them a "
+                          "batch at a time: auto = when they fit in a quarter of the RAM; off = read the files "
+                          "every epoch."),
         click.option("--skip-bad-images", is_flag=True, help=SKIP_BAD_IMAGES_HELP),
         click.option("--teacher", help="Distil from a training --out folder, a model.safetensors, or ARCH."),
         click.option("--teacher-weights", type=click.Path(dir_okay=False), help="Weights of a teacher given as ARCH."),
@@ -1006,8 +1010,7 @@ def _train_options(fn):
         click.option("--kd-feature-weight", type=click.FloatRange(min=0), default=1.0, show_default=True),
         click.option("--seed", type=SEED, default=0, show_default=True),
         click.option("--device", type=DEVICE, help="cpu, cuda or cuda:N (default: cuda if available)."),
-        click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True,
-                     help="Data-loading processes."),
+        click.option("--workers", type=click.IntRange(min=0), help=WORKERS_HELP),
         click.option("--dialect", help="Parse --arch in this dialect instead of detecting it."),
         click.option("--resume", is_flag=True, help="Continue from the last checkpoint in --out."),
         click.option("--overwrite", is_flag=True, help=OVERWRITE_HELP),
@@ -1018,6 +1021,10 @@ def _train_options(fn):
 
 
 SKIP_BAD_IMAGES_HELP = "Leave out image files that do not decode (listed) instead of refusing to start."
+HFLIP_HELP = ("Mirror probability. Mirroring suits natural photos (objects, scenes, people); use 0 for digits, "
+              "text, signs and anything whose mirror image is another class.")  # fmt: skip
+WORKERS_HELP = ("Loader processes reading files (default: up to 8 of the cores on CUDA, half of them on the CPU; "
+                "none when the images are kept in memory). The numbers do not depend on it.")  # fmt: skip
 
 
 def _echo_skipped(out: str, metrics: dict, shown: int = 20) -> None:
@@ -1036,16 +1043,25 @@ def _train_with_progress(train, config, epochs: int, describe: Callable[[dict], 
     epoch, a line `epoch N<describe(record)>`; returns the trainer's metrics."""
     bar = contextlib.ExitStack()
 
-    def on_step(epoch: int, step: int, steps: int, loss: float) -> None:
+    seen: dict[str, Any] = {}
+
+    def speed() -> str:
+        info = seen.get("info")
+        return "" if info is None else f"{info.images_per_s:,.0f} img/s, {info.data_wait:.0%} waiting for data"
+
+    def on_step(epoch: int, step: int, steps: int, info: Any) -> None:
+        seen["info"] = info
         if step == 1:  # one progress bar per epoch
             bar.close()
-            bar.advance = bar.enter_context(_progress(steps, f"epoch {epoch}/{epochs}"))
+            bar.advance = bar.enter_context(_progress(steps, f"epoch {epoch}/{epochs}", speed))
         bar.advance(step)
         if step == steps:
             bar.close()
 
     def on_epoch(r: dict) -> None:
-        click.echo(f"epoch {r['epoch']}{describe(r)}  ({r['seconds']:.0f} s)", err=True)
+        rate = (f", {r['images_per_s']:,.0f} img/s, {r['data_wait']:.0%} waiting for data"
+                if "images_per_s" in r else "")  # fmt: skip
+        click.echo(f"epoch {r['epoch']}{describe(r)}  ({r['seconds']:.0f} s{rate})", err=True)
 
     with bar:
         return train(config, on_step=on_step, on_epoch=on_epoch)
@@ -1117,14 +1133,15 @@ def train_longtail_command(arch, run_dir, data, out, **options) -> None:
 @click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True, help="Global batch.")
 @click.option("--resolution", type=click.IntRange(min=32), help="Shorter image side (default: the run's or model's).")
 @click.option("--max-size", type=click.IntRange(min=32), help="Longer side cap (default: resolution x 1333/800).")
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), help="Peak learning rate (default: scaled).")
-@click.option("--optimizer", type=click.Choice(["sgd", "adamw"]), default="sgd", show_default=True)
-@click.option("--weight-decay", type=click.FloatRange(min=0), help="Default: 1e-4 (SGD), 0.05 (AdamW).")
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True),
+              help="Peak learning rate (default: 2e-3 x sqrt(batch/16) AdamW, 0.01 x batch/16 SGD).")  # fmt: skip
+@click.option("--optimizer", type=click.Choice(["adamw", "sgd"]), default="adamw", show_default=True)
+@click.option("--weight-decay", type=click.FloatRange(min=0), help="Default: 0.05 (AdamW), 1e-4 (SGD).")
 @click.option("--warmup-epochs", type=click.FloatRange(min=0), default=1.0, show_default=True)
 @click.option("--ema-decay", type=click.FloatRange(0, 1, max_open=True), default=0.9998, show_default=True)
 @click.option("--grad-clip", type=click.FloatRange(min=0), default=0.0, show_default=True, help="0 = off.")
 @click.option("--amp", type=click.Choice(["bf16", "fp16", "off"]), default="bf16", show_default=True, help="CUDA only.")
-@click.option("--hflip", type=click.FloatRange(0, 1), default=0.5, show_default=True, help="Flip probability.")
+@click.option("--hflip", type=click.FloatRange(0, 1), default=0.5, show_default=True, help=HFLIP_HELP)
 @click.option("--fpn-channels", type=click.IntRange(min=8), default=128, show_default=True, help="Multiple of 8.")
 @click.option("--head-convs", type=click.IntRange(min=1), default=4, show_default=True, help="Convs per head tower.")
 @click.option("--score-thresh", type=click.FloatRange(0, 1, max_open=True), default=0.05, show_default=True)
@@ -1135,7 +1152,7 @@ def train_longtail_command(arch, run_dir, data, out, **options) -> None:
 @click.option("--eval-every", type=click.IntRange(min=1), default=1, show_default=True, help="Epochs between mAPs.")
 @click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option("--device", type=DEVICE, help="cpu, cuda or cuda:N (default: cuda if available).")
-@click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True, help="Data-loading processes.")
+@click.option("--workers", type=click.IntRange(min=0), help=WORKERS_HELP)
 @click.option("--dialect", help="Parse --arch in this dialect instead of detecting it.")
 @click.option("--resume", is_flag=True, help="Continue from the last checkpoint in --out.")
 @click.option("--overwrite", is_flag=True, help=OVERWRITE_HELP)
@@ -1211,7 +1228,7 @@ def eval_command(checkpoint, data, batch_size, device, plot_path, as_json) -> No
 @click.option("--soft-margin", is_flag=True, help="Triplet loss log(1 + exp(d_ap - d_an)) instead of a margin.")
 @click.option("--id-weight", type=click.FloatRange(min=0), default=1.0, show_default=True)
 @click.option("--triplet-weight", type=click.FloatRange(min=0), default=1.0, show_default=True)
-@click.option("--hflip", type=click.FloatRange(0, 1), default=0.5, show_default=True, help="Flip probability.")
+@click.option("--hflip", type=click.FloatRange(0, 1), default=0.5, show_default=True, help=HFLIP_HELP)
 @click.option("--pad", type=click.IntRange(min=0), help="Pad-and-crop pixels (default: 10 at height 256, scaled).")
 @click.option("--erasing", type=click.FloatRange(0, 1), default=0.5, show_default=True,
               help="Random-erasing probability.")  # fmt: skip
@@ -1234,7 +1251,7 @@ def eval_command(checkpoint, data, batch_size, device, plot_path, as_json) -> No
 @click.option("--eval-batch-size", type=click.IntRange(min=1), default=128, show_default=True)
 @click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option("--device", type=DEVICE, help="cpu, cuda or cuda:N (default: cuda if available).")
-@click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True, help="Data-loading processes.")
+@click.option("--workers", type=click.IntRange(min=0), help=WORKERS_HELP)
 @click.option("--dialect", help="Parse --arch in this dialect instead of detecting it.")
 @click.option("--resume", is_flag=True, help="Continue from the last checkpoint in --out.")
 @click.option("--overwrite", is_flag=True, help=OVERWRITE_HELP)

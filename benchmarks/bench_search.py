@@ -6,6 +6,7 @@
     python benchmarks/bench_search.py milp [--evaluations 300] [--budget-ms 9] [--seeds 3] [--workers 2]
     python benchmarks/bench_search.py race [--time-limit 8m] [--variants funnel,no-funnel] [--repeats 10]
     python benchmarks/bench_search.py mainjob [--time-limit 3m] [--plain-time-limit 20m] [--repeats 3]
+                                               [--main-options OPTS]
 
 throughput: the same zennas-res search (V100 table, 1 ms/image at batch 64) run serially and with
 2 workers, for a sampled proxy (zen) and a closed form (zen-analytic); candidates/s counts every
@@ -248,8 +249,10 @@ def mainjob(args: argparse.Namespace) -> None:
     base = ["--budget", "1ms", "--gpu", "V100", "--workers", str(args.workers)]
     judge = ["--batch-size", "64", "--resolution", "224", "--num-classes", "1000"]
     rows = []
-    for name, extra, limit in (("main job", "", args.time_limit), ("plain (no funnel)", "--no-funnel",
-                                                                    args.plain_time_limit)):  # fmt: skip
+    runs = [(f"main job{f' ({args.main_options})' if args.main_options else ''}", args.main_options, args.time_limit)]
+    if args.plain_time_limit != "0":
+        runs.append(("plain (no funnel)", "--no-funnel", args.plain_time_limit))
+    for name, extra, limit in runs:
         with tempfile.TemporaryDirectory() as tmp:
             result = _searched(Path(tmp) / "run", base, extra, limit)
         mean, std = _judge(result["arch"], judge, args.repeats)
@@ -294,7 +297,8 @@ def main() -> None:
     r.add_argument("--workers", type=int, default=2)
     j = sub.add_parser("mainjob")
     j.add_argument("--time-limit", default="3m")
-    j.add_argument("--plain-time-limit", default="20m")
+    j.add_argument("--plain-time-limit", default="20m", help="0: no plain run")
+    j.add_argument("--main-options", default="", help="extra options of the main job's search")
     j.add_argument("--repeats", type=int, default=3)
     j.add_argument("--workers", type=int, default=2)
     args = parser.parse_args()

@@ -42,7 +42,20 @@ from zennas.train.core import (
     run_on_ranks,
     training_run,
 )
-from zennas.train.data import load_classification_data, make_loader, screen_folder_images
+from zennas.train.data import load_classification_data, screen_folder_images
+from zennas.train.loading import (
+    CACHE_MODES,
+    MemoryLoader,
+    TensorAugment,
+    Timed,
+    default_workers,
+    feed,
+    keep_decoded,
+    plan_cache,
+    step_info,
+    stored_side,
+    throughput,
+)
 from zennas.train.longtail import (
     METHODS,
     PRIOR_SHIFTED,
@@ -91,7 +104,8 @@ class TrainConfig:
     grad_clip: float = 0.0  # max gradient norm; 0 = off
     amp: str = "bf16"  # "bf16", "fp16" or "off"; CUDA only
     channels_last: bool = True  # CUDA only
-    hflip: float = 0.5
+    hflip: float = 0.5  # mirror probability: 0 for digits, text, or anything whose mirror image is another class
+    data_cache: str = "auto"  # "auto": decoded pixels kept in memory when they fit a quarter of RAM; "memory"; "off"
     skip_bad_images: bool = False  # leave out (and list) image files that do not decode instead of failing
     teacher: str | None = None  # a training --out folder, a weights .safetensors with its .json, or an ARCH
     teacher_weights: str | None = None  # weights for a teacher given as ARCH
@@ -100,7 +114,7 @@ class TrainConfig:
     kd_feature_weight: float = 1.0
     seed: int = 0
     device: str | None = None  # default: cuda if available, else cpu
-    workers: int = 0
+    workers: int | None = None  # loader processes for files (None: zennas.train.loading.default_workers)
     resume: bool = False
     overwrite: bool = False  # start afresh in a non-empty out (zennas.io.claim_output_folder)
 
@@ -111,6 +125,10 @@ class TrainConfig:
             raise ConfigError(f"unknown optimizer {self.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
         if self.amp not in (*AMP_DTYPES, "off"):
             raise ConfigError(f"unknown AMP mode {self.amp!r}; choose bf16, fp16 or off")
+        if self.data_cache not in CACHE_MODES:
+            raise ConfigError(f"unknown data cache {self.data_cache!r}; choose one of {', '.join(CACHE_MODES)}")
+        if self.workers is not None and self.workers < 0:
+            raise ConfigError(f"workers must be 0 or more, got {self.workers}")
         for name in ("epochs", "batch_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
@@ -226,16 +244,28 @@ class ModelEma:
     def __init__(self, model: nn.Module, decay: float):
         self.module = copy.deepcopy(model).eval().requires_grad_(False)
         self.decay = decay
+        self._pairs: tuple[nn.Module, list[torch.Tensor], list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]]
+        self._pairs = None  # type: ignore[assignment]
+
+    def _tensors(self, model: nn.Module):
+        """(model, EMA floats, model floats, EMA others, model others), gathered once per model."""
+        if self._pairs is None or self._pairs[0] is not model:
+            ema, live = self.module.state_dict().values(), model.state_dict().values()
+            pairs = list(zip(ema, live, strict=True))
+            floats = [(e, v) for e, v in pairs if e.dtype.is_floating_point]
+            others = [(e, v) for e, v in pairs if not e.dtype.is_floating_point]
+            self._pairs = (model, [e for e, _ in floats], [v for _, v in floats], [e for e, _ in others],
+                           [v for _, v in others])  # fmt: skip
+        return self._pairs
 
     @torch.no_grad()
     def update(self, model: nn.Module, step: int) -> None:
         """Blend in `model`; the decay ramps up over the first steps so short runs still track."""
         decay = min(self.decay, (1 + step) / (10 + step))
-        for ema_v, v in zip(self.module.state_dict().values(), model.state_dict().values(), strict=True):
-            if ema_v.dtype.is_floating_point:
-                ema_v.mul_(decay).add_(v.detach(), alpha=1 - decay)
-            else:
-                ema_v.copy_(v)
+        _, ema_f, live_f, ema_o, live_o = self._tensors(model)
+        torch._foreach_lerp_(ema_f, live_f, 1 - decay)  # ema + (1 - decay) (v - ema)
+        for e, v in zip(ema_o, live_o, strict=True):
+            e.copy_(v)
 
 
 class _Student(nn.Module):
@@ -498,9 +528,24 @@ def _train(config: TrainConfig, dist: DistInfo, device: torch.device, cuda: bool
 
     model = wrap(student)
 
+    # Pixels kept in memory (augmented a batch at a time) when they fit, else files read by workers.
+    kept = plan_cache(config.data_cache, [(train_set, stored_side(resolution, train=True)),
+                                          (data.val, stored_side(resolution, train=False))], device)  # fmt: skip
+    workers = 0 if kept is not None else config.workers if config.workers is not None else default_workers(device)
+    if kept is not None:
+        train_pixels = keep_decoded(train_set, resolution, train=True, device=kept)
+        val_pixels = keep_decoded(data.val, resolution, train=False, device=kept)
+    streams = 0  # each training loader draws its own augmentation (BBN has two)
+
     def loader(sampler: Any) -> Any:
-        return make_loader(train_set, batch_size=batch_per_rank, train=True, generator=loader_gen,
-                           workers=config.workers, sampler=sampler, pin_memory=cuda)  # fmt: skip
+        nonlocal streams
+        streams += 1
+        if kept is not None:
+            return MemoryLoader(train_pixels, TensorAugment(resolution, train=True, hflip=config.hflip),
+                                batch_size=batch_per_rank, seed=config.seed * 7 + streams, rank=dist.rank,
+                                sampler=sampler)  # fmt: skip
+        return feed(train_set, batch_size=batch_per_rank, train=True, generator=loader_gen, workers=workers,
+                    device=device, seed=config.seed * 7 + streams, sampler=sampler)  # fmt: skip
 
     def weighted(mode: str) -> EpochSampler:
         return EpochSampler(sample_weights(labels, num_classes, mode), seed=config.seed, rank=dist.rank,
@@ -526,8 +571,13 @@ def _train(config: TrainConfig, dist: DistInfo, device: torch.device, cuda: bool
         samplers.append(weighted("balanced"))
         stage2_loader = loader(samplers[-1])
     # Every rank evaluates the whole val set: exact figures without the padding DistributedSampler adds.
-    val_loader = make_loader(data.val, batch_size=batch_per_rank, train=False, generator=torch.Generator(),
-                             workers=config.workers, pin_memory=cuda)  # fmt: skip
+    if kept is not None:
+        val_loader: Any = MemoryLoader(val_pixels, TensorAugment(resolution, train=False), batch_size=batch_per_rank,
+                                       seed=0)  # fmt: skip
+    else:
+        val_loader = feed(data.val, batch_size=batch_per_rank, train=False, generator=torch.Generator(),
+                          workers=workers, device=device, seed=0)  # fmt: skip
+    loaders = [x for x in (train_loader, reversed_loader, stage2_loader) if x is not None]
     steps = len(train_loader)
     if steps == 0:
         raise ConfigError(
@@ -588,6 +638,8 @@ def _train(config: TrainConfig, dist: DistInfo, device: torch.device, cuda: bool
         for sampler in samplers:
             if sampler is not None:
                 sampler.set_epoch(epoch)
+        for each in loaders:
+            each.set_epoch(epoch)
         mix_rng = np.random.default_rng([config.seed, epoch, dist.rank])
         if stage2:
             student.eval()  # frozen BatchNorm statistics; the linear classifier has no train mode
@@ -595,6 +647,7 @@ def _train(config: TrainConfig, dist: DistInfo, device: torch.device, cuda: bool
         else:
             student.train()
             batches = zip(train_loader, reversed_loader, strict=True) if reversed_loader else train_loader
+        batches = Timed(batches, count=lambda b: len(b[0][1]) if isinstance(b[0], tuple | list) else len(b[1]))
         alpha = bbn_alpha(epoch, stage1_epochs)
         offset = stage1_epochs * steps if stage2 else 0  # stage 2's schedule and EMA count from its own start
         loss_sum = torch.zeros((), device=device)
@@ -637,8 +690,9 @@ def _train(config: TrainConfig, dist: DistInfo, device: torch.device, cuda: bool
                 ema.update(net, global_step - offset)
             loss_sum += loss.detach()
             if main and on_step is not None:
-                on_step(epoch + 1, step + 1, steps, loss.item())
+                on_step(epoch + 1, step + 1, steps, step_info(loss, batches))
         train_loss = float(loss_sum) / steps  # checked once per epoch: a per-step check would sync the GPU
+        speed = throughput(batches)  # the training steps only, before evaluation and the checkpoint
         if not math.isfinite(train_loss):
             raise ConfigError(f"the training loss became {train_loss} in epoch {epoch + 1}; lower --lr")
         if dist.world > 1:
@@ -659,6 +713,7 @@ def _train(config: TrainConfig, dist: DistInfo, device: torch.device, cuda: bool
             "ema_top1": ema_val["top1"] if ema_val else None,
             "ema_top5": ema_val["top5"] if ema_val else None,
             "seconds": time.monotonic() - started,
+            **speed,
         }
         if lt is not None:
             record["stage"] = 2 if stage2 else 1

@@ -58,10 +58,17 @@ def build_transforms(resolution: int, *, train: bool, hflip: float = 0.5):
         flip = [t.RandomHorizontalFlip(hflip)] if hflip > 0 else []
         steps = [*crop, *flip]
     else:
-        # Large images: resize to side/0.875 then crop the centre, as ImageNet evaluation does.
-        side = resolution if resolution <= SMALL_IMAGE else round(resolution / 0.875)
-        steps = [t.Resize(side), t.CenterCrop(resolution)]
+        steps = centre_square(resolution, resolution)
     return t.Compose([*steps, t.ToTensor(), t.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+
+
+def centre_square(resolution: int, side: int) -> list:
+    """PIL steps to the evaluation crop: the shorter side resized (to side / 0.875 for large images,
+    as ImageNet evaluation does), then the centre `side` x `side` kept. Images kept in memory for
+    training use the same steps at their stored side."""
+    t = torchvision_module().transforms
+    shorter = resolution if resolution <= SMALL_IMAGE else round(resolution / 0.875)
+    return [t.Resize(max(shorter, side)), t.CenterCrop(side)]
 
 
 def _class_dirs(split: Path) -> list[str]:

@@ -71,8 +71,9 @@ from zennas.train.core import (
     run_on_ranks,
     training_run,
 )
-from zennas.train.data import IMAGE_SUFFIXES, IMAGENET_MEAN, IMAGENET_STD, seed_worker, torchvision_module
+from zennas.train.data import IMAGE_SUFFIXES, IMAGENET_MEAN, IMAGENET_STD, torchvision_module
 from zennas.train.images import ImageProbe, screen_images
+from zennas.train.loading import Timed, default_workers, feed, step_info, throughput
 from zennas.train.memory import check_memory, inference_values, training_values
 
 SPLITS = {"train": "bounding_box_train", "query": "query", "gallery": "bounding_box_test"}
@@ -622,7 +623,7 @@ class ReidConfig:
     eval_batch_size: int = 128
     seed: int = 0
     device: str | None = None
-    workers: int = 0
+    workers: int | None = None  # loader processes (None: zennas.train.loading.default_workers)
     resume: bool = False
     overwrite: bool = False  # start afresh in a non-empty out (zennas.io.claim_output_folder)
 
@@ -751,12 +752,13 @@ def _train(config: ReidConfig, dist: Any, device: torch.device, cuda: bool, on_s
 
         wrapped = DistributedDataParallel(model, device_ids=[device.index] if cuda else None)
     loader_gen = torch.Generator()
-    train_loader = DataLoader(train_set, batch_sampler=sampler, num_workers=config.workers, pin_memory=cuda,
-                              worker_init_fn=seed_worker, generator=loader_gen)  # fmt: skip
+    workers = config.workers if config.workers is not None else default_workers(device)
+    train_loader = feed(train_set, batch_size=None, train=True, generator=loader_gen, workers=workers, device=device,
+                        seed=config.seed, batch_sampler=sampler)  # fmt: skip
 
     def eval_loader(dataset: ReidDataset) -> DataLoader:
-        return DataLoader(dataset, batch_size=config.eval_batch_size, shuffle=False, num_workers=config.workers,
-                          pin_memory=cuda)  # fmt: skip
+        return feed(dataset, batch_size=config.eval_batch_size, train=False, generator=loader_gen, workers=workers,
+                    device=device, seed=config.seed)  # fmt: skip
 
     query_loader, gallery_loader = eval_loader(query_set), eval_loader(gallery_set)
     steps = len(sampler)
@@ -775,9 +777,11 @@ def _train(config: ReidConfig, dist: Any, device: torch.device, cuda: bool, on_s
         torch.manual_seed(config.seed * 100_003 + epoch * 1_009 + dist.rank)
         loader_gen.manual_seed(config.seed * 100_003 + epoch * 1_009 + dist.rank)
         sampler.set_epoch(epoch)
+        train_loader.set_epoch(epoch)
         model.train()
         sums = torch.zeros(3, device=device)  # loss, ID loss, triplet loss
-        for step, (x, y) in enumerate(train_loader):
+        timed = Timed(train_loader, count=lambda b: len(b[1]))
+        for step, (x, y) in enumerate(timed):
             global_step = epoch * steps + step
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(global_step, total=total, warmup=warmup, base=lr, minimum=config.min_lr)
@@ -800,13 +804,14 @@ def _train(config: ReidConfig, dist: Any, device: torch.device, cuda: bool, on_s
                 ema.update(model, global_step)
             sums += torch.stack([loss.detach(), id_loss.detach(), triplet.detach()])
             if main and on_step is not None:
-                on_step(epoch + 1, step + 1, steps, loss.item())
+                on_step(epoch + 1, step + 1, steps, step_info(loss, timed))
         if dist.world > 1:
             import torch.distributed as td
 
             td.all_reduce(sums)
             sums /= dist.world
         train_loss, id_mean, triplet_mean = (float(v) / steps for v in sums)  # one sync per epoch, not per step
+        speed = throughput(timed)  # the training steps only, before evaluation
         if not math.isfinite(train_loss):
             raise ConfigError(f"the training loss became {train_loss} in epoch {epoch + 1}; lower --lr")
         record: dict[str, Any] = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"], "train_loss": train_loss,
@@ -819,6 +824,7 @@ def _train(config: ReidConfig, dist: Any, device: torch.device, cuda: bool, on_s
                                    channels_last=channels_last)  # fmt: skip
             record.update({key: value for key, value in scores.items() if key not in ("cmc", "queries")})
         record["seconds"] = time.monotonic() - started
+        record.update(speed)
         history.append(record)
         if main:
             save_checkpoint(out, epoch=epoch + 1, model=model, optimizer=optimizer, ema=ema.module if ema else None,
