@@ -998,6 +998,7 @@ def _train_options(fn):
         click.option("--amp", type=click.Choice(["bf16", "fp16", "off"]), default="bf16", show_default=True,
                      help="CUDA only."),
         click.option("--hflip", type=click.FloatRange(0, 1), default=0.5, show_default=True, help=HFLIP_HELP),
+        click.option("--channels-last/--no-channels-last", default=True, show_default=True, help=CHANNELS_LAST_HELP),
         click.option("--data-cache", type=click.Choice(["auto", "memory", "off"]), default="auto", show_default=True,
                      help="Keep the decoded images in memory (on the GPU when training there) and augment them a "
                           "batch at a time: auto = when they fit in a quarter of the RAM; off = read the files "
@@ -1023,6 +1024,9 @@ def _train_options(fn):
 SKIP_BAD_IMAGES_HELP = "Leave out image files that do not decode (listed) instead of refusing to start."
 HFLIP_HELP = ("Mirror probability. Mirroring suits natural photos (objects, scenes, people); use 0 for digits, "
               "text, signs and anything whose mirror image is another class.")  # fmt: skip
+CHANNELS_LAST_HELP = ("Keep activations in NHWC memory layout, on the GPU and on the CPU. On a 2-core CPU a training "
+                      "step took 0.55-0.98x the NCHW time for four zoo networks but 1.09-1.29x for an 8-GMAC one "
+                      "(benchmarks/bench_train_speed.py --layouts): turn it off if epochs get slower.")  # fmt: skip
 WORKERS_HELP = ("Loader processes reading files (default: up to 8 of the cores on CUDA, half of them on the CPU; "
                 "none when the images are kept in memory). The numbers do not depend on it.")  # fmt: skip
 
@@ -1247,6 +1251,7 @@ def eval_command(checkpoint, data, batch_size, device, plot_path, as_json) -> No
               help="0 = no EMA.")  # fmt: skip
 @click.option("--grad-clip", type=click.FloatRange(min=0), default=0.0, show_default=True, help="0 = off.")
 @click.option("--amp", type=click.Choice(["bf16", "fp16", "off"]), default="bf16", show_default=True, help="CUDA only.")
+@click.option("--channels-last/--no-channels-last", default=True, show_default=True, help=CHANNELS_LAST_HELP)
 @click.option("--pretrained", type=click.Path(), help="Backbone weights: a training --out folder or .safetensors.")
 @click.option("--eval-batch-size", type=click.IntRange(min=1), default=128, show_default=True)
 @click.option("--seed", type=SEED, default=0, show_default=True)

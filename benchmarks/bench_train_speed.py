@@ -5,7 +5,7 @@ The net: a small zennas-res network (ARCH below; `zennas info` gives its size). 
 
 Rows, each against the bare loop (the same net from `zennas.create_model`, the training images as one
 normalised float tensor in memory, a permutation per epoch, SGD with Nesterov momentum and cross-
-entropy, channels_last and autocast on CUDA as the trainer does, nothing else):
+entropy, the channels_last layout the trainer uses by default and autocast on CUDA, nothing else):
 
 - trainer, default loader: `data_cache` auto, which keeps this set's pixels in memory (on the GPU when
   training there) and augments them a batch at a time: the compute-bound case.
@@ -18,6 +18,10 @@ the val split, and the checkpoint), and the ratios to the bare loop. Figures are
 epochs after the first (warm-up). Runs alternate (trainer, bare, trainer, ...) so drift hits both.
 
     python benchmarks/bench_train_speed.py [--device cpu|cuda] [--amp off,bf16] [--epochs 4] [--batch-size 32]
+    python benchmarks/bench_train_speed.py --layouts [--device cpu]
+
+`--layouts` times one training step (forward, backward, SGD) of a few zoo networks in the NCHW and the
+NHWC (channels_last) layout, the choice behind the trainer's `--channels-last` default.
 
 Targets: CPU compute-bound >= 80 % of the bare loop; GPU >= 80 % with the images in memory and >= 50 %
 with the default loader on the ImageFolder.
@@ -86,7 +90,7 @@ def bare_epoch(state: dict, x: torch.Tensor, y: torch.Tensor, batch: int, amp: s
     started = time.perf_counter()
     for step in range(steps):
         index = order[step * batch : (step + 1) * batch]
-        xb = x[index].contiguous(memory_format=torch.channels_last) if cuda else x[index]
+        xb = x[index].contiguous(memory_format=torch.channels_last)
         autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda and amp == "bf16" else contextlib.nullcontext()
         with autocast:
             loss = F.cross_entropy(net(xb).float(), y[index])
@@ -99,9 +103,7 @@ def bare_epoch(state: dict, x: torch.Tensor, y: torch.Tensor, batch: int, amp: s
 
 def bare_state(device: torch.device, classes: int) -> dict:
     torch.manual_seed(0)
-    net = zennas.create_model(ARCH, num_classes=classes).to(device)
-    if device.type == "cuda":
-        net = net.to(memory_format=torch.channels_last)
+    net = zennas.create_model(ARCH, num_classes=classes).to(device, memory_format=torch.channels_last)
     return {"net": net, "optimizer": torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9, nesterov=True)}
 
 
@@ -114,6 +116,45 @@ def trainer_run(data: Path, out: Path, args: argparse.Namespace, amp: str, cache
     return records
 
 
+LAYOUT_NETS = ((ARCH, 32, 32), ("zennet-cifar10-1m", 32, 32), ("zennet-400m-se", 224, 8), ("genet-light", 192, 8),
+               ("zennet-0.5ms", 224, 8))  # fmt: skip
+
+
+def layouts(device: torch.device, steps: int) -> str:
+    """Median seconds per training step in each memory layout, per network of LAYOUT_NETS."""
+    rows = []
+    for arch, side, batch in LAYOUT_NETS:
+        seconds = {}
+        for layout in (torch.contiguous_format, torch.channels_last):
+            torch.manual_seed(0)
+            net = zennas.create_model(arch, num_classes=10).to(device, memory_format=layout)
+            x = torch.randn(batch, 3, side, side, device=device).contiguous(memory_format=layout)
+            y = torch.randint(0, 10, (batch,), device=device)
+            optimizer = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
+            times = []
+            for _ in range(steps + 1):  # the first step warms up
+                started = time.perf_counter()
+                loss = F.cross_entropy(net(x), y)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                float(loss)
+                times.append(time.perf_counter() - started)
+            seconds[layout] = statistics.median(times[1:])
+        nchw, nhwc = seconds[torch.contiguous_format], seconds[torch.channels_last]
+        name = "the benchmark's net" if arch == ARCH else arch
+        macs = zennas.info(arch, resolution=side)["macs"] / 1e6
+        rows.append(
+            f"| {name} | {macs:,.0f}M | {side} | {batch} | {nchw * 1e3:,.1f} | {nhwc * 1e3:,.1f} | {nhwc / nchw:.2f} |"
+        )
+        print(rows[-1], flush=True)
+    return (
+        f"One training step per memory layout on {device.type}, median of {steps} after a warm-up step.\n\n"
+        "| network | MACs | side | batch | NCHW ms | NHWC ms | NHWC / NCHW |\n|---|---|---|---|---|---|---|\n"
+        + "\n".join(rows)
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu")
@@ -121,8 +162,15 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=2, help="alternations of trainer and bare loop per row")
+    parser.add_argument("--layouts", action="store_true", help="time NCHW against NHWC training steps instead")
+    parser.add_argument("--steps", type=int, default=5, help="timed steps per layout (--layouts)")
     args = parser.parse_args()
     device = torch.device(args.device)
+    if args.layouts:
+        table = layouts(device, args.steps)
+        print(table)
+        append_result(f"bench_train_speed --layouts on {args.device}", table)
+        return
     info = zennas.info(ARCH, resolution=32, num_classes=10)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

@@ -618,7 +618,7 @@ class ReidConfig:
     ema_decay: float = 0.0  # 0 = no EMA
     grad_clip: float = 0.0
     amp: str = "bf16"  # CUDA only
-    channels_last: bool = True  # CUDA only
+    channels_last: bool = True  # NHWC on every device
     pretrained: str | None = None
     eval_batch_size: int = 128
     seed: int = 0
@@ -718,7 +718,7 @@ def _train(config: ReidConfig, dist: Any, device: torch.device, cuda: bool, on_s
     model = build_reid_model(spec, use_se, len(data.train_ids), height, width)
     if config.pretrained is not None:
         _load_pretrained(model, config.pretrained, spec.canonical)
-    channels_last = config.channels_last and cuda
+    channels_last = config.channels_last
     model.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     ema = ModelEma(model, config.ema_decay) if config.ema_decay > 0 else None
 
