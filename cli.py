@@ -1135,7 +1135,9 @@ def train_longtail_command(arch, run_dir, data, out, **options) -> None:
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder for checkpoints and metrics.")
 @click.option("--epochs", type=click.IntRange(min=1), default=12, show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True, help="Global batch.")
-@click.option("--resolution", type=click.IntRange(min=32), help="Shorter image side (default: the run's or model's).")
+@click.option("--resolution", type=click.IntRange(min=32),
+              help="Shorter image side (default: the --run's search resolution, else the training images' median "
+                   "shorter side, at most 800: images are not scaled up).")  # fmt: skip
 @click.option("--max-size", type=click.IntRange(min=32), help="Longer side cap (default: resolution x 1333/800).")
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True),
               help="Peak learning rate (default: 2e-3 x sqrt(batch/16) AdamW, 0.01 x batch/16 SGD).")  # fmt: skip

@@ -312,3 +312,20 @@ def test_cli_help():
 
     result = CliRunner().invoke(main, ["train", "detection", "--help"])
     assert result.exit_code == 0 and "--backbone-weights" in result.output and "COCO" in result.output
+
+
+def test_default_input_side_is_the_images_own(tiny, tmp_path):
+    from types import SimpleNamespace
+
+    from zennas.train.detection import NATIVE_SIDE_CAP, native_side
+
+    def split(*sizes):
+        return SimpleNamespace(coco={"images": [{"width": w, "height": h} for w, h in sizes]})
+
+    assert native_side(split((96, 96), (120, 80), (640, 480))) == 96  # median of the shorter sides 96, 80, 480
+    assert native_side(split((20, 30))) == 32  # C5 needs 32 pixels
+    assert native_side(split((4000, 3000))) == NATIVE_SIDE_CAP
+    # ARCH alone says 224; the 64-pixel canvases are trained at 64 (not scaled up) unless --resolution says otherwise.
+    metrics = train_detection(config(tiny, tmp_path / "run", resolution=None, epochs=1, batch_size=4))
+    assert json.loads((tmp_path / "run" / "model.json").read_text())["resolution"] == 64
+    assert metrics["epochs"] == 1

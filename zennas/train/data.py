@@ -11,13 +11,10 @@ classes still gets the right labels; a val/ class unknown to train/ is an error.
 from __future__ import annotations
 
 import os
-import random
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import Dataset
 
 from zennas.errors import ConfigError, DependencyError
 from zennas.train.cifar import find_cifar, read_cifar
@@ -143,35 +140,3 @@ def screen_folder_images(
         if not folder.samples:
             raise ConfigError(f"{split}/ holds no image that decodes ({len(bad)} left out); add readable images")
     return bad
-
-
-def seed_worker(worker_id: int) -> None:
-    """Seed Python and NumPy in a worker from torch's per-worker seed (which the loader's generator fixes)."""
-    seed = torch.initial_seed() % 2**32
-    random.seed(seed)
-    np.random.seed(seed)
-
-
-def make_loader(
-    dataset: Dataset,
-    *,
-    batch_size: int,
-    train: bool,
-    generator: torch.Generator,
-    workers: int = 0,
-    sampler: Sampler | None = None,
-    pin_memory: bool = False,
-) -> DataLoader:
-    """A DataLoader whose shuffling and worker seeds come only from `generator` (reseed it per epoch)."""
-    return DataLoader(
-        dataset,
-        batch_size=batch_size,
-        shuffle=train and sampler is None,
-        sampler=sampler,
-        drop_last=train and len(dataset) >= 2 * batch_size,  # BatchNorm dislikes a last batch of one
-        num_workers=workers,
-        worker_init_fn=seed_worker,
-        generator=generator,
-        pin_memory=pin_memory,
-        persistent_workers=False,
-    )

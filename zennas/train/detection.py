@@ -95,7 +95,7 @@ class DetectionConfig:
     dialect: str | None = None
     epochs: int = 12
     batch_size: int = 16
-    resolution: int | None = None  # shorter image side; default: the run's or the model's resolution
+    resolution: int | None = None  # shorter image side; default: the run's, else the images' own (native_side)
     max_size: int | None = None  # longer side cap; default: resolution x 1333 / 800
     # lr default: 2e-3 x sqrt(batch/16) for AdamW (Adam's square-root batch rule), 0.01 x batch/16 for SGD.
     # AdamW is the default because short runs on small sets learn faster with it: in 740 steps on digits
@@ -767,8 +767,22 @@ def _detector_values(spec: Any, side: int, use_se: bool | None, channels: int, c
     return training_values(spec, side, side, use_se) + levels * channels * (1 + 2 * convs)
 
 
+NATIVE_SIDE_CAP = 800  # FCOS's COCO setting: larger images are scaled down to it by default
+
+
+def native_side(split: CocoSplit) -> int:
+    """The default input side of a split: the median shorter side of its images (from the COCO entries),
+    at least 32 (the stride of C5) and at most NATIVE_SIDE_CAP."""
+    sides = [min(im["width"], im["height"]) for im in split.coco["images"]]
+    return int(min(NATIVE_SIDE_CAP, max(32, round(float(np.median(sides))))))
+
+
 def _setup(config: DetectionConfig, device: torch.device, world: int = 1) -> tuple[_Run, float]:
     spec, _, resolution, use_se = resolve_architecture(config)
+    native = config.resolution is None and config.run is None  # a backbone's own resolution says nothing of the data
+    if native:
+        train, val = load_coco_data(config.data, skip_bad_boxes=config.skip_bad_boxes)
+        resolution = native_side(train)
     max_size = config.max_size or round(resolution * 1333 / 800)
     if max_size < resolution:
         raise ConfigError(f"max_size ({max_size}) must be at least the resolution ({resolution})")
@@ -777,7 +791,8 @@ def _setup(config: DetectionConfig, device: torch.device, world: int = 1) -> tup
                  what=f"one training step of {batch} images of {resolution}x{resolution} (square images)",
                  lower="--resolution or --batch-size",
                  bytes_per_value=2 if device.type == "cuda" and config.amp != "off" else 4)  # fmt: skip
-    train, val = load_coco_data(config.data, skip_bad_boxes=config.skip_bad_boxes)
+    if not native:  # an impossible --resolution is refused before the data is read
+        train, val = load_coco_data(config.data, skip_bad_boxes=config.skip_bad_boxes)
     torch.manual_seed(config.seed)
     detector = build_detector(
         spec, len(train.category_ids), use_se=use_se, fpn_channels=config.fpn_channels, head_convs=config.head_convs,

@@ -45,7 +45,8 @@ def evaluate_checkpoint(
     from zennas.arch import parse
     from zennas.train.checkpoint import load_weights
     from zennas.train.classification import build_trained
-    from zennas.train.data import load_classification_data, make_loader, screen_folder_images
+    from zennas.train.data import load_classification_data, screen_folder_images
+    from zennas.train.loading import default_workers, feed
     from zennas.train.memory import check_memory, inference_values
 
     if plot is not None:
@@ -64,9 +65,9 @@ def evaluate_checkpoint(
             f"the dataset's classes {data.classes[:5]}... differ from the checkpoint's {info['classes'][:5]}...; "
             "evaluate on data with the training classes"
         )
-    loader = make_loader(data.val, batch_size=batch_size, train=False, generator=torch.Generator(), workers=0,
-                         pin_memory=False)  # fmt: skip
     target = resolve_device(device)
+    loader = feed(data.val, batch_size=batch_size, train=False, generator=torch.Generator(),
+                  workers=default_workers(target), device=target, seed=0)  # fmt: skip
     net = net.to(target).eval()
     k = info["num_classes"]
     confusion = np.zeros((k, k), dtype=np.int64)  # [true, predicted]
