@@ -480,22 +480,74 @@ def _engine_options(engine: str, threads: int | None, exporter: str | None) -> d
     return options
 
 
-def _table_engine(table, engine: str | None, device: str, threads: int | None = None, exporter: str | None = None):
+TIMING_HELP = "graph: one CUDA-graph replay per run (GPU only); eager: kernels launched one by one by the host."
+
+
+def _timing_options(engine: str, timing: str | None) -> dict:
+    """The engine option of --timing graph|eager (torch and onnxruntime have CUDA-graph replay)."""
+    if timing is None:
+        return {}
+    if engine not in ("torch", "onnxruntime"):
+        if timing == "graph":
+            raise click.UsageError(f"--timing graph applies to the torch and onnxruntime engines, not {engine}")
+        return {}
+    return {"cuda_graph": timing == "graph"}
+
+
+def _measure_device(table, device: str | None) -> str:
+    """--device, else where the table was measured: "cuda" for a GPU table (one-line error without CUDA)."""
+    if device is not None:
+        return device
+    if table.device_kind == "cpu":
+        return "cpu"
+    import torch
+
+    if not torch.cuda.is_available():
+        family = table.header["device"].get("family") or table.header["device"].get("name") or "a GPU"
+        raise click.ClickException(
+            f"table {table.name!r} is a GPU table (measured on {family}) and this machine has no CUDA device to "
+            "time the network the same way; run on a GPU, or add --device cpu to time it on this CPU in FP32 "
+            "(not comparable with the table)"
+        )
+    return "cuda"
+
+
+def _table_engine(
+    table, engine: str | None, device: str, threads: int | None = None, exporter: str | None = None,
+    timing: str | None = None,
+):  # fmt: skip
     """A timing engine configured like the one that measured `table`, unless the flags say otherwise.
 
-    The table's engine, CPU threads and ONNX exporter are the defaults, so that a measurement compares
-    like with like (a 1-thread table timed with 2 threads would be off by the thread speed-up).
+    The table's engine, CPU threads, ONNX exporter and, on a GPU, its timing mode (graph or eager),
+    channels_last and TF32 are the defaults, so that a measurement compares like with like (a 1-thread
+    table timed with 2 threads would be off by the thread speed-up, an eager table timed by graph
+    replay by the launch gaps).
     """
     from zennas.latency.engines import get_engine
 
     header_options = table.header.get("engine_options") or {}
     same_engine = engine is None or engine == table.header.get("engine")
     engine = engine or table.header.get("engine") or "torch"
+    options: dict = {}
     if same_engine:
-        threads = threads or header_options.get("threads")
+        if device == "cpu" or engine != "torch":  # torch takes no thread count on a GPU
+            threads = threads or header_options.get("threads")
         exporter = exporter or header_options.get("exporter")
+        if device != "cpu":
+            timing = timing or table.timing["mode"]
+            if engine == "torch":
+                options.update({k: header_options[k] for k in ("channels_last", "tf32") if k in header_options})
+    options.update(_engine_options(engine, threads, exporter))
+    options.update(_timing_options(engine, timing))
     precision = table.header["precision"] if device != "cpu" else "fp32"
-    return get_engine(engine, device=device, precision=precision, **_engine_options(engine, threads, exporter))
+    return get_engine(engine, device=device, precision=precision, **options)
+
+
+def _timing_label(measured) -> str:
+    """How a Timing was taken, for output: graph replay or eager on a GPU, nothing on the CPU."""
+    if "cuda_graph" not in measured.options:
+        return ""
+    return ", graph replay" if measured.options["cuda_graph"] else ", eager"
 
 
 @main.command("tables")
@@ -535,16 +587,18 @@ def latency_group() -> None:
 @click.option("--num-classes", type=click.IntRange(min=0), help="Classifier outputs (default: the model's own).")
 @click.option("--se/--no-se", "use_se", default=None, help="Force SE modules on or off (default: the model's own).")
 @click.option("--dialect", help="Parse ARCH in this dialect instead of detecting it.")
-@click.option("--measure", is_flag=True, help="Also time the whole network and print the relative error.")
+@click.option("--measure", is_flag=True, help="Also time the whole network the table's way and print both.")
 @click.option("--engine", help="Timing engine for --measure (default: the table's, with its threads and exporter).")
-@click.option("--device", type=DEVICE, default="cpu", show_default=True,
-              help="Device for --measure (cpu, cuda, cuda:1).")  # fmt: skip
+@click.option("--device", type=DEVICE,
+              help="Device for --measure (cpu, cuda, cuda:1; default: the table's, cuda for a GPU table).")  # fmt: skip
+@click.option("--timing", type=click.Choice(["graph", "eager"]), help=f"For --measure: {TIMING_HELP} "
+              "Default: the table's.")  # fmt: skip
 @click.option("--runs", type=click.IntRange(min=1), default=50, show_default=True, help="Timed runs for --measure.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @_one_line_errors
 def latency_predict_command(
-    arch, table, gpu, batch_size, precision, resolution, num_classes, use_se, dialect, measure, engine, device, runs,
-    as_json,
+    arch, table, gpu, batch_size, precision, resolution, num_classes, use_se, dialect, measure, engine, device, timing,
+    runs, as_json,
 ) -> None:  # fmt: skip
     """Predicted latency of ARCH (a model name, a string or a file)."""
     from zennas.api import settings_for
@@ -559,12 +613,14 @@ def latency_predict_command(
     if measure:
         from zennas.build import BuildOptions, build
 
-        timer = _table_engine(chosen, engine, device)
+        device = _measure_device(chosen, device)
+        timer = _table_engine(chosen, engine, device, timing=timing)
         engine = timer.name
         model = build(spec, BuildOptions(num_classes=num_classes, use_se=use_se))
-        timing = timer.time(model, (p.batch_size, 3, resolution, resolution), runs=runs)
-        out["measured"] = timing.to_dict()
-        out["relative_error"] = (p.latency_ms_per_batch - timing.ms_per_batch) / timing.ms_per_batch
+        measured = timer.time(model, (p.batch_size, 3, resolution, resolution), runs=runs)
+        out["measured"] = measured.to_dict()
+        out["ratio"] = p.latency_ms_per_batch / measured.ms_per_batch
+        out["relative_error"] = (p.latency_ms_per_batch - measured.ms_per_batch) / measured.ms_per_batch
     if as_json:
         click.echo(json.dumps(out))
         return
@@ -579,9 +635,13 @@ def latency_predict_command(
         click.echo(f"not costed by this table: {missing}")
     if measure:
         click.echo(
-            f"measured ({engine}, {device}, {out['measured']['precision']}): {timing.ms_per_image:.4f} ms/image, "
-            f"{timing.ms_per_batch:.4f} ms/batch (median of {runs}); relative error {out['relative_error']:+.1%}"
+            f"measured:  {measured.ms_per_image:.4f} ms/image, {measured.ms_per_batch:.4f} ms/batch (median of "
+            f"{runs}; {engine}, {timer.device}, {measured.precision}{_timing_label(measured)})"
         )
+        click.echo(f"predicted/measured: {out['ratio']:.3f} (relative error {out['relative_error']:+.1%})")
+        table_family, family = chosen.header["device"].get("family"), measured.identity.get("family")
+        if table_family and family and str(table_family).upper() != str(family).upper():
+            click.echo(f"note: measured on {family}, the table on {table_family}")
 
 
 @latency_group.command("validate")
@@ -589,7 +649,8 @@ def latency_predict_command(
 @click.option("--space", required=True, help="Search space to sample (zennas spaces).")
 @click.option("--samples", type=click.IntRange(min=3), default=50, show_default=True)
 @click.option("--engine", help="Timing engine (default: the table's, with its threads and exporter).")
-@click.option("--device", type=DEVICE, default="cpu", show_default=True)
+@click.option("--device", type=DEVICE, help="Device (default: the table's, cuda for a GPU table).")
+@click.option("--timing", type=click.Choice(["graph", "eager"]), help=f"{TIMING_HELP} Default: the table's.")
 @click.option("--resolution", "-r", type=click.IntRange(min=1), help="Input side (default: the table's budget).")
 @click.option("--num-classes", type=click.IntRange(min=0), default=1000, show_default=True)
 @click.option("--batch-size", "-b", type=click.IntRange(min=1), help="Batch (default: the table's budget batch).")
@@ -611,12 +672,14 @@ def latency_predict_command(
 @click.option("--save-fit", help="With --fit: write the table with the fitted correction to this file "
               "(a latency table already there is replaced; any other file is refused).")  # fmt: skip
 @click.option("--log", "log_path", help="JSON-lines log of measurements (resume). Default under .zennas-cache/.")
+@click.option("--time-limit", type=click.FloatRange(min=0, min_open=True),
+              help="Seconds after which no new chunk starts; the report covers the networks measured.")  # fmt: skip
 @click.option("--plot", "plot_path", help="Predicted-vs-measured scatter (.svg).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @_one_line_errors
 def latency_validate_command(
-    table, space, samples, engine, device, resolution, num_classes, batch_size, seed, runs, rounds, chunk, threads,
-    exporter, fit, save_fit, log_path, plot_path, as_json,
+    table, space, samples, engine, device, timing, resolution, num_classes, batch_size, seed, runs, rounds, chunk,
+    threads, exporter, fit, save_fit, log_path, time_limit, plot_path, as_json,
 ) -> None:  # fmt: skip
     """Measure random members of a space end to end and compare with the table's predictions."""
     from zennas.latency.shipped import open_table
@@ -632,7 +695,8 @@ def latency_validate_command(
         table_destination(save_fit)  # a folder or a file that is not a latency table: refused before measuring
     budget = chosen.header.get("budget") or {}
     resolution = resolution or int(budget.get("resolution") or 224)
-    timer = _table_engine(chosen, engine, device, threads, exporter)
+    device = _measure_device(chosen, device)
+    timer = _table_engine(chosen, engine, device, threads, exporter, timing)
     engine = timer.name
     if log_path is None:
         log_path = default_log_path(chosen, space, engine, device, resolution)
@@ -641,7 +705,7 @@ def latency_validate_command(
         report = validate(
             space, chosen, timer, samples=samples, resolution=resolution, num_classes=num_classes,
             batch_size=batch_size, seed=seed, runs=runs, rounds=rounds, chunk=chunk, fit=fit, log=log_path,
-            progress=lambda done, total: advance(done),
+            time_limit_s=time_limit, progress=lambda done, total: advance(done),
         )  # fmt: skip
     if plot_path:
         write_scatter_svg(plot_path, report)
@@ -654,11 +718,15 @@ def latency_validate_command(
         return
     a = report.overall
     click.echo(
-        f"{space}: {a.n} networks, table {chosen.name}, {engine} on {device}, batch {report.settings['batch_size']}, "
+        f"{space}: {a.n} networks, table {chosen.name}, {engine} on {device}"
+        f"{', graph replay' if timer.options.get('cuda_graph') else ''}, batch {report.settings['batch_size']}, "
         f"resolution {resolution}"
     )
     if report.settings["outside_table"]:
         click.echo(f"{report.settings['outside_table']} sampled networks lie outside the table and were skipped")
+    if report.settings["not_measured_in_time"]:
+        click.echo(f"{report.settings['not_measured_in_time']} networks were not measured within --time-limit "
+                   "(rerun with the same --log to add them)")  # fmt: skip
     click.echo(f"within +-10%: {a.within_10pct:.1%}  within +-5%: {a.within_5pct:.1%}  MAPE {a.mape:.2f}%  "
                f"Spearman {a.spearman:.4f}")  # fmt: skip
     if report.fit is not None:
@@ -881,7 +949,8 @@ def _search_problem(space, preset, proxy, option_pairs, given, table, proxy_batc
 
 @main.command("profile")
 @click.option("--space", required=True, help="Search space whose operators to measure (zennas spaces).")
-@click.option("--engine", default="onnxruntime", show_default=True, help="torch, onnxruntime or tensorrt.")
+@click.option("--engine", type=click.Choice(["torch", "onnxruntime", "tensorrt"]),
+              help="Timing engine (default: onnxruntime on the CPU, torch on a GPU).")  # fmt: skip
 @click.option("--device", type=DEVICE, default="cpu", show_default=True, help="cpu, cuda, cuda:1 ...")
 @click.option("--precision", default="fp32", show_default=True, help="fp32, fp16, bf16 (engine permitting).")
 @click.option("--batch-size", "-b", type=click.IntRange(min=1), default=1, show_default=True)
@@ -911,6 +980,16 @@ def _search_problem(space, preset, proxy, option_pairs, given, table, proxy_batc
     help="onnxruntime only: host clock around each run, or profiler kernel times of the operator in "
     "context (default on the CPU: kernels; see `zennas.latency.engines.ort`).",
 )
+@click.option("--timing", type=click.Choice(["graph", "eager"]),
+              help=f"{TIMING_HELP} Default: graph for torch on a GPU, eager otherwise.")  # fmt: skip
+@click.option("--operators", type=click.Choice(["in-context", "alone"]),
+              help="Time each operator between helper neighbours whose time is left out (in-context), or alone. "
+              "Default: in-context with --timer kernels and with torch on a GPU, alone otherwise.")  # fmt: skip
+@click.option("--time-limit", type=click.FloatRange(min=0, min_open=True),
+              help="Seconds after which no new chunk starts; the table is written with what was measured "
+              "(operators go member by member, so it covers whole networks; rerun to extend it).")  # fmt: skip
+@click.option("--warmup-ms", type=click.FloatRange(min=0), default=50.0, show_default=True,
+              help="Warm-up of each operator before its timed runs (at least 3 runs as well).")  # fmt: skip
 @click.option("--threads", type=click.IntRange(min=1), help="CPU threads of the engine.")
 @click.option("--exporter", type=click.Choice(["torchscript", "dynamo", "auto"]), default="torchscript",
               show_default=True, help="ONNX exporter for onnxruntime/tensorrt (TorchScript: ~10x faster).")  # fmt: skip
@@ -920,7 +999,7 @@ def _search_problem(space, preset, proxy, option_pairs, given, table, proxy_batc
 @_one_line_errors
 def profile_command(
     space, engine, device, precision, batch_size, resolution, num_classes, samples, limit, runs, rounds, chunk, timer,
-    threads, exporter, seed, out,
+    timing, operators, time_limit, warmup_ms, threads, exporter, seed, out,
 ) -> None:  # fmt: skip
     """Measure a latency table for a space on this machine (resumable: rerun the same command)."""
     from pathlib import Path
@@ -935,19 +1014,23 @@ def profile_command(
             f"--out {out!r} would name the table {name!r}; use a file name that starts with a letter or digit and "
             "holds at most 100 letters, digits, '_' and '-' before its suffix, e.g. --out mytable.json"
         )
-    options = _engine_options(engine, threads, exporter)
+    engine = engine or ("onnxruntime" if device == "cpu" else "torch")
+    options = {**_engine_options(engine, threads, exporter), **_timing_options(engine, timing)}
     if engine == "onnxruntime":
-        options["timer"] = timer or ("kernels" if device == "cpu" else "host")
+        options["timer"] = timer or ("kernels" if device == "cpu" and operators != "alone" else "host")
     elif timer:
         raise click.UsageError(f"--timer applies to the onnxruntime engine only, not {engine}")
+    if operators == "alone" and options.get("timer") == "kernels":
+        raise click.UsageError("--timer kernels times operators in context only; use --timer host to time them alone")
     timer = get_engine(engine, device=device, precision=precision, **options)
-    ops = space_grid(space, resolution=resolution, num_classes=num_classes, samples=samples, seed=seed)
+    ops = space_grid(space, resolution=resolution, num_classes=num_classes, samples=samples, seed=seed, by_member=True)
     if limit:
         ops = ops[:limit]
     command = "zennas profile " + " ".join(sys.argv[2:]) if len(sys.argv) > 2 else "zennas profile"
     header = table_header(
         name=name, engine=timer, batch_size=batch_size, resolution=resolution, space=space,
         op_kinds=sorted({op.kind for op in ops}), command=command, activations={op.act for op in ops},
+        in_context=None if operators is None else operators == "in-context",
     )  # fmt: skip
     started = time.monotonic()
 
@@ -958,12 +1041,18 @@ def profile_command(
 
     result = profile(
         ops, timer, batch_size=batch_size, out=out, header=header, runs=runs, rounds=rounds, chunk=chunk,
-        progress=progress,
+        min_warmup_ms=warmup_ms, time_limit_s=time_limit, progress=progress,
     )  # fmt: skip
+    t = header["timing"]
     click.echo(
         f"{out}: {len(result.table.entries)} entries ({result.measured} measured now, {result.reused} reused) "
-        f"in {time.monotonic() - started:.0f} s; {result.table.describe()}"
+        f"in {time.monotonic() - started:.0f} s; {result.table.describe()}; {t['mode']} timing, operators "
+        f"{t['operators']}"
     )
+    if result.floored:
+        click.echo(f"{result.floored} operators cost nothing measurable beside their helpers (recorded as 1e-6 ms)")
+    if result.remaining:
+        click.echo(f"{result.remaining} operators left after --time-limit; rerun the same command to add them")
 
 
 @main.group("train")
@@ -981,7 +1070,8 @@ def _train_options(fn):
                      help="Folder with train/ and val/ class folders, or CIFAR."),
         click.option("--out", required=True, type=click.Path(file_okay=False),
                      help="Folder for checkpoints and metrics."),
-        click.option("--epochs", type=click.IntRange(min=1), default=10, show_default=True),
+        click.option("--epochs", type=click.IntRange(min=1),
+                     help="Default: 10, or more on a small set so that the run has at least 300 steps."),
         click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True, help="Global batch."),
         click.option("--resolution", type=click.IntRange(min=8), help="Input side (default: the run's or model's)."),
         click.option("--lr", type=click.FloatRange(min=0, min_open=True), help="Peak learning rate (default: scaled)."),
@@ -1042,7 +1132,7 @@ def _echo_skipped(out: str, metrics: dict, shown: int = 20) -> None:
             click.echo(f"  and {len(skipped) - shown} more", err=True)
 
 
-def _train_with_progress(train, config, epochs: int, describe: Callable[[dict], str]) -> dict:
+def _train_with_progress(train, config, epochs: int | None, describe: Callable[[dict], str]) -> dict:
     """Run `train(config, on_step=..., on_epoch=...)` with a progress bar per epoch and, after each
     epoch, a line `epoch N<describe(record)>`; returns the trainer's metrics."""
     bar = contextlib.ExitStack()
@@ -1057,7 +1147,7 @@ def _train_with_progress(train, config, epochs: int, describe: Callable[[dict], 
         seen["info"] = info
         if step == 1:  # one progress bar per epoch
             bar.close()
-            bar.advance = bar.enter_context(_progress(steps, f"epoch {epoch}/{epochs}", speed))
+            bar.advance = bar.enter_context(_progress(steps, f"epoch {epoch}/{info.epochs or epochs}", speed))
         bar.advance(step)
         if step == steps:
             bar.close()
@@ -1114,7 +1204,7 @@ def train_longtail_command(arch, run_dir, data, out, **options) -> None:
 
     config = LongtailConfig(data=data, out=out, arch=arch, run=run_dir, **options)
     started = time.monotonic()
-    epochs = config.epochs + config.stage2_epochs  # cRT adds classifier epochs
+    epochs = None if config.epochs is None else config.epochs + config.stage2_epochs  # cRT adds classifier epochs
     m = _train_with_progress(train_classification, config, epochs, _classification_epoch)
     _echo_skipped(out, m)
 
@@ -1225,7 +1315,9 @@ def eval_command(checkpoint, data, batch_size, device, plot_path, as_json) -> No
               help="K: images per identity in a batch.")  # fmt: skip
 @click.option("--height", type=click.IntRange(min=8), default=256, show_default=True, help="Input height.")
 @click.option("--width", type=click.IntRange(min=8), default=128, show_default=True, help="Input width.")
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), help="Peak learning rate (default: scaled).")
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True),
+              help="Peak learning rate (default: (P*K)/64 x 3.5e-3 for Adam from scratch, 3.5e-4 with --pretrained, "
+                   "0.05 for SGD).")  # fmt: skip
 @click.option("--optimizer", type=click.Choice(["adam", "adamw", "sgd"]), default="adam", show_default=True)
 @click.option("--weight-decay", type=click.FloatRange(min=0), default=5e-4, show_default=True)
 @click.option("--warmup-epochs", type=click.FloatRange(min=0), default=5.0, show_default=True)

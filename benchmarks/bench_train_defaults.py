@@ -1,4 +1,4 @@
-"""Do default options learn? Detection and ReID runs of about 1,000 steps on small synthetic sets, on a CPU.
+"""Do default options learn? Detection, ReID and classification runs on small sets, on a CPU.
 
 Detection: `write_coco_digits` sets (sklearn's real digits pasted on noisy canvases, COCO format)
 x backbones x candidate optimiser settings; each run trains for about `--steps` steps (epochs =
@@ -13,11 +13,18 @@ ReID: `write_market_digits` (64x32 images) and `train_reid` with default options
 arch, epochs, `--reid-size`, hflip 0 and the CPU given) for about `--reid-steps` steps, against
 the chance figures the trainer reports; `--reid-candidates` adds alternatives.
 
+Classification: sklearn's digits as ImageFolders (`write_digits_folder`: "digits" all 1,797, 45 per
+class in val; "few" 600 of them, 15 per class in val) x small zennas-res backbones, trained by
+`train_classification` with default options (only data, arch, `--cls-resolution`, hflip 0 and the
+CPU given; epochs, batch, lr and warm-up as TrainConfig has them unless a candidate sets them),
+against chance (10 %). The reported figure is the trainer's own: top-1 of the weights it reports.
+
 Prints the tables and appends them to benchmarks/RESULTS.md (date, machine, command).
 
     python benchmarks/bench_train_defaults.py --sets user --archs res512 --candidates defaults --steps 750
     python benchmarks/bench_train_defaults.py --part reid --reid-steps 1000
     python benchmarks/bench_train_defaults.py --candidates 'defaults,try:optimizer=adamw;lr=3e-3' --no-record
+    python benchmarks/bench_train_defaults.py --part classification --cls-candidates 'defaults,e30:epochs=30'
 """
 
 from __future__ import annotations
@@ -33,9 +40,10 @@ from typing import Any
 import torch
 from _record import append_result
 
+from zennas.train.classification import TrainConfig, train_classification
 from zennas.train.detection import DetectionConfig, optimizer_settings, train_detection
 from zennas.train.reid import ReidConfig, train_reid
-from zennas.train.synthetic import write_coco_digits, write_market_digits
+from zennas.train.synthetic import write_coco_digits, write_digits_folder, write_market_digits
 
 SETS = {  # name -> write_coco_digits arguments
     "user": dict(train_images=600, val_images=150, canvas=96, digit_size=(22, 34)),  # the issue's report
@@ -69,6 +77,13 @@ REID_CANDIDATES: dict[str, dict[str, Any]] = {
     "adam-3.5e-3": dict(optimizer="adam", lr=3.5e-3),
     "adam-1e-2-bench": dict(optimizer="adam", lr=1e-2, warmup_epochs=1.0, erasing=0.0),  # bench_train_reid's
 }
+CLS_SETS = {"digits": dict(val_per_class=45), "few": dict(val_per_class=15, limit=600)}  # write_digits_folder's
+CLS_ARCHS = {
+    "res128": REID_ARCH,  # 0.05 M parameters
+    "res256": "SuperConvK3BNRELU(3,32,1,1)SuperResK3K3(32,64,2,32,1)SuperResK3K3(64,128,2,64,1)"
+    "SuperResK3K3(128,256,2,128,1)",  # 0.88 M parameters
+}
+CLS_CANDIDATES: dict[str, dict[str, Any]] = {"defaults": {}}
 
 
 def _value(text: str) -> Any:
@@ -153,6 +168,9 @@ def detection(work: Path, args: argparse.Namespace) -> list[dict[str, Any]]:
     return rows
 
 
+NATIVE = "DetectionConfig's default (the images' median shorter side)"
+
+
 def detection_table(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
     """One line per run, then each candidate's mean mAP@0.5 over the (set, backbone) pairs it finished."""
 
@@ -181,7 +199,7 @@ def detection_table(rows: list[dict[str, Any]], args: argparse.Namespace) -> str
     lines.append(
         f"\nsklearn digits (10 classes), 1-3 per canvas ({sets}); backbones: "
         + "; ".join(f"{a} `{ARCHS[a]}`" for a in args.archs.split(","))
-        + f"; input side {args.resolution or 'the backbone default'}, batch {args.batch_size}, "
+        + f"; input side {args.resolution or NATIVE}, batch {args.batch_size}, "
         "hflip 0, every other option at DetectionConfig's default unless listed; "
         f"evaluated once at the end (EMA weights; half-way too when pruning); {args.threads} torch thread(s), "
         f"{args.workers} loader processes, CPU; seconds = the whole train_detection call (no ONNX export)"
@@ -199,9 +217,9 @@ def reid(work: Path, args: argparse.Namespace) -> str:
         "|" + "---|" * 10,
     ]
     for label, settings in parse_candidates(args.reid_candidates, REID_CANDIDATES).items():
-        config = ReidConfig(data=str(data), out=str(work / f"reid-{label}"), arch=REID_ARCH, height=height,
-                            width=width, hflip=0.0, device="cpu", workers=args.workers, seed=args.seed,
-                            **settings)  # fmt: skip
+        arch = CLS_ARCHS[args.reid_arch]
+        config = ReidConfig(data=str(data), out=str(work / f"reid-{label}"), arch=arch, height=height, width=width,
+                            hflip=0.0, device="cpu", workers=args.workers, seed=args.seed, **settings)  # fmt: skip
         per_epoch = max(1, counts["train_images"] // (config.p * config.k))
         epochs = max(1, round(args.reid_steps / per_epoch))
         config = dataclasses.replace(config, epochs=epochs, eval_every=epochs)
@@ -216,15 +234,53 @@ def reid(work: Path, args: argparse.Namespace) -> str:
     lines.append(
         f"\nwrite_market_digits: {counts['train_ids']} train people ({counts['train_images']} images), "
         f"{counts['test_ids']} test people (images written at 64x32); {height}x{width} input, hflip 0, "
-        f"arch `{REID_ARCH}`, every other option at ReidConfig's default unless listed; percentages, "
+        f"arch {args.reid_arch} `{CLS_ARCHS[args.reid_arch]}`, every other option at ReidConfig's default unless "
+        "listed; percentages, "
         f"Market-1501 protocol; {args.threads} torch thread(s), CPU"
+    )
+    return "\n".join(lines)
+
+
+def classification(work: Path, args: argparse.Namespace) -> str:
+    """Classification runs with default (and candidate) settings on the digit ImageFolders."""
+    lines = [
+        "| candidate | settings | set | backbone | steps | top-1 | top-5 | final loss | seconds |",
+        "|" + "---|" * 9,
+    ]
+    candidates = parse_candidates(args.cls_candidates, CLS_CANDIDATES)
+    for set_name in filter(None, args.cls_sets.split(",")):
+        data = write_digits_folder(work / f"digits-{set_name}", seed=args.seed, **CLS_SETS[set_name])
+        train_images = len(list((data / "train").rglob("*.png")))
+        for arch_name in filter(None, args.cls_archs.split(",")):
+            for label, settings in candidates.items():
+                config = TrainConfig(data=str(data), out=str(work / f"cls-{set_name}-{arch_name}-{label}"),
+                                     arch=CLS_ARCHS[arch_name], resolution=args.cls_resolution, hflip=0.0,
+                                     device="cpu", workers=args.workers, seed=args.seed, **settings)  # fmt: skip
+                steps = config.epochs * (train_images // config.batch_size or 1)
+                print(f"classification / {set_name} / {arch_name} / {label}: {steps} steps", file=sys.stderr)
+                started = time.monotonic()
+                m = train_classification(config)
+                seconds = time.monotonic() - started
+                desc = ", ".join(f"{k} {v}" for k, v in settings.items()) or (
+                    f"defaults: {config.optimizer}, {config.epochs} epochs, batch {config.batch_size}, "
+                    f"warmup_epochs {config.warmup_epochs:g}"
+                )
+                figures = f"{m['top1']:.1f} | {m['top5']:.1f} | {m['train_loss']:.3f} | {seconds:.0f}"
+                lines.append(
+                    f"| {label} | {desc} | {set_name} ({train_images} train) | {arch_name} | {steps} | {figures} |"
+                )
+    lines.append(
+        f"\nsklearn digits (8x8, 10 classes) as PNG ImageFolders, upsampled to {args.cls_resolution} px; backbones: "
+        + "; ".join(f"{k} `{v}`" for k, v in CLS_ARCHS.items())
+        + f"; hflip 0, every other option at TrainConfig's default unless listed; top-1/top-5 in percent of the "
+        f"weights the trainer reports (chance 10 %); {args.threads} torch thread(s), CPU"
     )
     return "\n".join(lines)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--part", choices=("detection", "reid", "all"), default="all")
+    parser.add_argument("--part", choices=("detection", "reid", "classification", "all"), default="all")
     parser.add_argument("--sets", default="user,bench,few", help=f"comma-separated, of {', '.join(SETS)}")
     parser.add_argument("--archs", default="res512,res128", help=f"comma-separated, of {', '.join(ARCHS)}")
     parser.add_argument("--candidates", default="defaults,sgd-1e-2,adamw-2e-3",
@@ -236,7 +292,16 @@ def main() -> None:
     parser.add_argument("--reid-candidates", default="defaults",
                         help=f"comma-separated, of {', '.join(REID_CANDIDATES)} or LABEL:key=value;...")  # fmt: skip
     parser.add_argument("--reid-steps", type=int, default=1000)
+    parser.add_argument("--reid-arch", default="res128", choices=("res128", "res256"), help="ReID backbone")
     parser.add_argument("--reid-size", default="64x32", help="ReID input HEIGHTxWIDTH")
+    parser.add_argument("--cls-sets", default="digits,few", help=f"comma-separated, of {', '.join(CLS_SETS)}")
+    parser.add_argument("--cls-archs", default="res128,res256", help=f"comma-separated, of {', '.join(CLS_ARCHS)}")
+    parser.add_argument(
+        "--cls-candidates",
+        default="defaults",
+        help="comma-separated: defaults or LABEL:key=value;key=value (TrainConfig fields)",
+    )
+    parser.add_argument("--cls-resolution", type=int, default=32)
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (the CPU is shared)")
     parser.add_argument("--workers", type=int, default=0, help="loader processes (0 keeps the run on one core)")
     parser.add_argument("--seed", type=int, default=0)
@@ -257,6 +322,11 @@ def main() -> None:
             print(table)
             if not args.no_record:
                 append_result("bench_train_defaults - ReID with default settings", table)
+        if args.part in ("classification", "all"):
+            table = classification(work, args)
+            print(table)
+            if not args.no_record:
+                append_result("bench_train_defaults - classification with default settings", table)
 
 
 if __name__ == "__main__":

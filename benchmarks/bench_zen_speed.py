@@ -34,10 +34,9 @@ import torch
 from _record import append_result
 
 from zennas.counting import count
-from zennas.device import resolve_device
+from zennas.device import resolve_device, strict_fp32
 from zennas.models import get_model_entry
 from zennas.proxies import score
-from zennas.proxies.context import strict_fp32
 from zennas.proxies.inflight import score_many
 from zennas.proxies.zen import batch_norms, init_plain_, plain_skeleton
 from zennas.spaces import get_space

@@ -11,7 +11,7 @@ from torch import nn
 
 from zennas.arch import ArchSpec, parse
 from zennas.arch.genet import GenSuperRes
-from zennas.arch.zennas_dialect import ZenConv, ZenRes, smart_round
+from zennas.arch.zennas import ZenConv, ZenRes, smart_round
 from zennas.blocks.common import ResidualUnit, SqueezeExcite
 from zennas.build import BuildOptions, build
 from zennas.counting import count

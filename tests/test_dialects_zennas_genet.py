@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from zennas.arch import get_dialect, list_dialects, parse
-from zennas.arch.zennas_dialect import ZenConv, ZenRes, split_deep_blocks
+from zennas.arch.zennas import ZenConv, ZenRes, split_deep_blocks
 from zennas.errors import (
     ArchSyntaxError,
     ArchValueError,

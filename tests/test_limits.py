@@ -12,7 +12,7 @@ import cli
 from zennas.api import info, settings_for
 from zennas.arch import ArchSpec, parse
 from zennas.arch.limits import MAX_TEXT_CHARS
-from zennas.arch.zennas_dialect import ZenConv, ZenRes
+from zennas.arch.zennas import ZenConv, ZenRes
 from zennas.build import build
 from zennas.counting import check_forward_size, count
 from zennas.errors import (
@@ -230,7 +230,7 @@ def test_cli_refuses_huge_settings_on_one_line(args, tmp_path, monkeypatch):
 
 def test_spaces_without_max_width_stop_at_the_channel_limit():
     from zennas.spaces import get_space
-    from zennas.spaces.zennas_space import width_choices
+    from zennas.spaces.common import width_choices
 
     assert width_choices(60_000, (2.5, 1.0), 8, 8, None) == (60_000, 65_536)
     # Without max_width (zennas-idw; zennas-res lifted) a long mutation chain used to walk past 65,536 channels.

@@ -34,7 +34,7 @@ def test_ruff_format_is_clean():
 def test_torch_free_layers(module):
     code = (
         f"import sys, {module}; from zennas.arch import list_dialects; list_dialects();"
-        "from zennas.counting import _load_builtin_counters; _load_builtin_counters();"
+        "from zennas.counting import COUNTERS; COUNTERS.load();"
         "from zennas.spaces import list_spaces, get_space; [get_space(n) for n in list_spaces()];"
         "print('torch' in sys.modules)"
     )

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from zennas.errors import ConfigError, DegenerateNetworkError, ProxyError
-from zennas.proxies import _PROXIES, Option, get_proxy, list_proxies, register_proxy, repeat_seed, score
+from zennas.proxies import PROXIES, Option, get_proxy, list_proxies, register_proxy, repeat_seed, score
 
 CELL = "|nor_conv_3x3~0|+|nor_conv_3x3~0|avg_pool_3x3~1|+|none~0|nor_conv_3x3~1|avg_pool_3x3~2|"
 
@@ -43,7 +43,7 @@ def probe():
         options={"knob": Option("ok", ("ok", "fail", "degenerate", "nan"))},
     )(fn)
     yield seen
-    del _PROXIES["_probe"]
+    PROXIES.unregister("_probe")
 
 
 def test_registry_lists_documented_proxies():

@@ -11,12 +11,12 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from zennas._once import Once
 from zennas.arch import parse
 from zennas.errors import ConfigError, ProxyError
-from zennas.proxies import _PROXIES, Option, register_proxy, score
+from zennas.proxies import PROXIES, Option, register_proxy, score
 from zennas.proxies.inflight import InFlight, score_many
 from zennas.proxies.zen import init_plain_, plain_network, plain_skeleton
+from zennas.registry import Once
 from zennas.search.parallel import InFlightMap, make_map
 from zennas.search.problem import Problem, parse_proxy
 
@@ -66,7 +66,7 @@ def held():
 
     register_proxy("_held", description="test", source="test", options={"who": Option("a", ("a", "b"))})(fn)
     yield events, flags
-    del _PROXIES["_held"]
+    PROXIES.unregister("_held")
 
 
 def test_strict_fp32_holds_in_a_thread_after_another_thread_has_finished(held):

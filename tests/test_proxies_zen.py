@@ -12,7 +12,7 @@ from scipy.stats import kendalltau
 
 from zennas.arch import parse
 from zennas.build import BuildOptions, build
-from zennas.counting.zennas_count import zen_units
+from zennas.counting.zennas import zen_units
 from zennas.errors import ConfigError
 from zennas.models import get_model_entry
 from zennas.proxies import get_proxy, repeat_seed, score

@@ -12,10 +12,12 @@ import pytest
 from conftest import ZOO_PATH
 
 from zennas.arch import parse
-from zennas.arch.zennas_dialect import ZenRes
+from zennas.arch.zennas import ZenRes
 from zennas.errors import ChannelMismatchError, SearchSpaceError, ZennasError
 from zennas.spaces import get_space, list_spaces
-from zennas.spaces.zennas_space import GENetSpace, ZenNASSpace, smart_round, width_choices
+from zennas.spaces.common import width_choices
+from zennas.spaces.genet import GENetSpace
+from zennas.spaces.zennas import ZenNASSpace, smart_round
 
 ZOO = json.loads(ZOO_PATH.read_text())
 

@@ -303,3 +303,25 @@ def test_a_searched_network_learns_the_digits(digits, tmp_path):
     assert res.exit_code == 0, res.output
     metrics = json.loads((tmp_path / "train" / "metrics.json").read_text())
     assert metrics["arch"] == found["arch"] and metrics["top1"] >= 90
+
+
+def test_default_epochs_give_a_small_set_enough_steps(small, tmp_path, monkeypatch):
+    from zennas.train import classification as c
+
+    assert (c.DEFAULT_EPOCHS, c.MIN_STEPS) == (10, 300)
+    assert c.default_epochs(450, 128) == 100  # 3 steps an epoch
+    assert c.default_epochs(1347, 128) == 30  # 10 steps an epoch
+    assert c.default_epochs(1_281_167, 256) == 10  # ImageNet: 5,004 steps an epoch
+    assert c.default_epochs(10, 128) == 300  # fewer images than a batch: one step an epoch
+    # The trainer derives them from the training images (about 200 here: 6 steps of 32), the progress hook
+    # hears of them, and the saved settings keep None so that --resume derives the same number.
+    monkeypatch.setattr(c, "DEFAULT_EPOCHS", 1)
+    monkeypatch.setattr(c, "MIN_STEPS", 12)
+    heard = set()
+
+    def on_step(epoch, step, steps, info):
+        heard.add((steps, info.epochs))
+
+    metrics = train_classification(config(small, tmp_path / "run", epochs=None, ema_decay=0), on_step=on_step)
+    assert heard == {(6, 2)} and metrics["epochs"] == 2
+    assert json.loads((tmp_path / "run" / "checkpoint.json").read_text())["settings"]["epochs"] is None

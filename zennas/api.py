@@ -1,49 +1,19 @@
-"""The library functions the CLI calls: resolve an ARCH argument, describe it, build it."""
+"""The library functions the CLI calls: resolve an ARCH argument, describe it, build it.
+
+Resolution and default settings live in zennas.models (below every layer that needs them);
+`settings_for` is re-exported here for the callers that import it from this module.
+"""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
 from zennas.arch import ArchSpec
-from zennas.arch.limits import check_num_classes, check_resolution
 from zennas.counting import count
-from zennas.errors import ConfigError
-from zennas.models import DIALECT_DEFAULTS, ModelEntry, resolve_arch
+from zennas.models import resolve_spec, settings_for
 
 if TYPE_CHECKING:
     from torch import nn
-
-
-def _resolve(arch: str | ArchSpec, dialect: str | None, rechain: bool = False) -> tuple[ArchSpec, ModelEntry | None]:
-    if isinstance(arch, ArchSpec):
-        return arch, None
-    if not isinstance(arch, str):
-        raise ConfigError(f"an architecture must be a name, a string or an ArchSpec, got {type(arch).__name__}")
-    return resolve_arch(arch, dialect, rechain=rechain)
-
-
-def settings_for(
-    spec: ArchSpec,
-    entry: ModelEntry | None,
-    resolution: int | None = None,
-    num_classes: int | None = None,
-    use_se: bool | None = None,
-) -> tuple[int, int, bool | None]:
-    """Fill unset resolution/classes/SE from the registered model, else from the dialect defaults.
-
-    Raises ConfigError for a resolution or class count beyond what zennas can count and build,
-    before anything is counted, built or allocated.
-    """
-    default_res, default_classes = DIALECT_DEFAULTS.get(spec.dialect, (224, 1000))
-    if entry is not None:
-        default_res, default_classes = entry.resolution, entry.num_classes
-        if use_se is None:
-            use_se = entry.use_se
-    resolution = default_res if resolution is None else resolution
-    num_classes = default_classes if num_classes is None else num_classes
-    check_resolution(resolution)
-    check_num_classes(num_classes)
-    return resolution, num_classes, use_se
 
 
 def info(
@@ -57,7 +27,7 @@ def info(
     rechain: bool = False,
 ) -> dict[str, Any]:
     """Everything `zennas info` reports about an architecture, computed analytically (no weights)."""
-    spec, entry = _resolve(arch, dialect, rechain)
+    spec, entry = resolve_spec(arch, dialect, rechain=rechain)
     resolution, num_classes, use_se = settings_for(spec, entry, resolution, num_classes, use_se)
     cx = count(spec, resolution=resolution, num_classes=num_classes, use_se=use_se)
     out: dict[str, Any] = {
@@ -109,7 +79,10 @@ def create_model(
     """Build a registered model by name, or any architecture string/file/ArchSpec, as a torch module."""
     from zennas.build import BuildOptions, build
 
-    spec, entry = _resolve(arch, dialect)
+    spec, entry = resolve_spec(arch, dialect)
     _, num_classes, use_se = settings_for(spec, entry, None, num_classes, use_se)
     options = BuildOptions(num_classes=num_classes, use_se=use_se, bn=bn, residual=residual, multi_scale=multi_scale)
     return build(spec, options)
+
+
+__all__ = ["create_model", "info", "settings_for"]

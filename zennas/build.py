@@ -1,68 +1,23 @@
-"""ArchSpec -> nn.Module, through one registered builder per dialect."""
+"""ArchSpec -> nn.Module, through one registered builder per dialect (registry: zennas.blocks.base)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
-
 from torch import nn
 
-from zennas._once import Once
 from zennas.arch import ArchSpec
-from zennas.arch.limits import MAX_BUILD_PARAMS, MAX_RESOLUTION, check_num_classes
+from zennas.arch.limits import MAX_BUILD_PARAMS, MAX_RESOLUTION
+from zennas.blocks.base import BUILDERS, Builder, BuildOptions, register_builder
 from zennas.counting import count
 from zennas.errors import ConfigError
 
 
-@dataclass(frozen=True)
-class BuildOptions:
-    """Switches every builder honours.
-
-    num_classes: classifier outputs, 0 = backbone only (no pooling/classifier).
-    use_se: None = the family's default (ZenNAS: off; TinyNAS SE blocks and BINAS `se0.25` blocks:
-        on); True = SE where the family places it; False = no SE anywhere (plain nets for proxies).
-    bn: False drops every BatchNorm (plain networks for proxies).
-    residual: False removes every shortcut/add (the inner layers stay chained).
-    multi_scale: forward returns the stage features at strides 4, 8, 16, 32.
-    """
-
-    num_classes: int = 1000
-    use_se: bool | None = None
-    bn: bool = True
-    residual: bool = True
-    multi_scale: bool = False
-
-    def __post_init__(self) -> None:
-        check_num_classes(self.num_classes)
-
-
-Builder = Callable[[ArchSpec, BuildOptions], nn.Module]
-_BUILDERS: dict[str, Builder] = {}
-
-
-def register_builder(dialect: str) -> Callable[[Builder], Builder]:
-    """Decorator: the torch builder of one dialect, called as fn(spec, options)."""
-
-    def decorator(fn: Builder) -> Builder:
-        if dialect in _BUILDERS:
-            raise ValueError(f"a builder for {dialect!r} is already registered")
-        _BUILDERS[dialect] = fn
-        return fn
-
-    return decorator
-
-
 def build(spec: ArchSpec, options: BuildOptions | None = None, **kwargs: object) -> nn.Module:
     """Build the torch module of `spec` (options as a BuildOptions or keyword arguments)."""
-    _load_builtin_builders()
     if options is None:
         options = BuildOptions(**kwargs)  # type: ignore[arg-type]
     elif kwargs:
         raise ConfigError("pass either a BuildOptions or keyword options, not both")
-    try:
-        builder = _BUILDERS[spec.dialect]
-    except KeyError:
-        raise ConfigError(f"no builder for dialect {spec.dialect!r}") from None
+    builder = BUILDERS.get(spec.dialect)
     _check_buildable(spec, options)
     return builder(spec, options)
 
@@ -80,8 +35,4 @@ def _check_buildable(spec: ArchSpec, options: BuildOptions) -> None:
         )
 
 
-def _import_builtin_builders() -> None:
-    from zennas.blocks import binas, nb201, tinynas, zennas_blocks  # noqa: F401
-
-
-_load_builtin_builders = Once(_import_builtin_builders)
+__all__ = ["BUILDERS", "BuildOptions", "Builder", "build", "register_builder"]

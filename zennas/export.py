@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from zennas.blocks.network import Network
+from zennas.device import strict_fp32
 from zennas.errors import ConfigError, DependencyError, ExportError, OutputError, ZennasError
 from zennas.io import writable_file
 
@@ -380,8 +381,6 @@ def check_onnx(
     0 when ORT matches it exactly and inf otherwise; non-finite outputs give nan (a failure).
     `batch_sizes` defaults to input_shape[0], plus input_shape[0] + 2 when the file's batch is dynamic.
     """
-    from zennas.proxies.context import strict_fp32
-
     ort = _onnxruntime()
     shape = _check_shape(input_shape)
     path = Path(path)

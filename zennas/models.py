@@ -12,10 +12,10 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
-from zennas._once import Once
 from zennas.arch import ArchSpec, get_dialect, parse
-from zennas.arch.limits import MAX_TEXT_CHARS, check_text_size
+from zennas.arch.limits import MAX_TEXT_CHARS, check_num_classes, check_resolution, check_text_size
 from zennas.errors import ConfigError, UnknownModelError, excerpt
+from zennas.registry import Registry
 
 
 @dataclass(frozen=True)
@@ -38,7 +38,8 @@ class ModelEntry:
         return parse(self.arch)
 
 
-_MODELS: dict[str, ModelEntry] = {}
+# Filled from the zoo file on the first lookup: the zoo is data, no module registers models.
+MODELS: Registry[ModelEntry] = Registry("model", loader=lambda: _read_zoo(), error=UnknownModelError)
 
 # Defaults for architectures given as text rather than by name: (resolution, num_classes).
 DIALECT_DEFAULTS: dict[str, tuple[int, int]] = {
@@ -52,26 +53,22 @@ DIALECT_DEFAULTS: dict[str, tuple[int, int]] = {
 
 def register_model(entry: ModelEntry) -> ModelEntry:
     """Add a named model; duplicate names are an error."""
-    if entry.name in _MODELS:
-        raise ValueError(f"model {entry.name!r} is already registered")
-    _MODELS[entry.name] = entry
-    return entry
+    return MODELS.register(entry.name, entry)
 
 
 def list_models(pattern: str = "*") -> list[str]:
     """Registered names matching a shell-style wildcard pattern (case-insensitive)."""
-    _load_zoo()
     pattern = pattern.lower()
-    return sorted(name for name in _MODELS if fnmatch.fnmatchcase(name, pattern))
+    return sorted(name for name in MODELS if fnmatch.fnmatchcase(name, pattern))
 
 
 def get_model_entry(name: str) -> ModelEntry:
     """Look up a registered model by name (case-insensitive)."""
-    _load_zoo()
     key = name.strip().lower()
-    if key in _MODELS:
-        return _MODELS[key]
-    close = [n for n in _MODELS if key.split("-")[0] in n][:6]
+    entry = MODELS.find(key)
+    if entry is not None:
+        return entry
+    close = [n for n in MODELS if key.split("-")[0] in n][:6]
     hint = f"; similar: {', '.join(close)}" if close else ""
     raise UnknownModelError(
         f"{name!r} is neither a registered model nor an architecture string; run `zennas models` to list models{hint}"
@@ -80,8 +77,7 @@ def get_model_entry(name: str) -> ModelEntry:
 
 def is_model_name(name: str) -> bool:
     """True if `name` is a registered model name."""
-    _load_zoo()
-    return name.strip().lower() in _MODELS
+    return name.strip().lower() in MODELS
 
 
 _BARE_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_.\-]*")
@@ -117,6 +113,41 @@ def resolve_arch(text: str, dialect: str | None = None, *, rechain: bool = False
             "models` to list them), an architecture string, or the path of a file holding one; check the spelling"
         )
     return parse(text, dialect, rechain=rechain), None
+
+
+def resolve_spec(
+    arch: str | ArchSpec, dialect: str | None = None, *, rechain: bool = False
+) -> tuple[ArchSpec, ModelEntry | None]:
+    """An ARCH argument or an ArchSpec -> (spec, entry); an ArchSpec is taken as it is, with no entry."""
+    if isinstance(arch, ArchSpec):
+        return arch, None
+    if not isinstance(arch, str):
+        raise ConfigError(f"an architecture must be a name, a string or an ArchSpec, got {type(arch).__name__}")
+    return resolve_arch(arch, dialect, rechain=rechain)
+
+
+def settings_for(
+    spec: ArchSpec,
+    entry: ModelEntry | None,
+    resolution: int | None = None,
+    num_classes: int | None = None,
+    use_se: bool | None = None,
+) -> tuple[int, int, bool | None]:
+    """Fill unset resolution/classes/SE from the registered model, else from the dialect defaults.
+
+    Raises ConfigError for a resolution or class count beyond what zennas can count and build,
+    before anything is counted, built or allocated.
+    """
+    default_res, default_classes = DIALECT_DEFAULTS.get(spec.dialect, (224, 1000))
+    if entry is not None:
+        default_res, default_classes = entry.resolution, entry.num_classes
+        if use_se is None:
+            use_se = entry.use_se
+    resolution = default_res if resolution is None else resolution
+    num_classes = default_classes if num_classes is None else num_classes
+    check_resolution(resolution)
+    check_num_classes(num_classes)
+    return resolution, num_classes, use_se
 
 
 # Endings of files that hold architecture text (strings, TinyNAS structures, JSON exports).
@@ -191,6 +222,3 @@ def _read_zoo() -> None:
                 published={k: item.get(k) for k in ("params", "flops", "top1", "figures_source", "latency")},
             )
         )
-
-
-_load_zoo = Once(_read_zoo)

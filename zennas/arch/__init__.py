@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from zennas._once import Once
 from zennas.arch.ir import ArchSpec, BlockSpec
 from zennas.arch.limits import check_text_size
 from zennas.errors import ArchSyntaxError, UnknownDialectError, UnknownTokenError, excerpt
+from zennas.registry import Registry
 
 
 class Dialect(Protocol):
@@ -33,35 +33,38 @@ class Dialect(Protocol):
         ...
 
 
-_DIALECTS: dict[str, Dialect] = {}
+# The built-in dialect modules register themselves when the first lookup imports them.
+DIALECTS: Registry[Dialect] = Registry(
+    "dialect",
+    (
+        "zennas.arch.binas",
+        "zennas.arch.genet",
+        "zennas.arch.nb201",
+        "zennas.arch.tinynas",
+        "zennas.arch.zennas",
+    ),
+    error=UnknownDialectError,
+)
 
 
 def register_dialect(dialect: Dialect) -> Dialect:
     """Add a dialect to the registry; duplicate names are an error."""
-    if dialect.name in _DIALECTS:
-        raise ValueError(f"dialect {dialect.name!r} is already registered")
-    _DIALECTS[dialect.name] = dialect
-    return dialect
+    return DIALECTS.register(dialect.name, dialect)
 
 
 def get_dialect(name: str) -> Dialect:
     """Look up a dialect by name."""
-    _load_builtin_dialects()
-    try:
-        return _DIALECTS[name]
-    except KeyError:
-        raise UnknownDialectError(f"unknown dialect {name!r}; choose one of: {', '.join(sorted(_DIALECTS))}") from None
+    return DIALECTS.get(name)
 
 
 def list_dialects() -> list[str]:
     """Names of all registered dialects."""
-    _load_builtin_dialects()
-    return sorted(_DIALECTS)
+    return DIALECTS.names()
 
 
 def parse(text: str, dialect: str | None = None, *, rechain: bool = False) -> ArchSpec:
     """Parse `text` in `dialect`, or in the one dialect whose syntax it matches."""
-    _load_builtin_dialects()
+    DIALECTS.load()
     if not isinstance(text, str):
         raise ArchSyntaxError(f"architecture text must be a string, got {type(text).__name__}")
     check_text_size(text)  # before anything reads the text
@@ -69,11 +72,11 @@ def parse(text: str, dialect: str | None = None, *, rechain: bool = False) -> Ar
         raise ArchSyntaxError("empty architecture text; give a string such as 'SuperConvK3BNRELU(3,16,2,1)...'")
     if dialect is not None:
         return get_dialect(dialect).parse(text, rechain=rechain)
-    candidates = [d for d in _DIALECTS.values() if d.looks_like(text)]
+    candidates = [d for _, d in DIALECTS.items() if d.looks_like(text)]
     if not candidates:
         raise UnknownDialectError(
             f"text matches no dialect's syntax (starts with {excerpt(text.strip(), 40)!r}); "
-            f"dialects: {', '.join(sorted(_DIALECTS))}"
+            f"dialects: {', '.join(DIALECTS.names())}"
         )
     parsed: list[ArchSpec] = []
     errors: list[ArchSyntaxError] = []
@@ -93,15 +96,8 @@ def parse(text: str, dialect: str | None = None, *, rechain: bool = False) -> Ar
     raise best
 
 
-def _import_builtin_dialects() -> None:
-    """Import the dialect modules (they register themselves)."""
-    from zennas.arch import binas, genet, nb201, tinynas, zennas_dialect  # noqa: F401
-
-
-_load_builtin_dialects = Once(_import_builtin_dialects)
-
-
 __all__ = [
+    "DIALECTS",
     "ArchSpec",
     "BlockSpec",
     "Dialect",

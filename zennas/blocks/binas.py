@@ -12,8 +12,8 @@ from torch import nn
 
 from zennas.arch import ArchSpec
 from zennas.arch.binas import BinasBlock, check_spec, stem_width
+from zennas.blocks.base import BuildOptions, register_builder
 from zennas.blocks.network import Network
-from zennas.build import BuildOptions, register_builder
 from zennas.counting.binas import HEAD_WIDTH, STEM_KERNEL, STEM_STRIDE, Layer, unroll
 
 

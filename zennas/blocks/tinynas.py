@@ -13,8 +13,8 @@ from torch import nn
 
 from zennas.arch import ArchSpec
 from zennas.arch.tinynas import InnerBlock, TinyConv, TinyRes, inner_blocks, se_width
+from zennas.blocks.base import BuildOptions, register_builder
 from zennas.blocks.network import ClassifierHead, Network
-from zennas.build import BuildOptions, register_builder
 from zennas.errors import ConfigError
 
 BN_EPS = 1e-5

@@ -4,14 +4,16 @@ Every family registers a counter; each is the analytic twin of the family's torc
 tested against the built module (parameter count) and a hook-based MAC count of a real forward.
 Conventions (REFERENCE.md section 2.1): params = every learnable element (BN gamma/beta included);
 MACs = convolutions and linear layers only, bias MACs not counted.
+Every dialect module also lowers a spec to its weight layers, `layers(spec, resolution)` -> a list of
+`LayerRecord`, whose sums are the counter's params and MACs (tests/test_counting_layers.py).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
-from zennas._once import Once
 from zennas.arch import ArchSpec
 from zennas.arch.limits import (
     BLOCKS,
@@ -21,6 +23,7 @@ from zennas.arch.limits import (
     check_total_depth,
 )
 from zennas.errors import ConfigError
+from zennas.registry import Registry
 
 
 def conv_out(size: int, kernel: int, stride: int, padding: int | None = None) -> int:
@@ -43,6 +46,55 @@ def conv_macs(c_in: int, c_out: int, kernel: int, out_size: int, groups: int = 1
 def linear_head(channels: int, num_classes: int) -> tuple[int, int]:
     """(params, MACs) of global pooling + Linear(channels, num_classes, bias); (0, 0) for no head."""
     return channels * num_classes + num_classes, channels * num_classes
+
+
+class LayerRecord(NamedTuple):
+    """One weight layer of a network as its builder makes it: the lowering every dialect provides.
+
+    `counting.<dialect>.layers(spec, resolution, num_classes=..., use_se=...)` lists these in
+    network order (a block's main path, then its SE, then its shortcut); the sums of `params` and
+    `macs` over the list are the dialect counter's `params` and `macs`. kind 'conv' is a convolution
+    (SE convs act on the pooled 1 x 1 map), 'linear' the classifier, 'bn' a BatchNorm that follows no
+    conv of its own (GENet's BN token, NAS-Bench-201's last activation).
+    """
+
+    kind: str  # 'conv', 'linear' or 'bn'
+    c_in: int
+    c_out: int
+    kernel: int = 1
+    stride: int = 1
+    in_side: int = 1  # input side of the square map; 1 for linear layers and SE convs
+    groups: int = 1
+    bias: bool = False
+    bn: bool = False  # a BatchNorm (gamma, beta) on this layer's output
+    padding: int | None = None  # None: 'same' padding (k - 1) // 2
+
+    @property
+    def out_side(self) -> int:
+        """Output side of the map."""
+        if self.kind != "conv":
+            return self.in_side
+        return conv_out(self.in_side, self.kernel, self.stride, self.padding)
+
+    @property
+    def params(self) -> int:
+        """Learnable elements: weights, bias and BN gamma/beta."""
+        if self.kind == "bn":
+            return 2 * self.c_out
+        weights = conv_params(self.c_in, self.c_out, self.kernel, self.groups, self.bias)
+        return weights + (2 * self.c_out if self.bn else 0)
+
+    @property
+    def macs(self) -> int:
+        """Multiply-accumulates of the conv or linear layer (bias and BN not counted)."""
+        if self.kind == "bn":
+            return 0
+        return conv_macs(self.c_in, self.c_out, self.kernel, self.out_side, self.groups)
+
+
+def head_layers(channels: int, num_classes: int) -> tuple[LayerRecord, ...]:
+    """The Linear(channels, num_classes, bias) after global pooling; none when num_classes == 0."""
+    return (LayerRecord("linear", channels, num_classes, bias=True),) if num_classes else ()
 
 
 @dataclass(frozen=True)
@@ -135,7 +187,18 @@ def stages_of(blocks: tuple[BlockCount, ...]) -> tuple[StageShape, ...]:
 
 
 Counter = Callable[..., ModelComplexity]
-_COUNTERS: dict[str, Counter] = {}
+COUNTERS: Registry[Counter] = Registry(
+    "counter",
+    (
+        "zennas.counting.binas",
+        "zennas.counting.genet",
+        "zennas.counting.nb201",
+        "zennas.counting.tinynas",
+        "zennas.counting.zennas",
+    ),
+    unknown="no analytic counter for dialect {name!r}",
+    duplicate="a counter for {name!r} is already registered",
+)
 CONVENTIONS = ("correct", "zennas", "tinynas")
 
 
@@ -146,14 +209,7 @@ def register_counter(dialect: str) -> Callable[[Counter], Counter]:
     use_se has the meaning of BuildOptions.use_se, and the result records the effective value.
     A counter raises ConfigError for a convention it does not implement.
     """
-
-    def decorator(fn: Counter) -> Counter:
-        if dialect in _COUNTERS:
-            raise ValueError(f"a counter for {dialect!r} is already registered")
-        _COUNTERS[dialect] = fn
-        return fn
-
-    return decorator
+    return COUNTERS.register(dialect)
 
 
 def count(
@@ -165,15 +221,11 @@ def count(
     convention: str = "correct",
 ) -> ModelComplexity:
     """Analytic params/MACs/shapes of `spec` at `resolution` with a `num_classes` head (0: none)."""
-    _load_builtin_counters()
     if convention not in CONVENTIONS:
         raise ConfigError(f"unknown counting convention {convention!r}; choose one of {', '.join(CONVENTIONS)}")
     check_resolution(resolution)
     check_num_classes(num_classes)
-    try:
-        counter = _COUNTERS[spec.dialect]
-    except KeyError:
-        raise ConfigError(f"no analytic counter for dialect {spec.dialect!r}") from None
+    counter = COUNTERS.get(spec.dialect)
     # Parsed specs are within these limits already; this guards specs built in code before the
     # counter expands every layer (depth, not width, decides how long counting takes).
     BLOCKS.check(len(spec.blocks), "block count")
@@ -203,10 +255,3 @@ def check_forward_size(cx: ModelComplexity, batch_size: int) -> None:
             f"more than the {MAX_FEATURE_ELEMENTS:,} one tensor may hold (convolution kernels index with 32 bits, "
             "and it would take 8 GB or more); use a smaller batch size or resolution"
         )
-
-
-def _import_builtin_counters() -> None:
-    from zennas.counting import binas, nb201, tinynas, zennas_count  # noqa: F401
-
-
-_load_builtin_counters = Once(_import_builtin_counters)

@@ -22,7 +22,15 @@ from dataclasses import dataclass
 
 from zennas.arch import ArchSpec
 from zennas.arch.binas import BinasBlock, BinasConv, BinasDS, BinasIR, check_spec, stem_width
-from zennas.counting import BlockCount, ModelComplexity, conv_macs, conv_out, conv_params, register_counter
+from zennas.counting import (
+    BlockCount,
+    LayerRecord,
+    ModelComplexity,
+    conv_macs,
+    conv_out,
+    conv_params,
+    register_counter,
+)
 from zennas.errors import ConfigError
 
 STEM_KERNEL = 3
@@ -161,3 +169,37 @@ def count_binas(
         num_classes=num_classes,
         use_se=any_se,
     )
+
+
+def block_layers(layer: Layer, side: int) -> list[LayerRecord]:
+    """One repeat's layers as `zennas.blocks.binas` builds them: convs with BN; SE convs with bias, no BN."""
+    c_in, mid, c_out, k, s = layer.in_channels, layer.mid_channels, layer.out_channels, layer.kernel, layer.stride
+    if layer.kind == "cn":
+        return [LayerRecord("conv", c_in, c_out, k, s, side, bn=True)]
+    out = [LayerRecord("conv", c_in, mid, 1, 1, side, bn=True)] if layer.kind == "ir" else []  # expansion
+    depthwise = LayerRecord("conv", mid, mid, k, s, side, mid, bn=True)
+    out.append(depthwise)
+    if layer.se_channels:
+        se = layer.se_channels
+        out += [LayerRecord("conv", mid, se, bias=True), LayerRecord("conv", se, mid, bias=True)]
+    return [*out, LayerRecord("conv", mid, c_out, 1, 1, depthwise.out_side, bn=True)]  # projection
+
+
+def layers(spec: ArchSpec, resolution: int, *, num_classes: int = 0, use_se: bool | None = None) -> list[LayerRecord]:
+    """Every conv/linear layer of a BINAS network in order (see LayerRecord); sums match `count_binas`."""
+    check_spec(spec)
+    width = stem_width(spec)
+    stem = LayerRecord("conv", 3, width, STEM_KERNEL, STEM_STRIDE, resolution, bn=True)
+    out, side = [stem], stem.out_side
+    for block in spec.blocks:
+        assert isinstance(block, BinasBlock)  # guaranteed by check_spec; narrows the type
+        for layer in unroll(block, use_se):
+            out += block_layers(layer, side)
+            side = layer.out_side(side)
+    if num_classes:  # global pool, 1x1 conv with bias (no BN) to HEAD_WIDTH, Linear
+        channels = spec.blocks[-1].out_channels
+        out += [
+            LayerRecord("conv", channels, HEAD_WIDTH, bias=True),
+            LayerRecord("linear", HEAD_WIDTH, num_classes, bias=True),
+        ]
+    return out

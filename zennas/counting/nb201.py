@@ -12,10 +12,12 @@ from zennas.arch import ArchSpec
 from zennas.arch.nb201 import CELLS_PER_STAGE, DIALECT, LAYERS, WIDTH, cell_of
 from zennas.counting import (
     BlockCount,
+    LayerRecord,
     ModelComplexity,
     conv_macs,
     conv_out,
     conv_params,
+    head_layers,
     linear_head,
     register_counter,
 )
@@ -111,6 +113,27 @@ def count_nb201(
         convention=convention,
         extra={"nb201_flops": nb201_flops, "nb201_flops_M": nb201_flops / 1e6, "nb201_params_M": params / 1e6},
     )
+
+
+def layers(spec: ArchSpec, resolution: int, *, num_classes: int = 0, use_se: bool | None = None) -> list[LayerRecord]:
+    """Every conv/linear layer of the NB201 network in order (see LayerRecord); sums match `count_nb201`."""
+    ops = cell_of(spec).ops
+    if use_se:
+        raise ConfigError("NAS-Bench-201 networks have no SE blocks; use use_se=None or False")
+    side = resolution
+    out = [LayerRecord("conv", 3, WIDTH, 3, 1, side, bn=True)]  # the stem
+    for stage, channels in enumerate(STAGE_WIDTHS):
+        if stage > 0:  # ResNet reduction: two 3x3 convs, then AvgPool 2x2/2 -> 1x1 conv (no BN) as shortcut
+            prev = STAGE_WIDTHS[stage - 1]
+            first = LayerRecord("conv", prev, channels, 3, 2, side, bn=True)
+            out += [first, LayerRecord("conv", channels, channels, 3, 1, first.out_side, bn=True)]
+            out.append(LayerRecord("conv", prev, channels, in_side=side // 2))
+            side = first.out_side
+        cell = [LayerRecord("conv", channels, channels, _CONV_KERNEL[op], 1, side, bn=True) for op in ops
+                if op in _CONV_KERNEL]  # fmt: skip
+        out += cell * CELLS_PER_STAGE
+    last = STAGE_WIDTHS[-1]
+    return [*out, LayerRecord("bn", last, last, in_side=side), *head_layers(last, num_classes)]  # BN of "lastact"
 
 
 def dataset_complexity(spec: ArchSpec, dataset: str) -> ModelComplexity:

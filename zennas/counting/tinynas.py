@@ -16,10 +16,12 @@ from zennas.arch import ArchSpec
 from zennas.arch.tinynas import InnerBlock, TinyConv, TinyRes, inner_blocks, se_width
 from zennas.counting import (
     BlockCount,
+    LayerRecord,
     ModelComplexity,
     conv_macs,
     conv_out,
     conv_params,
+    head_layers,
     linear_head,
     register_counter,
 )
@@ -187,4 +189,52 @@ def count_tinynas(
     )
 
 
-__all__ = ["count_tinynas"]
+def _inner_layers(inner: InnerBlock, side: int, use_se: bool) -> list[LayerRecord]:
+    """One inner block's layers as `zennas.blocks.tinynas.TinyResInner` builds them (every conv with BN)."""
+    c, o, b, k, s, g = inner.in_channels, inner.out_channels, inner.bottleneck, inner.kernel, inner.stride, inner.groups
+    if inner.kind == "ResK1KXK1":
+        shapes = [(c, b, 1, 1, g), (b, b, k, s, g), (b, o, 1, 1, g)]
+    elif inner.kind == "ResK1KX":
+        shapes = [(c, b, 1, 1, g), (b, o, k, s, g)]
+    elif inner.kind == "ResKXKX":
+        shapes = [(c, b, k, 1, g), (b, o, k, s, g)]  # the stride sits on the second conv
+    else:  # ResK1DWK1 / ResK1DWSEK1: the middle conv is depthwise
+        shapes = [(c, b, 1, 1, g), (b, b, k, s, b), (b, o, 1, 1, g)]
+    out: list[LayerRecord] = []
+    for index, (c_in, c_out, kernel, stride, groups) in enumerate(shapes):
+        if index == 2 and inner.has_se and use_se:  # SE after the depthwise conv's activation
+            m = se_width(b)
+            out += [LayerRecord("conv", b, m, bn=True), LayerRecord("conv", m, b, bn=True)]
+        out.append(LayerRecord("conv", c_in, c_out, kernel, stride, side, groups, bn=True))
+        side = out[-1].out_side
+    if inner.projection:  # after the ceil-mode stride-2 pool the shortcut's side is the output side
+        out.append(LayerRecord("conv", c, o, in_side=side, bn=True))
+    return out
+
+
+def layers(spec: ArchSpec, resolution: int, *, num_classes: int = 0, use_se: bool | None = None) -> list[LayerRecord]:
+    """Every conv/linear layer of a TinyNAS network in order (see LayerRecord); sums match `count_tinynas`."""
+    se_on = use_se is not False
+    side = resolution
+    out: list[LayerRecord] = []
+    for index, block in enumerate(spec.blocks):
+        if isinstance(block, TinyConv):
+            conv = LayerRecord(
+                "conv", block.in_channels, block.out_channels, block.kernel, block.stride, side, block.groups,
+                bn=True, padding=block.pad,
+            )  # fmt: skip
+            if conv.out_side < 1:
+                raise _side_error(index, block, side, resolution)
+            out.append(conv)
+            side = conv.out_side
+        elif isinstance(block, TinyRes):
+            for inner in inner_blocks(block):
+                inner_layers = _inner_layers(inner, side, se_on)
+                out += inner_layers
+                side = inner_layers[-1].out_side
+        else:
+            raise ConfigError(f"{type(block).__name__} is not a TinyNAS block; parse the text with dialect 'tinynas'")
+    return out + list(head_layers(spec.blocks[-1].out_channels, num_classes))
+
+
+__all__ = ["count_tinynas", "layers"]

@@ -25,7 +25,9 @@ from zennas.arch.genet import GenConv, GenSuperRes
 from zennas.arch.tinynas import TinyConv, inner_blocks, se_width
 from zennas.counting import conv_out
 from zennas.counting.binas import HEAD_WIDTH, STEM_KERNEL, STEM_STRIDE, unroll
-from zennas.counting.zennas_count import genet_units, se_mid, zen_units
+from zennas.counting.genet import genet_units
+from zennas.counting.units import se_mid
+from zennas.counting.zennas import zen_units
 from zennas.errors import ConfigError, LatencyError
 
 OP_KINDS = ("conv", "dwconv", "se", "head")

@@ -84,8 +84,8 @@ def table_for_gpu(gpu: str, *, precision: str | None = None, engine: str | None 
             f"no shipped latency table for GPU {gpu!r}{extra} (shipped devices: {', '.join(have)}); "
             "build one on that GPU with `zennas profile` and pass it with --table"
         )
-    # Prefer TensorRT (what deployments run), then the table name, so the choice is deterministic.
-    matches.sort(key=lambda t: (t.header["engine"] != "tensorrt", t.name))
+    # Prefer TensorRT (what deployments run), then graph-replay timing, then the name: deterministic.
+    matches.sort(key=lambda t: (t.header["engine"] != "tensorrt", t.timing["mode"] != "graph", t.name))
     return matches[0]
 
 

@@ -6,9 +6,16 @@ File layout (format "zennas-latency-table", version 2)::
      "header": {"name", "description", "device": {...}, "engine", "versions": {...}, "precision",
                 "batch_sizes": [...], "date", "unit": "ms_per_batch", "op_kinds": [...],
                 "activations": [...], "budget": {"batch_size", "resolution", "meaning"},
-                "source": {...}, "correction": null | {"intercept_ms", "slope", ...}},
+                "source": {...}, "timing": {"mode", "operators", ...},
+                "correction": null | {"intercept_ms", "slope", ...}},
      "columns": ["kind", "batch_size", "c_in", "c_out", "side", "kernel", "stride", "fused", "act", "ms"],
      "entries": [["conv", 32, 64, 64, 56, 3, 1, 0, "relu", 0.11991], ...]}
+
+The header's `timing` says how the entries were timed: `mode` "graph" (one CUDA-graph replay per run,
+so the host's launch gaps are gone, as in a deployed network) or "eager" (each kernel launched by the
+host), and `operators` "in-context" (between helper neighbours whose own time is left out) or
+"alone". Tables written before the field existed are read as what they were (`table_timing`): eager
+unless their engine options say cuda_graph, in context when they were timed with the kernels timer.
 
 Version 1 files (no `act` column) are read as tables whose every conv has a ReLU. A table costs a conv
 whose activation it did not measure (header `activations`, default ["relu"]) as the ReLU conv of the
@@ -64,6 +71,8 @@ MAX_DIMENSION = 1 << 20  # batch, channels, side, kernel, stride: far beyond any
 MIN_MS, MAX_MS = 1e-9, 1e9  # an entry between a picosecond and 11 days: sums and scalings stay finite
 MAX_SLOPE = 1e6
 MAX_TABLE_BYTES = 256 << 20  # uncompressed; the V100 table is about 6 MB
+TIMING_MODES = ("graph", "eager")
+OPERATOR_TIMINGS = ("in-context", "alone")
 
 
 @dataclass
@@ -162,6 +171,16 @@ class LatencyTable:
         """The batch a budget refers to (header budget), else the only or largest tabulated batch."""
         budget = self.header.get("budget") or {}
         return budget.get("batch_size") or max(self.batch_sizes)
+
+    @property
+    def timing(self) -> dict[str, Any]:
+        """How the entries were timed (`table_timing`)."""
+        return table_timing(self.header)
+
+    @property
+    def device_kind(self) -> str:
+        """The device kind the table was measured on, cuda or cpu (`table_device_kind`)."""
+        return table_device_kind(self.header)
 
     def describe(self) -> str:
         """One line: name, device, engine, precision, batches."""
@@ -341,6 +360,7 @@ def check_header(header: Any, path: Path | None = None) -> None:
         if engine_options.get(key) is not None and not isinstance(engine_options[key], str):
             raise _bad(where, f"engine_options {key}", engine_options[key], "a string")
     _check_vocabulary(header, where)
+    _check_timing(header.get("timing"), where)
     batches = header["batch_sizes"]
     if not isinstance(batches, list) or not batches or not all(_is_int(b) for b in batches):
         raise _bad(where, "batch_sizes", batches, f"a non-empty list of integers from 1 to {MAX_DIMENSION}")
@@ -350,6 +370,43 @@ def check_header(header: Any, path: Path | None = None) -> None:
     if budget.get("resolution") is not None and not _is_int(budget["resolution"]):
         raise _bad(where, "budget resolution", budget["resolution"], f"an integer from 1 to {MAX_DIMENSION}")
     _check_correction(header.get("correction"), where)
+
+
+def table_timing(header: dict[str, Any]) -> dict[str, Any]:
+    """The header's `timing`, or for a table written before it existed what its engine options imply."""
+    timing = header.get("timing")
+    if timing is not None:
+        return timing
+    options = header.get("engine_options") or {}
+    return {
+        "mode": "graph" if options.get("cuda_graph") else "eager",
+        "operators": "in-context" if options.get("timer") == "kernels" else "alone",
+    }
+
+
+_GPU_FAMILY = re.compile(r"(G?[ABHLPTV]\d+[A-Z]*|RTX\w+)")  # zennas.latency.device family names
+
+
+def table_device_kind(header: dict[str, Any]) -> str:
+    """cuda or cpu: the header's device kind, else cuda for a TensorRT table or a GPU family name."""
+    device = header.get("device") or {}
+    if device.get("kind") in ("cpu", "cuda"):
+        return device["kind"]
+    family = str(device.get("family") or "")
+    gpu = header.get("engine") == "tensorrt" or _GPU_FAMILY.fullmatch(family) is not None
+    return "cuda" if gpu else "cpu"
+
+
+def _check_timing(timing: Any, where: str) -> None:
+    """A timing object whose mode and operators are known values."""
+    if timing is None:
+        return
+    if not isinstance(timing, dict):
+        raise _bad(where, "timing", timing, "an object")
+    if timing.get("mode") not in TIMING_MODES:
+        raise _bad(where, "timing mode", timing.get("mode"), f"one of {', '.join(TIMING_MODES)}")
+    if timing.get("operators") not in OPERATOR_TIMINGS:
+        raise _bad(where, "timing operators", timing.get("operators"), f"one of {', '.join(OPERATOR_TIMINGS)}")
 
 
 def _check_vocabulary(header: dict[str, Any], where: str) -> None:

@@ -17,7 +17,8 @@ benchmarks/RESULTS.md, repeat measurements of the same 60 networks agreed within
 of them in chunks of 8, and for more in one chunk of 60).
 
 Every measured chunk is appended to a JSON-lines log as soon as it is measured; a rerun with the
-same log reuses it, so an interruption loses at most the chunk in progress.
+same log reuses it, so an interruption loses at most the chunk in progress. With `time_limit_s`, no
+new chunk starts after that many seconds and the report covers the networks measured so far.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import html
 import json
 import os
 import re
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -149,13 +151,17 @@ def validate(
     chunk_params: int = 250_000_000,
     fit: bool = False,
     log: str | os.PathLike | None = None,
+    time_limit_s: float | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> ValidationReport:
     """Predict and measure `samples` seeded members of `space`; see the module docstring."""
     from zennas.spaces import get_space
 
+    start = time.monotonic()
     if samples < 3:
         raise ConfigError(f"--samples must be at least 3 for a rank correlation, got {samples}")
+    if time_limit_s is not None and not time_limit_s > 0:
+        raise ConfigError(f"time_limit_s must be a positive number of seconds, got {time_limit_s!r}")
     batch = table.default_batch_size() if batch_size is None else batch_size
     sp = get_space(space)
     rng = np.random.default_rng(seed)
@@ -193,6 +199,8 @@ def validate(
         pending = map(built, todo)
         carried = next(pending, None)  # the network that opens the next chunk
         while carried is not None:
+            if time_limit_s is not None and time.monotonic() - start > time_limit_s:
+                break
             keys, models, params = [], [], 0
             while carried is not None:
                 key, model, size = carried
@@ -218,6 +226,15 @@ def validate(
     finally:
         if handle is not None:
             handle.close()
+    unmeasured = sum(spec.canonical not in known for spec in specs)
+    if unmeasured:  # the time limit ended the measurements: report on the networks measured
+        kept = [i for i, spec in enumerate(specs) if spec.canonical in known]
+        if len(kept) < 3:
+            raise LatencyError(
+                f"only {len(kept)} of {len(specs)} networks were measured within the time limit of {time_limit_s} s; "
+                "give it more time or rerun with the same log to measure the rest"
+            )
+        specs, preds = [specs[i] for i in kept], [preds[i] for i in kept]
     measured = [known[spec.canonical] for spec in specs]
     sums = np.array([p.table_sum_ms_per_batch for p in preds])
     predicted = np.array([p.latency_ms_per_batch for p in preds])
@@ -230,6 +247,7 @@ def validate(
         "precision": engine.precision,
         "samples": samples,
         "outside_table": len(outside),
+        "not_measured_in_time": unmeasured,
         "seed": seed,
         "batch_size": batch,
         "resolution": resolution,
@@ -238,6 +256,7 @@ def validate(
         "rounds": rounds,
         "chunk": chunk,
         "chunk_params": chunk_params,
+        "cuda_graph": bool((getattr(engine, "options", None) or {}).get("cuda_graph")),
     }
     report = ValidationReport(
         [s.canonical for s in specs], sums, predicted, measured_arr, accuracy(predicted, measured_arr), settings,

@@ -20,12 +20,13 @@ from typing import Any
 
 import torch
 
-from zennas._once import Once
 from zennas.arch import ArchSpec
 from zennas.counting import check_forward_size, count
-from zennas.device import resolve_device
+from zennas.device import resolve_device, strict_fp32
 from zennas.errors import ConfigError, DegenerateNetworkError, ProxyError, ZennasError
-from zennas.proxies.context import ProxyContext, strict_fp32
+from zennas.models import resolve_spec, settings_for
+from zennas.proxies.context import ProxyContext
+from zennas.registry import Registry
 
 ProxyFn = Callable[[ProxyContext], float]
 
@@ -77,7 +78,11 @@ class ProxyResult:
         }
 
 
-_PROXIES: dict[str, Proxy] = {}
+PROXIES: Registry[Proxy] = Registry(
+    "proxy",
+    ("zennas.proxies.classic", "zennas.proxies.counts", "zennas.proxies.entropy", "zennas.proxies.zen"),
+    unknown="unknown {kind} {name!r}; choose from: {known}",
+)
 
 
 def register_proxy(
@@ -93,10 +98,8 @@ def register_proxy(
     """Decorator registering `fn(ctx) -> float` as proxy `name`; duplicate names are an error."""
 
     def decorator(fn: ProxyFn) -> ProxyFn:
-        if name in _PROXIES:
-            raise ValueError(f"proxy {name!r} is already registered")
-        _PROXIES[name] = Proxy(
-            name, fn, description, source, higher_is_better, batch_size, dict(options or {}), uses_data
+        PROXIES.register(
+            name, Proxy(name, fn, description, source, higher_is_better, batch_size, dict(options or {}), uses_data)
         )
         return fn
 
@@ -105,17 +108,12 @@ def register_proxy(
 
 def get_proxy(name: str) -> Proxy:
     """Look up a registered proxy."""
-    _load_builtin_proxies()
-    try:
-        return _PROXIES[name]
-    except KeyError:
-        raise ConfigError(f"unknown proxy {name!r}; choose from: {', '.join(sorted(_PROXIES))}") from None
+    return PROXIES.get(name)
 
 
 def list_proxies() -> list[str]:
     """Names of all registered proxies."""
-    _load_builtin_proxies()
-    return sorted(_PROXIES)
+    return PROXIES.names()
 
 
 def repeat_seed(seed: int, proxy: str, repeat: int) -> int:
@@ -163,8 +161,6 @@ def score(
     dialect: str | None = None,
 ) -> dict[str, ProxyResult]:
     """Score `arch` with each proxy (comma-separated string or list); see the module docstring."""
-    from zennas.api import _resolve, settings_for
-
     names = [n.strip() for n in proxies.split(",")] if isinstance(proxies, str) else list(proxies)
     if not names or any(not n for n in names):
         raise ConfigError("give at least one proxy name, e.g. --proxy zen,naswot")
@@ -174,7 +170,7 @@ def score(
     if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
         raise ConfigError(f"batch size must be a positive integer, got {batch_size!r}")
     per_proxy_options = _resolve_options(chosen, options or {})
-    spec, entry = _resolve(arch, dialect)
+    spec, entry = resolve_spec(arch, dialect)
     resolution, num_classes, _ = settings_for(spec, entry, resolution, num_classes, None)
     forward_batches = {batch_size or p.batch_size for p in chosen if p.uses_data}
     if forward_batches:  # refuse an input or feature map too large to allocate before building anything
@@ -258,14 +254,8 @@ def _describe(spec: ArchSpec) -> str:
     return f"{spec.dialect} architecture {spec.hash} ({text[:80]}{'...' if len(text) > 80 else ''})"
 
 
-def _import_builtin_proxies() -> None:
-    from zennas.proxies import classic, counts, entropy, zen  # noqa: F401
-
-
-_load_builtin_proxies = Once(_import_builtin_proxies)
-
-
 __all__ = [
+    "PROXIES",
     "Option",
     "Proxy",
     "ProxyContext",

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
@@ -14,56 +13,6 @@ from torch import nn
 
 from zennas.arch import ArchSpec
 from zennas.build import BuildOptions, build
-
-
-def _precision_knobs() -> list[object]:
-    """Backends whose FP32 math may be lowered (TF32 on CUDA, bf32 on oneDNN), new-style API."""
-    knobs = [torch.backends.cuda.matmul, torch.backends.cudnn.conv, torch.backends.cudnn.rnn]
-    for name in ("matmul", "conv", "rnn"):
-        knob = getattr(torch.backends.mkldnn, name, None)
-        if knob is not None:
-            knobs.append(knob)
-    return [k for k in knobs if hasattr(k, "fp32_precision")]
-
-
-# The flags strict_fp32 sets are process-wide, while candidates may be scored from several threads at
-# once (zennas.proxies.inflight): the first entry saves and sets them, the last exit restores them.
-_STRICT_LOCK = threading.Lock()
-_strict_depth = 0
-_strict_saved: tuple[list[object], list[str], tuple[bool, bool]] | None = None
-
-
-@contextlib.contextmanager
-def strict_fp32() -> Iterator[None]:
-    """IEEE FP32 (no TF32/bf32) and deterministic cuDNN while scoring; every setting is restored.
-
-    Only the `fp32_precision` API is touched: mixing it with the legacy `allow_tf32` flags inside
-    one process makes PyTorch raise, and saving/restoring the new values leaves legacy reads intact.
-    Nested and concurrent entries (threads) share one save: the settings are restored when the last
-    one exits, so a thread that finishes first cannot switch TF32 back on under another.
-    """
-    global _strict_depth, _strict_saved
-    with _STRICT_LOCK:
-        if _strict_depth == 0:
-            knobs = _precision_knobs()
-            cudnn = (torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark)
-            _strict_saved = (knobs, [k.fp32_precision for k in knobs], cudnn)
-            for knob in knobs:
-                knob.fp32_precision = "ieee"
-            torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
-        _strict_depth += 1
-    try:
-        yield
-    finally:
-        with _STRICT_LOCK:
-            _strict_depth -= 1
-            if _strict_depth == 0 and _strict_saved is not None:
-                knobs, saved, cudnn = _strict_saved
-                for knob, value in zip(knobs, saved, strict=True):
-                    knob.fp32_precision = value
-                torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = cudnn
-                _strict_saved = None
-
 
 # ProxyContext.build seeds the global RNG for PyTorch's default init; candidates scored in threads
 # take turns there, so no build ever runs under another candidate's seed.

@@ -20,9 +20,8 @@ from typing import Any, TypeVar
 
 import torch
 
-from zennas.device import resolve_device
+from zennas.device import resolve_device, strict_fp32
 from zennas.errors import ConfigError
-from zennas.proxies.context import strict_fp32
 
 T = TypeVar("T")
 R = TypeVar("R")

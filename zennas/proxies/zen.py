@@ -15,10 +15,10 @@ from torch.overrides import TorchFunctionMode
 
 from zennas.arch import ArchSpec
 from zennas.arch.genet import GenBN, GenConv, GenPool, GenReLU, GenSuperRes
-from zennas.arch.zennas_dialect import ZenConv, ZenRes, smart_round
+from zennas.arch.zennas import ZenConv, ZenRes, smart_round
 from zennas.build import BuildOptions, build
 from zennas.counting import conv_out
-from zennas.counting.zennas_count import genet_units
+from zennas.counting.genet import genet_units
 from zennas.errors import ConfigError, DegenerateNetworkError, ProxyError
 from zennas.proxies import Option, register_proxy
 from zennas.proxies.context import ProxyContext

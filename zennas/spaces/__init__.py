@@ -15,9 +15,9 @@ from typing import Any
 
 import numpy as np
 
-from zennas._once import Once
 from zennas.arch import ArchSpec
 from zennas.errors import SearchSpaceError
+from zennas.registry import Registry
 
 
 class SearchSpace(ABC):
@@ -75,19 +75,22 @@ class SearchSpace(ABC):
 
 
 SpaceFactory = Callable[[str, dict[str, Any]], SearchSpace]
-_FAMILIES: dict[str, SpaceFactory] = {}
+FAMILIES: Registry[SpaceFactory] = Registry(
+    "search-space family",
+    (
+        "zennas.spaces.binas",
+        "zennas.spaces.genet",
+        "zennas.spaces.nb201",
+        "zennas.spaces.tinynas",
+        "zennas.spaces.zennas",
+    ),
+    error=SearchSpaceError,
+)
 
 
 def register_family(family: str) -> Callable[[SpaceFactory], SpaceFactory]:
     """Decorator: the class implementing the `family = "..."` named in space TOML files."""
-
-    def decorator(factory: SpaceFactory) -> SpaceFactory:
-        if family in _FAMILIES:
-            raise ValueError(f"search-space family {family!r} is already registered")
-        _FAMILIES[family] = factory
-        return factory
-
-    return decorator
+    return FAMILIES.register(family)
 
 
 def _definitions() -> dict[str, dict[str, Any]]:
@@ -106,19 +109,12 @@ def list_spaces() -> list[str]:
 
 def get_space(name: str) -> SearchSpace:
     """Build the named search space from its definition in `search_spaces/`."""
-    _load_builtin_families()
     definitions = _definitions()
     if name not in definitions:
         raise SearchSpaceError(f"unknown search space {name!r}; choose one of: {', '.join(sorted(definitions))}")
     definition = definitions[name]
     family = definition.get("family")
-    if family not in _FAMILIES:
+    factory = FAMILIES.find(family)
+    if factory is None:
         raise SearchSpaceError(f"search space {name!r} names unknown family {family!r}")
-    return _FAMILIES[family](name, definition)
-
-
-def _import_builtin_families() -> None:
-    from zennas.spaces import binas, nb201, tinynas, zennas_space  # noqa: F401
-
-
-_load_builtin_families = Once(_import_builtin_families)
+    return factory(name, definition)

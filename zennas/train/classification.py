@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import json
 import math
 import time
@@ -89,7 +90,7 @@ class TrainConfig:
     arch: str | None = None
     run: str | None = None  # a search's --out folder: arch, dialect and resolution from result.json
     dialect: str | None = None
-    epochs: int = 10
+    epochs: int | None = None  # default: DEFAULT_EPOCHS, more on a small set so the run has MIN_STEPS steps
     batch_size: int = 128
     resolution: int | None = None
     lr: float | None = None  # default: 0.1 x batch/256 for SGD, 1e-3 x batch/256 for AdamW
@@ -130,7 +131,7 @@ class TrainConfig:
         if self.workers is not None and self.workers < 0:
             raise ConfigError(f"workers must be 0 or more, got {self.workers}")
         for name in ("epochs", "batch_size"):
-            if getattr(self, name) < 1:
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.resolution is not None and self.resolution < 8:
             raise ConfigError(f"resolution must be at least 8 pixels, got {self.resolution}")
@@ -194,7 +195,11 @@ class LongtailConfig(TrainConfig):
         """Epochs of cRT's classifier re-training (0 for every other method)."""
         if self.method != "crt":
             return 0
-        return self.crt_epochs if self.crt_epochs is not None else max(1, math.ceil(self.epochs / 10))
+        if self.crt_epochs is not None:
+            return self.crt_epochs
+        if self.epochs is None:
+            raise ValueError("stage2_epochs of a config whose epochs are not resolved yet (default_epochs)")
+        return max(1, math.ceil(self.epochs / 10))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -388,6 +393,18 @@ def evaluate(
     return result
 
 
+DEFAULT_EPOCHS = 10
+# Fewer steps than this left the default recipe far from what it reaches (benchmarks/RESULTS.md,
+# bench_train_defaults --part classification: 450 digits, batch 128: 22.7 % top-1 after 30 steps, 99.3 % after 300).
+MIN_STEPS = 300
+
+
+def default_epochs(images: int, batch_size: int) -> int:
+    """DEFAULT_EPOCHS, or as many as give MIN_STEPS steps of `batch_size` over `images` training images."""
+    steps_per_epoch = max(1, images // batch_size)
+    return max(DEFAULT_EPOCHS, math.ceil(MIN_STEPS / steps_per_epoch))
+
+
 def train_classification(
     config: TrainConfig, *, on_step: StepHook | None = None, on_epoch: EpochHook | None = None
 ) -> dict[str, Any]:
@@ -421,8 +438,6 @@ def _dive_teacher(config: LongtailConfig, out: Path) -> str:
         return config.teacher
     folder = out / "teacher"
     if config.overwrite or not (folder / "model.safetensors").is_file():
-        import dataclasses
-
         resume = not config.overwrite and (folder / SIDECAR).is_file()
         twin = dataclasses.replace(config, method="balanced-softmax", out=str(folder), resume=resume, teacher=None)
         train_classification(twin)
@@ -459,6 +474,9 @@ def _train(config: TrainConfig, dist: DistInfo, device: torch.device, cuda: bool
             keep = longtail_subset(labels, lt.imbalance_factor, seed=lt.subset_seed)
             train_set, labels = Subset(data.train, keep.tolist()), labels[keep]
         counts = class_counts(labels, num_classes)  # [C]; an empty class is an error
+    if config.epochs is None:  # settings (above) keep None: a resumed run derives the same number again
+        config = dataclasses.replace(config, epochs=default_epochs(len(train_set), config.batch_size))
+        lt = config if lt is not None else None
     teacher_source = _dive_teacher(lt, out) if method == "dive" else config.teacher
 
     torch.manual_seed(config.seed)
@@ -690,7 +708,7 @@ def _train(config: TrainConfig, dist: DistInfo, device: torch.device, cuda: bool
                 ema.update(net, global_step - offset)
             loss_sum += loss.detach()
             if main and on_step is not None:
-                on_step(epoch + 1, step + 1, steps, step_info(loss, batches))
+                on_step(epoch + 1, step + 1, steps, step_info(loss, batches, total_epochs))
         train_loss = float(loss_sum) / steps  # checked once per epoch: a per-step check would sync the GPU
         speed = throughput(batches)  # the training steps only, before evaluation and the checkpoint
         if not math.isfinite(train_loss):

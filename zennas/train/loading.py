@@ -401,14 +401,15 @@ class StepInfo:
     loss_tensor: torch.Tensor
     images_per_s: float
     data_wait: float
+    epochs: int = 0  # the run's epochs (a trainer that derives them says so here); 0: not given
 
     @property
     def loss(self) -> float:
         return float(self.loss_tensor)
 
 
-def step_info(loss: torch.Tensor, timed: Timed) -> StepInfo:
-    return StepInfo(loss.detach(), timed.images_per_s, timed.data_wait)
+def step_info(loss: torch.Tensor, timed: Timed, epochs: int = 0) -> StepInfo:
+    return StepInfo(loss.detach(), timed.images_per_s, timed.data_wait, epochs)
 
 
 def throughput(timed: Timed) -> dict[str, float]:

@@ -1,4 +1,10 @@
-"""PyTorch eager timing: host clock on the CPU; stream, events and optional CUDA graph on the GPU."""
+"""PyTorch timing: eager calls and the host clock on the CPU; on the GPU a stream, event pairs and, by
+default, one CUDA-graph replay per run.
+
+A replayed graph launches every kernel of the forward pass at once, so the time between two events is
+the GPU's own time without the host's per-kernel launch gaps: what a deployed network (TensorRT,
+torch.compile "reduce-overhead", a captured graph) costs. `cuda_graph=False` times eager launches.
+"""
 
 from __future__ import annotations
 
@@ -25,23 +31,32 @@ GRAPH_CAPTURE_WARMUP = 3  # eager runs on the capture stream first: cuDNN autotu
 
 
 class TorchEngine(Engine):
-    """PyTorch eager (optionally CUDA-graph) latency in fp32, fp16 (GPU only) or bf16."""
+    """PyTorch latency in fp32, fp16 (GPU only) or bf16: CUDA-graph replay on the GPU unless cuda_graph=False."""
 
     name = "torch"
     precisions = ("fp32", "fp16", "bf16")
-    defaults: ClassVar[dict[str, Any]] = {"channels_last": False, "cuda_graph": False, "tf32": False, "threads": None}
+    # cuda_graph None: graph replay on CUDA, eager on the CPU (resolved in _validate)
+    defaults: ClassVar[dict[str, Any]] = {"channels_last": False, "cuda_graph": None, "tf32": False, "threads": None}
 
     def _validate(self) -> None:
-        """fp16, CUDA graphs and TF32 need a GPU; threads is a positive int (CPU only)."""
+        """fp16, CUDA graphs and TF32 need a GPU; threads is a positive int (CPU only); resolves cuda_graph."""
+        graph = self.options["cuda_graph"]
+        if graph is not None and not isinstance(graph, bool):
+            raise ConfigError(f"torch engine: cuda_graph must be True, False or None (by device), got {graph!r}")
+        if graph and self.kind == "cpu":
+            raise ConfigError(
+                "torch engine: cuda_graph=True needs device='cuda' (CUDA-graph replay); time on the CPU with "
+                "cuda_graph=False (eager)"
+            )
+        self.options["cuda_graph"] = self.kind == "cuda" if graph is None else graph
         if self.kind == "cpu":
             if self.precision == "fp16":
                 raise ConfigError(
                     "torch engine: fp16 is GPU-only (CPU half-precision kernels are slow reference paths, not a "
                     "deployment target); use precision='bf16' or 'fp32' on the CPU, or device='cuda'"
                 )
-            for option in ("cuda_graph", "tf32"):
-                if self.options[option]:
-                    raise ConfigError(f"torch engine: {option}=True needs device='cuda'")
+            if self.options["tf32"]:
+                raise ConfigError("torch engine: tf32=True needs device='cuda'")
         else:
             if self.options["threads"] is not None:
                 raise ConfigError("torch engine: threads applies to device='cpu' only")

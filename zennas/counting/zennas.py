@@ -1,4 +1,4 @@
-"""Analytic counts of the ZenNAS (`zennas-v1`) and GENet dialects, in two conventions.
+"""Analytic counts of the ZenNAS (`zennas-v1`) dialect, in two conventions.
 
 Each block is expanded into a list of layer records (conv, BN, projection, SE) at known spatial
 sides; the correct count (REFERENCE 2.1) and the ZenNAS repository's get_FLOPs/get_model_size
@@ -8,59 +8,20 @@ convention (REFERENCE 2.2, for reproducing published budgets) are both sums over
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import NamedTuple
 
 from zennas.arch import ArchSpec
-from zennas.arch.genet import GenBN, GenConv, GenPool, GenReLU, GenSuperRes
-from zennas.arch.zennas_dialect import ZenConv, ZenRes, smart_round
-from zennas.counting import BlockCount, ModelComplexity, conv_out, linear_head, register_counter
+from zennas.arch.zennas import ZenConv, ZenRes, smart_round
+from zennas.counting import (
+    BlockCount,
+    LayerRecord,
+    ModelComplexity,
+    conv_out,
+    head_layers,
+    linear_head,
+    register_counter,
+)
+from zennas.counting.units import Conv, Unit, se_mid, unit_layers, unit_macs, unit_params, units_peak
 from zennas.errors import ConfigError
-
-
-class Conv(NamedTuple):
-    """A convolution record: sides are the input side and the output side.
-
-    A NamedTuple rather than a frozen dataclass: search-time latency prediction builds thousands of
-    these per second, and tuple construction is several times cheaper.
-    """
-
-    c_in: int
-    c_out: int
-    kernel: int
-    stride: int
-    in_side: int
-    groups: int = 1
-    bias: bool = False
-
-    @property
-    def out_side(self) -> int:
-        return conv_out(self.in_side, self.kernel, self.stride)
-
-    @property
-    def params(self) -> int:
-        return self.c_in * self.c_out * self.kernel**2 // self.groups + (self.c_out if self.bias else 0)
-
-    @property
-    def macs(self) -> int:
-        return self.c_in * self.c_out * self.kernel**2 // self.groups * self.out_side**2
-
-
-class Unit(NamedTuple):
-    """One residual unit (or a plain conv stack): main-path convs, projection, SE records."""
-
-    convs: tuple[Conv, ...]
-    projection: Conv | None = None
-    se_channels: tuple[int, ...] = ()  # channels c of every SE(c) in the unit
-    se_side: int = 1  # spatial side where the SE's input lives (for the repo FLOPs convention)
-
-    @property
-    def out_side(self) -> int:
-        return self.convs[-1].out_side
-
-
-def se_mid(channels: int) -> int:
-    """Squeeze width of a ZenNAS SE: max(1, round(c/4))."""
-    return max(1, round(channels / 4))
 
 
 def zen_units(block: ZenConv | ZenRes, side: int, use_se: bool) -> list[Unit]:
@@ -118,49 +79,6 @@ def zen_units(block: ZenConv | ZenRes, side: int, use_se: bool) -> list[Unit]:
     return units
 
 
-def genet_units(block: GenSuperRes, side: int) -> list[Unit]:
-    """Expand a GENet super-block into its residual units at input side `side`."""
-    units: list[Unit] = []
-    e, k, out = block.inner_channels, block.kernel, block.out_channels
-    for i in range(block.sub_layers):
-        c, s = (block.in_channels, block.stride) if i == 0 else (out, 1)
-        if block.kind == "KXKX":
-            c1 = Conv(c, e, k, s, side)
-            convs = (c1, Conv(e, out, k, 1, c1.out_side))
-        elif block.kind == "K1KX":
-            convs = (Conv(c, e, 1, 1, side), Conv(e, out, k, s, side))
-        elif block.kind == "K1DW":
-            convs = (Conv(c, e, 1, 1, side), Conv(e, e, k, s, side, groups=e))
-        else:
-            groups = e if block.kind == "K1DWK1" else 1
-            c2 = Conv(e, e, k, s, side, groups=groups)
-            convs = (Conv(c, e, 1, 1, side), c2, Conv(e, out, 1, 1, c2.out_side))
-        c_last = convs[-1].c_out
-        projection = None if (s == 1 and c == c_last) else Conv(c, c_last, 1, s, side)
-        units.append(Unit(convs, projection))
-        side = convs[-1].out_side
-    return units
-
-
-def unit_params(unit: Unit, bn: int = 2) -> int:
-    """Learnable parameters of a unit (`bn` = params per BN channel)."""
-    total = sum(conv.params + bn * conv.c_out for conv in unit.convs)
-    if unit.projection is not None:
-        total += unit.projection.params + bn * unit.projection.c_out
-    for c in unit.se_channels:
-        m = se_mid(c)
-        total += c * m + bn * m + m * c + bn * c
-    return total
-
-
-def unit_macs(unit: Unit) -> int:
-    """Conv multiply-accumulates of a unit (SE convs act on a 1x1 map)."""
-    total = sum(conv.macs for conv in unit.convs)
-    if unit.projection is not None:
-        total += unit.projection.macs
-    return total + sum(2 * c * se_mid(c) for c in unit.se_channels)
-
-
 def unit_repo_flops(unit: Unit) -> float:
     """ZenNAS get_FLOPs of a unit: convs + 1 per BN output element + the buggy projection term."""
     flops = 0.0
@@ -191,11 +109,6 @@ def unit_repo_params(unit: Unit) -> int:
 
 def _se_flag(use_se: bool | None) -> bool:
     return bool(use_se)
-
-
-def units_peak(units: list[Unit]) -> int:
-    """Values (per image) of the largest conv output among `units`: what a forward must hold at once."""
-    return max(conv.c_out * conv.out_side**2 for unit in units for conv in unit.convs)
 
 
 @lru_cache(maxsize=200_000)
@@ -251,40 +164,13 @@ def count_zennas(
     )
 
 
-@register_counter("genet")
-def count_genet(
-    spec: ArchSpec, *, resolution: int, num_classes: int, use_se: bool | None, convention: str
-) -> ModelComplexity:
-    """Exact counts of a GENet network (the trailing AdaptiveAvgPool becomes the global pool)."""
-    if convention != "correct":
-        raise ConfigError(f"convention {convention!r} does not apply to genet; use 'correct'")
-    if use_se:
-        raise ConfigError("GENet networks have no SE modules; drop use_se")
-    side, stride = resolution, 1
-    blocks: list[BlockCount] = []
+def layers(spec: ArchSpec, resolution: int, *, num_classes: int = 0, use_se: bool | None = None) -> list[LayerRecord]:
+    """Every conv/linear layer of a ZenNAS network in order (see LayerRecord); sums match `count_zennas`."""
+    se = _se_flag(use_se)
+    side = resolution
+    out: list[LayerRecord] = []
     for block in spec.blocks:
-        peak = 0
-        if isinstance(block, GenConv):
-            conv = Conv(block.in_channels, block.out_channels, block.kernel, block.stride, side)
-            params, macs, side = conv.params, conv.macs, conv.out_side
-        elif isinstance(block, GenBN):
-            params, macs = 2 * block.out_channels, 0
-        elif isinstance(block, GenReLU | GenPool):
-            params, macs = 0, 0
-        else:
-            units = genet_units(block, side)
-            params = sum(unit_params(u) for u in units)
-            macs = sum(unit_macs(u) for u in units)
-            side, peak = units[-1].out_side, units_peak(units)
-        stride *= block.stride
-        blocks.append(BlockCount(block.name, params, macs, block.out_channels, side, stride, peak))
-    head_params, head_macs = linear_head(spec.blocks[-1].out_channels, num_classes)
-    return ModelComplexity.summed(
-        spec,
-        blocks,
-        head_params=head_params,
-        head_macs=head_macs,
-        resolution=resolution,
-        num_classes=num_classes,
-        use_se=False,
-    )
+        for unit in zen_units(block, side, se):
+            out += unit_layers(unit)
+            side = unit.out_side
+    return out + list(head_layers(spec.blocks[-1].out_channels, num_classes))

@@ -1,0 +1,285 @@
+"""GENet search space (`genet`), driven by its TOML definition.
+
+REFERENCE.md 1.2 and 5.2: the ZenNAS mutation rules (`zennas.spaces.common`) over GENet's
+ConvKX / SuperRes* tokens. Every result is checked for membership.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+
+from zennas.arch import ArchSpec
+from zennas.arch.genet import KERNELS as GENET_KERNELS
+from zennas.arch.genet import SUPER_KINDS as GENET_KINDS
+from zennas.arch.genet import GenBN, GenConv, GenPool, GenReLU, GenSuperRes
+from zennas.arch.ir import check_channel_chain, rechain
+from zennas.arch.limits import CHANNELS
+from zennas.errors import ChannelMismatchError, SearchSpaceError
+from zennas.spaces import register_family
+from zennas.spaces.common import TomlSpace, choice, depth_choices, width_choices
+
+
+@register_family("genet")
+class GENetSpace(TomlSpace):
+    """GENet spaces: ConvKX stem+BN+RELU, super-blocks in stage order, 1x1 ConvKX+BN+RELU head, AdaptiveAvgPool.
+
+    The kind of a super-block is never mutated (it encodes GENet's design: full convs early, bottlenecks
+    in the middle, depthwise late), so kinds must appear in `kinds` order. Kernel, width, expansion (from
+    the kind's set) and depth are redrawn uniformly and independently.
+    """
+
+    family = "genet"
+    allowed_keys = frozenset(
+        {
+            "family",
+            "dialect",
+            "description",
+            "notes",
+            "kinds",
+            "expansions",
+            "kernels",
+            "stem_kernel",
+            "stem_stride",
+            "width_multipliers",
+            "width_base",
+            "width_multiple",
+            "min_width",
+            "max_width",
+            "depth_step",
+            "max_sub_layers",
+            "seeds",
+            "use_seeds",
+            "constraints",
+            "presets",
+        }
+    )
+
+    def __init__(
+        self,
+        name: str,
+        definition: dict[str, Any],
+        *,
+        preset: str | None = None,
+        overrides: Mapping[str, Any] | None = None,
+    ):
+        super().__init__(name, definition, preset=preset, overrides=overrides)
+        if self.dialect != "genet":
+            raise SearchSpaceError(f"search space {self.name!r}: family 'genet' needs dialect 'genet'")
+        self.kinds: tuple[str, ...] = tuple(self._get("kinds", list))
+        if not self.kinds or not set(self.kinds) <= set(GENET_KINDS):
+            raise SearchSpaceError(
+                f"search space {self.name!r}: kinds must be GENet super-block kinds ({', '.join(GENET_KINDS)})"
+            )
+        table = self._get("expansions", dict)
+        if set(table) != set(self.kinds):
+            raise SearchSpaceError(f"search space {self.name!r}: [expansions] needs exactly one list per kind")
+        self.expansions: dict[str, tuple[float, ...]] = {
+            kind: tuple(dict.fromkeys(float(e) for e in table[kind])) for kind in self.kinds
+        }
+        for kind, values in self.expansions.items():
+            fixed = kind in ("K1KX", "K1DW")  # the dialect only accepts expansion 1.0 for these
+            if not values or any(e <= 0 or (fixed and e != 1.0) for e in values):
+                raise SearchSpaceError(f"search space {self.name!r}: bad expansions for {kind}: {list(values)}")
+        self.kernels: tuple[int, ...] = tuple(dict.fromkeys(self._get("kernels", list)))
+        if not self.kernels or not set(self.kernels) <= set(GENET_KERNELS):
+            raise SearchSpaceError(
+                f"search space {self.name!r}: kernels must be a non-empty subset of {list(GENET_KERNELS)}"
+            )
+        self.stem_kernel: int = self._positive_int("stem_kernel", 3)
+        self.stem_stride: int = self._positive_int("stem_stride", 2)
+        self.width_multipliers = self._multipliers()
+        self.width_base: int = self._positive_int("width_base", 8)
+        self.width_multiple: int = self._positive_int("width_multiple", 1)
+        self.min_width: int = self._positive_int("min_width", self.width_base)
+        self.max_width: int | None = self._positive_int("max_width", None)
+        self.depth_step: int = self._positive_int("depth_step", 2)
+        self.max_sub_layers: int = self._positive_int("max_sub_layers")
+        self._seeds = self._load_seeds()
+
+    # -- structure --------------------------------------------------------------------------------
+
+    @staticmethod
+    def _assemble(stem: GenConv, supers: Sequence[GenSuperRes], head: GenConv) -> ArchSpec:
+        """Whole GENet text from its convolutions: BN/RELU/pool follow their conv's width; inputs re-chained."""
+        stem = replace(stem, in_channels=3)
+        chained = rechain(tuple(supers), first_in=stem.out_channels)
+        head = replace(head, in_channels=chained[-1].out_channels)
+        c, h = stem.out_channels, head.out_channels
+        blocks = (
+            stem,
+            GenBN(in_channels=c, out_channels=c, stride=1),
+            GenReLU(in_channels=c, out_channels=c, stride=1),
+            *chained,
+            head,
+            GenBN(in_channels=h, out_channels=h, stride=1),
+            GenReLU(in_channels=h, out_channels=h, stride=1),
+            GenPool(in_channels=h, out_channels=h, stride=1, output_size=1),
+        )
+        return ArchSpec("genet", blocks)
+
+    def _width_problem(self, value: int, what: str) -> str | None:
+        if value % self.width_multiple:
+            return f"{what} {value} is not a multiple of {self.width_multiple}"
+        if value < self.min_width:
+            return f"{what} {value} is below this space's min_width {self.min_width}"
+        if value > CHANNELS.maximum:
+            return f"{what} {value} exceeds the {CHANNELS.maximum:,}-channel limit zennas can count and build"
+        if self.max_width is not None and value > self.max_width:
+            return f"{what} {value} exceeds this space's max_width {self.max_width}"
+        return None
+
+    def why_not(self, arch: ArchSpec) -> str | None:
+        """None if `arch` is a member, else the first reason it is not."""
+        if not isinstance(arch, ArchSpec):
+            return f"expected an ArchSpec, got {type(arch).__name__}; parse the string with zennas.arch.parse first"
+        if arch.dialect != self.dialect:
+            return f"it is in dialect {arch.dialect!r} but this space holds {self.dialect!r} architectures"
+        blocks = arch.blocks
+        layout = "ConvKX BN RELU, super-blocks, ConvKX(c,h,1,1) BN RELU AdaptiveAvgPool"
+        if len(blocks) < 8:
+            return f"it has {len(blocks)} tokens; a member is {layout}"
+        stem, head, supers = blocks[0], blocks[-4], blocks[3:-4]
+        expected = (GenConv, GenBN, GenReLU)
+        if not all(isinstance(b, t) for b, t in zip(blocks[:3], expected, strict=True)):
+            return f"it must start with ConvKX BN RELU (the stem); layout: {layout}"
+        if not all(isinstance(b, t) for b, t in zip(blocks[-4:], (*expected, GenPool), strict=True)):
+            return f"it must end with ConvKX BN RELU AdaptiveAvgPool (the head); layout: {layout}"
+        assert isinstance(stem, GenConv) and isinstance(head, GenConv)
+        if stem.kernel != self.stem_kernel or stem.stride != self.stem_stride:
+            return f"the stem must be ConvKX(3,c,{self.stem_kernel},{self.stem_stride}), got {stem.args()}"
+        if head.kernel != 1 or head.stride != 1:
+            return f"the head must be ConvKX(c,h,1,1), got {head.args()}"
+        for index, block in enumerate(blocks):
+            if isinstance(block, GenBN | GenReLU | GenPool) and block.in_channels != block.out_channels:
+                return f"token {index} ({block.name}) must keep its channel count"
+        stage = 0
+        for offset, block in enumerate(supers):
+            index = offset + 3
+            if not isinstance(block, GenSuperRes):
+                return f"token {index} ({block.name}) must be a super-block ({', '.join(self.kinds)})"
+            if block.kind not in self.kinds:
+                return f"token {index}: SuperRes{block.kind} is not allowed here; allowed: {', '.join(self.kinds)}"
+            order = self.kinds.index(block.kind)
+            if order < stage:
+                return (
+                    f"token {index}: SuperRes{block.kind} after SuperRes{self.kinds[stage]}; kinds must follow the "
+                    f"stage order {' -> '.join(self.kinds)}"
+                )
+            stage = order
+            if block.kernel not in self.kernels:
+                return f"token {index}: kernel {block.kernel} not in {list(self.kernels)}"
+            if block.stride not in (1, 2):
+                return f"token {index}: stride must be 1 or 2, got {block.stride}"
+            if block.expansion not in self.expansions[block.kind]:
+                return (
+                    f"token {index}: expansion {block.expansion} of SuperRes{block.kind} not in "
+                    f"{list(self.expansions[block.kind])}"
+                )
+            if not 1 <= block.sub_layers <= self.max_sub_layers:
+                return f"token {index}: sub_layers {block.sub_layers} outside 1..{self.max_sub_layers}"
+        if not supers:
+            return f"it has no super-blocks; layout: {layout}"
+        for index, block in enumerate(blocks):
+            problem = self._width_problem(block.out_channels, f"token {index} ({block.name}): out channels")
+            if problem is not None:
+                return problem
+        try:
+            check_channel_chain(blocks)
+        except ChannelMismatchError as error:
+            return str(error)
+        if self.max_layers is not None and arch.layers > self.max_layers:
+            return f"it has {arch.layers} layers (convs + sum of sub_layers) but max_layers is {self.max_layers}"
+        return None
+
+    # -- mutation ---------------------------------------------------------------------------------
+
+    def mutable_indices(self, arch: ArchSpec) -> tuple[int, ...]:
+        """Token indices a mutation may pick: the stem conv, every super-block and the head conv."""
+        return (0, *range(3, len(arch.blocks) - 4), len(arch.blocks) - 4)
+
+    def _widths(self, width: int) -> tuple[int, ...]:
+        return width_choices(width, self.width_multipliers, self.width_base, self.min_width, self.max_width)
+
+    def mutate(self, arch: ArchSpec, rng: np.random.Generator) -> ArchSpec:
+        """Pick a mutable token uniformly and redraw it (`mutate_block`); may equal `arch`, as in ZenNAS."""
+        self._require_member(arch)
+        return self._mutate_at(arch, choice(rng, self.mutable_indices(arch)), rng)
+
+    def mutate_block(self, arch: ArchSpec, index: int, rng: np.random.Generator) -> ArchSpec:
+        """Redraw token `index`: convs change width; super-blocks kernel, width, expansion and depth."""
+        self._require_member(arch)
+        if index not in self.mutable_indices(arch):
+            raise SearchSpaceError(
+                f"token {index} cannot be mutated (BN, RELU and the pool follow their conv); "
+                f"choose one of {list(self.mutable_indices(arch))}"
+            )
+        return self._mutate_at(arch, index, rng)
+
+    def _mutate_at(self, arch: ArchSpec, index: int, rng: np.random.Generator) -> ArchSpec:
+        blocks = arch.blocks
+        stem, head = blocks[0], blocks[-4]
+        supers = list(blocks[3:-4])
+        assert isinstance(stem, GenConv) and isinstance(head, GenConv)
+        if index == 0:
+            stem = replace(stem, out_channels=choice(rng, self._widths(stem.out_channels)))
+        elif index == len(blocks) - 4:
+            head = replace(head, out_channels=choice(rng, self._widths(head.out_channels)))
+        else:
+            old = supers[index - 3]
+            assert isinstance(old, GenSuperRes)
+            room = None if self.max_layers is None else self.max_layers - (arch.layers - old.sub_layers)
+            high = self.max_sub_layers if room is None else min(room, self.max_sub_layers)
+            supers[index - 3] = replace(
+                old,
+                kernel=choice(rng, self.kernels),
+                out_channels=choice(rng, self._widths(old.out_channels)),
+                expansion=choice(rng, self.expansions[old.kind]),
+                sub_layers=choice(rng, depth_choices(old.sub_layers, self.depth_step, 1, high)),
+            )
+        return self._finish(self._assemble(stem, supers, head), "mutate")
+
+    # -- sampling ---------------------------------------------------------------------------------
+
+    def sample(self, rng: np.random.Generator) -> ArchSpec:
+        """A random member on a seed's skeleton: per super-block uniform kernel/expansion, width one multiplier
+        away from the seed, depth uniform in 1..max_sub_layers (redrawn while over max_layers).
+        """
+        seed = choice(rng, self.initial())
+        stem, head = seed.blocks[0], seed.blocks[-4]
+        skeleton = seed.blocks[3:-4]
+        assert isinstance(stem, GenConv) and isinstance(head, GenConv)
+        minimum = 2 + len(skeleton)
+        if self.max_layers is not None and minimum > self.max_layers:
+            raise SearchSpaceError(
+                f"cannot sample from search space {self.name!r}: the seed needs at least {minimum} layers but "
+                f"max_layers is {self.max_layers}; raise max_layers"
+            )
+        for _ in range(self.max_attempts):
+            new_stem = replace(stem, out_channels=choice(rng, self._widths(stem.out_channels)))
+            supers = []
+            for block in skeleton:
+                assert isinstance(block, GenSuperRes)
+                supers.append(
+                    replace(
+                        block,
+                        kernel=choice(rng, self.kernels),
+                        out_channels=choice(rng, self._widths(block.out_channels)),
+                        expansion=choice(rng, self.expansions[block.kind]),
+                        sub_layers=int(rng.integers(1, self.max_sub_layers + 1)),
+                    )
+                )
+            new_head = replace(head, out_channels=choice(rng, self._widths(head.out_channels)))
+            candidate = self._assemble(new_stem, supers, new_head)
+            if self.max_layers is None or candidate.layers <= self.max_layers:
+                return self._finish(candidate, "sample")
+        raise SearchSpaceError(
+            f"sample() found no member of {self.name!r} within max_layers={self.max_layers} in "
+            f"{self.max_attempts} attempts; raise max_layers"
+        )
+
+
+__all__ = ["GENetSpace"]
