@@ -812,10 +812,11 @@ def search_command(
     rescore_repeats, checkpoint_every, out, resume, overwrite, no_plots,
 ) -> None:  # fmt: skip
     """Find the best-scoring architecture within the budgets, e.g. `zennas search --budget 1ms --gpu V100`."""
+    from zennas.bench import parse_options
     from zennas.search.budget import parse_count_budget, parse_duration, parse_latency_budget
     from zennas.search.constraints import describe_constraints
     from zennas.search.evolution import Settings
-    from zennas.search.run import search
+    from zennas.wiring import search, search_problem
 
     if gpu is not None and table is not None:
         raise click.UsageError("give --gpu or --table, not both")
@@ -834,8 +835,10 @@ def search_command(
         "resolution": resolution,
         "num_classes": num_classes,
     }
-    problem, constraints = _search_problem(space, preset, proxy, proxy_option_pairs, given, chosen,
-                                           proxy_batch_size, seed, threads, device)  # fmt: skip
+    problem, constraints = search_problem(
+        space, preset=preset, proxy=proxy, proxy_options=parse_options(proxy_option_pairs), table=chosen, **given,
+        proxy_batch_size=proxy_batch_size, seed=seed, threads=threads, device=device,
+    )  # fmt: skip
     out = out or time.strftime("runs/search-%Y%m%d-%H%M%S", time.gmtime())
     time_limit_s = parse_duration(time_limit) if time_limit is not None else None
     funnel = strategy == "evolution" and not no_funnel and problem.screen is not None
@@ -853,7 +856,7 @@ def search_command(
                f"output in {out}", err=True)  # fmt: skip
     click.echo(f"budgets: {describe_constraints(constraints, SEARCH_FLAGS)}", err=True)
     if strategy == "milp":
-        from zennas.search.run import run_milp
+        from zennas.wiring import run_milp
 
         if resume:
             raise click.UsageError("--strategy milp runs in one go (minutes); it has no --resume")
@@ -921,30 +924,6 @@ def _print_search_result(result: dict, out: str) -> None:
 # How `zennas search` sets each constraint, for the printed budgets (zennas.search.constraints).
 SEARCH_FLAGS = {"latency": "--budget", "macs": "--flops-budget", "params": "--params-budget", "layers": "--max-layers",
                 "resolution": "--resolution", "num_classes": "--num-classes", "table": "--gpu/--table"}  # fmt: skip
-
-
-def _search_problem(space, preset, proxy, option_pairs, given, table, proxy_batch_size, seed, threads, device):
-    """(the Problem of a search command, its Constraints): the preset's constraints unless a flag overrides one."""
-    from zennas.bench import parse_options
-    from zennas.search.constraints import resolve_constraints
-    from zennas.search.problem import Problem, check_proxy_options, parse_proxy
-    from zennas.spaces import get_space
-
-    sp = get_space(space)
-    if preset is not None:
-        if not hasattr(sp, "with_preset"):
-            raise click.UsageError(f"space {space!r} has no presets")
-        sp = sp.with_preset(preset)
-    c = resolve_constraints(sp, table=table, **given)
-    terms = parse_proxy(proxy)
-    # with_table: the search uses the loaded table itself, never one reopened by its header name.
-    problem = Problem(
-        space=space, preset=preset, proxy=terms, resolution=c.resolution, num_classes=c.num_classes,
-        budgets=c.budgets, proxy_batch_size=proxy_batch_size,
-        proxy_options=check_proxy_options(terms, parse_options(option_pairs)), seed=seed, threads=threads,
-        device=device, origins=c.origin_items(),
-    ).with_table(c.table)  # fmt: skip
-    return problem, c
 
 
 @main.command("profile")

@@ -61,8 +61,8 @@ from zennas.models import resolve_arch
 from zennas.proxies import score
 from zennas.search.budget import Budgets
 from zennas.search.evolution import Settings
-from zennas.search.problem import Problem, parse_proxy
 from zennas.search.run import search
+from zennas.wiring import Problem, parse_proxy
 
 
 def throughput(args: argparse.Namespace) -> None:

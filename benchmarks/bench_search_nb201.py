@@ -44,8 +44,8 @@ from zennas.arch.nb201 import index_of, is_degenerate, isomorphism_key
 from zennas.bench import GroundTruth, ScoreCache, bench_proxies, read_ground_truth
 from zennas.proxies import get_proxy
 from zennas.search.evolution import Settings
-from zennas.search.problem import Problem, parse_proxy
 from zennas.search.run import search
+from zennas.wiring import Problem, parse_proxy
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "tests" / "data" / "nb201_sample_1000.csv"  # attribution in tests/data/NOTICE; --csv takes another

@@ -11,7 +11,7 @@ from torch import nn
 
 from zennas.arch import list_dialects, parse
 from zennas.build import BuildOptions, build
-from zennas.counting import LayerRecord, count
+from zennas.counting import LayerRecord, count, layer_groups
 from zennas.models import get_model_entry, list_models, settings_for
 from zennas.spaces import get_space, list_spaces
 
@@ -97,3 +97,21 @@ def test_layers_are_the_built_modules_in_order(spec, num_classes, use_se):
             model = build(spec, BuildOptions(num_classes=num_classes, use_se=se))
         records = [r for r in _layers(spec, 64, num_classes, se) if r.kind != "bn"]
         assert _weight_modules(model) == [(r.c_in, r.c_out, r.kernel, r.stride, r.groups, r.bias) for r in records]
+
+
+@pytest.mark.parametrize(
+    ("spec", "resolution", "num_classes", "use_se"), [c[1:] for c in CASES], ids=[c[0] for c in CASES]
+)
+def test_layer_groups_are_the_counters_blocks_then_the_head(spec, resolution, num_classes, use_se):
+    """One group per ModelComplexity.blocks entry (a stem the spec does not list included), the head last."""
+    groups = layer_groups(spec, resolution, num_classes=num_classes, use_se=use_se)
+    cx = count(spec, resolution=resolution, num_classes=num_classes, use_se=use_se)
+    *blocks, head = groups
+    sums = [(sum(r.params for r in g), sum(r.macs for r in g)) for g in blocks]
+    assert sums == [(b.params, b.macs) for b in cx.blocks]
+    assert (sum(r.params for r in head), sum(r.macs for r in head)) == (cx.head_params, cx.head_macs)
+    assert all(r.role == "head" for r in head) and (not head or head[0].pooled == cx.blocks[-1].out_size)
+    assert [r for g in groups for r in g] == _layers(spec, resolution, num_classes, use_se)
+    # Every SE pair's squeeze conv knows the side of the map it pools; the excite conv pools nothing.
+    se = [r for g in groups for r in g if r.role == "se"]
+    assert all(squeeze.pooled > 0 and excite.pooled == 0 for squeeze, excite in zip(se[::2], se[1::2], strict=True))

@@ -31,3 +31,14 @@ def test_lazy_imports_are_part_of_the_checked_graph(tmp_path):
     )
     out = _lint_imports("--config", str(config))
     assert out.returncode == 1 and "zennas.api -> zennas.build" in out.stdout, out.stdout + out.stderr
+
+
+def test_the_search_loads_no_proxies_latency_spaces_or_torch():
+    # The contract checks the import statements; this checks what importing the search really loads.
+    code = (
+        "import sys\nimport zennas.search.run, zennas.search.milp, zennas.search.parallel, zennas.search.cost\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'torch' or m.startswith(('zennas.proxies', "
+        "'zennas.latency', 'zennas.spaces', 'zennas.wiring'))))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr

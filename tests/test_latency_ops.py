@@ -10,10 +10,11 @@ import torch
 from torch import nn
 
 from zennas.api import settings_for
+from zennas.arch import parse
 from zennas.build import BuildOptions, build
 from zennas.counting.binas import unroll
 from zennas.errors import ConfigError, LatencyError
-from zennas.latency.ops import Op, conv_op, network_ops
+from zennas.latency.ops import Op, conv_op, network_op_groups, network_ops
 from zennas.models import list_models, resolve_arch
 from zennas.spaces import get_space
 
@@ -141,3 +142,89 @@ def test_binas_operators_carry_the_activation_the_built_network_applies():
     # The ZenNAS families keep ReLU everywhere.
     spec = get_space("zennas-res").sample(rng)
     assert {op.act for op in network_ops(spec, resolution=64)} == {"relu"}
+
+
+# Hand-derived operator groups (kind, c_in, c_out, side, kernel, stride, fused, act), one list per block
+# and the head last: what the lowering from zennas.counting.layer_groups must give for each dialect.
+HAND_DERIVED = {
+    "zennas SE: a unit's SE follows the conv carrying its add; the first unit projects": (
+        "SuperConvK3BNRELU(3,8,2,1)SuperResK1K3K1(8,16,2,8,1)SuperConvK1BNRELU(16,32,1,1)", "zennas-v1", 10, True,
+        [
+            [("conv", 3, 8, 32, 3, 2, 0, "relu")],
+            [
+                ("conv", 8, 8, 16, 1, 1, 0, "relu"), ("conv", 8, 8, 16, 3, 2, 0, "relu"),
+                ("conv", 8, 16, 8, 1, 1, 1, "relu"), ("se", 8, 2, 8, 1, 1, 0, "relu"),
+                ("conv", 8, 16, 16, 1, 2, 0, "relu"),  # projection at the unit's input side
+                ("conv", 16, 8, 8, 1, 1, 0, "relu"), ("conv", 8, 8, 8, 3, 1, 0, "relu"),
+                ("conv", 8, 16, 8, 1, 1, 1, "relu"), ("se", 8, 2, 8, 1, 1, 0, "relu"),
+            ],
+            [("conv", 16, 32, 8, 1, 1, 0, "relu")],
+            [("head", 32, 10, 8, 1, 1, 0, "relu")],
+        ],
+    ),
+    "genet: BN/RELU/pool tokens are empty groups, K1DWK1 has a depthwise middle conv": (
+        "ConvKX(3,8,3,2)BN(8)RELU(8)SuperResK1DWK1(8,16,3,2,2.0,1)ConvKX(16,32,1,1)BN(32)RELU(32)"
+        "AdaptiveAvgPool(32,1)", "genet", 10, None,
+        [
+            [("conv", 3, 8, 32, 3, 2, 0, "relu")], [], [],
+            [
+                ("conv", 8, 32, 16, 1, 1, 0, "relu"), ("dwconv", 32, 32, 16, 3, 2, 0, "relu"),
+                ("conv", 32, 16, 8, 1, 1, 1, "relu"), ("conv", 8, 16, 16, 1, 2, 0, "relu"),
+            ],
+            [("conv", 16, 32, 8, 1, 1, 0, "relu")], [], [], [],
+            [("head", 32, 10, 8, 1, 1, 0, "relu")],
+        ],
+    ),
+    "tinynas: SE in place after the depthwise conv, no add when in != out, projection at the output side": (
+        repr([
+            {"class": "ConvKXBNRELU", "in": 3, "out": 16, "s": 2, "k": 3},
+            {"class": "SuperResK1DWSEK1", "in": 16, "out": 32, "s": 2, "k": 3, "L": 2, "btn": 48},
+            {"class": "SuperResK1KX", "in": 32, "out": 48, "s": 2, "k": 5, "L": 1, "btn": 24},
+        ]), "tinynas", 0, None,
+        [
+            [("conv", 3, 16, 32, 3, 2, 0, "relu")],
+            [
+                ("conv", 16, 48, 16, 1, 1, 0, "relu"), ("dwconv", 48, 48, 16, 3, 2, 0, "relu"),
+                ("se", 48, 8, 8, 1, 1, 0, "relu"), ("conv", 48, 32, 8, 1, 1, 0, "relu"),
+                ("conv", 32, 48, 8, 1, 1, 0, "relu"), ("dwconv", 48, 48, 8, 3, 1, 0, "relu"),
+                ("se", 48, 8, 8, 1, 1, 0, "relu"), ("conv", 48, 32, 8, 1, 1, 1, "relu"),
+            ],
+            [
+                ("conv", 32, 24, 8, 1, 1, 0, "relu"), ("conv", 24, 48, 8, 5, 2, 1, "relu"),
+                ("conv", 32, 48, 4, 1, 1, 0, "relu"),
+            ],
+            [],
+        ],
+    ),
+    "binas: hard-swish stem, linear projections, pooled head conv then the classifier on 1 x 1": (
+        "[['ds_r1_k3_s1_e1_c16_nre'], ['ir_r2_k5_s2_e4_c24_se0.25'], ['cn_r1_k1_s1_c64']]", "binas", 10, None,
+        [
+            [("conv", 3, 32, 32, 3, 2, 0, "hswish")],
+            [("dwconv", 32, 32, 16, 3, 1, 0, "relu"), ("conv", 32, 16, 16, 1, 1, 0, "none")],
+            [
+                ("conv", 16, 64, 16, 1, 1, 0, "hswish"), ("dwconv", 64, 64, 16, 5, 2, 0, "hswish"),
+                ("se", 64, 16, 8, 1, 1, 0, "relu"), ("conv", 64, 24, 8, 1, 1, 0, "none"),
+                ("conv", 24, 96, 8, 1, 1, 0, "hswish"), ("dwconv", 96, 96, 8, 5, 1, 0, "hswish"),
+                ("se", 96, 24, 8, 1, 1, 0, "relu"), ("conv", 96, 24, 8, 1, 1, 1, "none"),
+            ],
+            [("conv", 24, 64, 8, 1, 1, 0, "hswish")],
+            [("head", 64, 1280, 8, 1, 1, 0, "relu"), ("head", 1280, 10, 1, 1, 1, 0, "relu")],
+        ],
+    ),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", list(HAND_DERIVED))
+def test_operator_groups_match_hand_derived_lists(case):
+    text, dialect, num_classes, use_se, expected = HAND_DERIVED[case]
+    groups = network_op_groups(parse(text, dialect), resolution=32, num_classes=num_classes, use_se=use_se)
+    assert [[tuple(op) for op in group] for group in groups] == expected
+    assert all(type(op) is Op for group in groups for op in group)
+
+
+def test_an_unchanged_block_keeps_its_operator_tuple():
+    """The latency predictor memoises block sums by the identity of a group: equal blocks must share it."""
+    spec = parse("SuperConvK3BNRELU(3,8,1,1)SuperResK3K3(8,16,2,8,2)SuperConvK1BNRELU(16,32,1,1)")
+    first = network_op_groups(spec, resolution=32, num_classes=10)
+    again = network_op_groups(parse(spec.canonical), resolution=32, num_classes=10)
+    assert all(a is b for a, b in zip(first, again, strict=True))

@@ -15,16 +15,10 @@ from zennas.errors import ConfigError
 from zennas.latency.predict import latency_ms_per_batch
 from zennas.latency.shipped import open_table
 from zennas.latency.table import LatencyTable
-from zennas.search.milp import (
-    block_complexity_model,
-    block_latency_model,
-    fit_estimator,
-    milp_search,
-    solve,
-    space_layout,
-)
+from zennas.search.milp import block_complexity_model, fit_estimator, solve, space_layout
 from zennas.spaces import get_space
 from zennas.spaces.binas import BinasSpace
+from zennas.wiring import block_latency_model, milp_search
 
 # Two stages, depths {1, 3} (a gap, so slot 1 and 2 switch on together), e {3, 6} x k {3, 5}:
 # (4 + 4^3)^2 = 4,624 networks, few enough to enumerate.

@@ -17,8 +17,7 @@ from zennas.proxies import PROXIES, Option, register_proxy, score
 from zennas.proxies.inflight import InFlight, score_many
 from zennas.proxies.zen import init_plain_, plain_network, plain_skeleton
 from zennas.registry import Once
-from zennas.search.parallel import InFlightMap, make_map
-from zennas.search.problem import Problem, parse_proxy
+from zennas.wiring import InFlightMap, Problem, make_map, parse_proxy
 
 # Eight small networks over every dialect (zennas-v1, genet, tinynas, binas, nb201).
 CANDIDATES = [

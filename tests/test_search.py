@@ -22,9 +22,9 @@ from zennas.latency.predict import predict
 from zennas.latency.shipped import open_table, table_for_gpu
 from zennas.search.budget import Budgets, parse_count_budget, parse_latency_budget
 from zennas.search.evolution import Settings
-from zennas.search.problem import Problem, parse_proxy
 from zennas.search.report import pareto_front, read_history
 from zennas.search.run import search
+from zennas.wiring import Problem, parse_proxy
 
 V100 = table_for_gpu("V100")
 

@@ -15,10 +15,10 @@ from zennas.errors import ConfigError
 from zennas.latency.predict import predict
 from zennas.latency.shipped import open_table, table_for_gpu
 from zennas.proxies import score
-from zennas.search.constraints import Origin, describe_constraints, resolve_constraints
-from zennas.search.problem import Problem, check_proxy_options, parse_proxy
+from zennas.search.constraints import Origin, describe_constraints
 from zennas.search.report import read_history
 from zennas.spaces import get_space
+from zennas.wiring import Problem, check_proxy_options, parse_proxy, resolve_constraints
 
 TINY = ["--proxy", "params", "--population", "8", "--batch", "8", "--no-plots"]
 

@@ -14,9 +14,9 @@ from zennas.proxies import score
 from zennas.search import evolution
 from zennas.search.budget import Budgets, parse_duration
 from zennas.search.evolution import Settings
-from zennas.search.problem import Problem, parse_proxy
 from zennas.search.report import read_history
 from zennas.search.run import search
+from zennas.wiring import Problem, parse_proxy
 
 CIFAR_START = (
     "SuperConvK3BNRELU(3,8,1,1)SuperResK3K3(8,16,1,8,1)SuperResK3K3(16,32,2,16,1)"

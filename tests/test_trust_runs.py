@@ -24,10 +24,10 @@ from zennas.io import RUN_MARKER
 from zennas.latency.shipped import table_for_gpu
 from zennas.search.constraints import resolve_constraints
 from zennas.search.evolution import Settings
-from zennas.search.problem import Problem, parse_proxy
 from zennas.search.report import read_history
 from zennas.search.run import search
 from zennas.spaces import get_space
+from zennas.wiring import Problem, parse_proxy
 
 V100 = table_for_gpu("V100")
 SETTINGS = Settings(iterations=24, population=8, batch=4, checkpoint_every=8)

@@ -27,8 +27,8 @@ from zennas.latency.table import load_table
 from zennas.latency.validate import default_log_path
 from zennas.search.budget import Budgets
 from zennas.search.evolution import Settings, seed_architecture
-from zennas.search.problem import Problem, Scorer, parse_proxy
 from zennas.search.run import search
+from zennas.wiring import Problem, Scorer, parse_proxy
 
 H100 = "h100-torch-fp16-b64"  # small (1,692 entries), conv + head, batch 64: quick to copy and load
 

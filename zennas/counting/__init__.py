@@ -5,13 +5,16 @@ tested against the built module (parameter count) and a hook-based MAC count of 
 Conventions (REFERENCE.md section 2.1): params = every learnable element (BN gamma/beta included);
 MACs = convolutions and linear layers only, bias MACs not counted.
 Every dialect module also lowers a spec to its weight layers, `layers(spec, resolution)` -> a list of
-`LayerRecord`, whose sums are the counter's params and MACs (tests/test_counting_layers.py).
+`LayerRecord`, whose sums are the counter's params and MACs (tests/test_counting_layers.py). The same
+records grouped by block (`layer_groups`) are what latency operators, the closed-form Zen-Score and the
+entropy proxies read: a dialect's conv layout is written once, in its counting module.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import NamedTuple
 
 from zennas.arch import ArchSpec
@@ -55,7 +58,8 @@ class LayerRecord(NamedTuple):
     network order (a block's main path, then its SE, then its shortcut); the sums of `params` and
     `macs` over the list are the dialect counter's `params` and `macs`. kind 'conv' is a convolution
     (SE convs act on the pooled 1 x 1 map), 'linear' the classifier, 'bn' a BatchNorm that follows no
-    conv of its own (GENet's BN token, NAS-Bench-201's last activation).
+    conv of its own (GENet's BN token, NAS-Bench-201's last activation). `role`, `unit`, `residual`,
+    `act` and `pooled` say where a layer sits in its block, for the readers that need more than counts.
     """
 
     kind: str  # 'conv', 'linear' or 'bn'
@@ -68,6 +72,11 @@ class LayerRecord(NamedTuple):
     bias: bool = False
     bn: bool = False  # a BatchNorm (gamma, beta) on this layer's output
     padding: int | None = None  # None: 'same' padding (k - 1) // 2
+    role: str = "main"  # 'main' path, 'se' (squeeze-excitation conv), 'shortcut' (projection), 'head' (after the pool)
+    unit: int = 0  # residual unit within its block: ZenNAS/GENet unit, TinyNAS inner block, BINAS repeat
+    residual: bool = False  # the unit's shortcut is added to this layer's output (after its BN)
+    act: str = "relu"  # activation after the layer (after the add when `residual`) as latency operators cost it
+    pooled: int = 0  # side of the map globally pooled into this layer (SE squeeze conv, first head layer); 0: none
 
     @property
     def out_side(self) -> int:
@@ -92,9 +101,44 @@ class LayerRecord(NamedTuple):
         return conv_macs(self.c_in, self.c_out, self.kernel, self.out_side, self.groups)
 
 
-def head_layers(channels: int, num_classes: int) -> tuple[LayerRecord, ...]:
-    """The Linear(channels, num_classes, bias) after global pooling; none when num_classes == 0."""
-    return (LayerRecord("linear", channels, num_classes, bias=True),) if num_classes else ()
+@lru_cache(maxsize=4096)
+def head_layers(channels: int, num_classes: int, side: int = 0) -> tuple[LayerRecord, ...]:
+    """The Linear(channels, num_classes, bias) after global pooling of a `side` map; none when num_classes == 0."""
+    if not num_classes:
+        return ()
+    return (LayerRecord("linear", channels, num_classes, bias=True, role="head", pooled=side),)
+
+
+LayerGroups = tuple[tuple[LayerRecord, ...], ...]
+LayerGrouper = Callable[..., LayerGroups]
+LAYER_GROUPS: Registry[LayerGrouper] = Registry(
+    "layer lowering",
+    (
+        "zennas.counting.binas",
+        "zennas.counting.genet",
+        "zennas.counting.nb201",
+        "zennas.counting.tinynas",
+        "zennas.counting.zennas",
+    ),
+    unknown="no layer lowering for dialect {name!r}",
+    duplicate="a layer lowering for {name!r} is already registered",
+)
+
+
+def register_layer_groups(dialect: str) -> Callable[[LayerGrouper], LayerGrouper]:
+    """Decorator: a dialect's `layer_groups(spec, resolution, *, num_classes=0, use_se=None)`.
+
+    It returns one tuple of records per entry of the dialect counter's `ModelComplexity.blocks` (the
+    blocks, and a stem the spec does not list), then the head (empty for a backbone); `layers` is its
+    concatenation. A block's tuple is memoised by (block, input side, SE): a search re-lists mostly
+    unchanged blocks, and an unchanged block keeps its tuple, identity included.
+    """
+    return LAYER_GROUPS.register(dialect)
+
+
+def layer_groups(spec: ArchSpec, resolution: int, *, num_classes: int = 0, use_se: bool | None = None) -> LayerGroups:
+    """`spec`'s layers grouped by block, then the head (see register_layer_groups)."""
+    return LAYER_GROUPS.get(spec.dialect)(spec, resolution, num_classes=num_classes, use_se=use_se)
 
 
 @dataclass(frozen=True)

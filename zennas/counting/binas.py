@@ -19,17 +19,20 @@ Rules (timm `_efficientnet_blocks`, `mobilenetv3.py`; torchvision's mobilenet_v3
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 from zennas.arch import ArchSpec
 from zennas.arch.binas import BinasBlock, BinasConv, BinasDS, BinasIR, check_spec, stem_width
 from zennas.counting import (
     BlockCount,
+    LayerGroups,
     LayerRecord,
     ModelComplexity,
     conv_macs,
     conv_out,
     conv_params,
     register_counter,
+    register_layer_groups,
 )
 from zennas.errors import ConfigError
 
@@ -171,35 +174,71 @@ def count_binas(
     )
 
 
-def block_layers(layer: Layer, side: int) -> list[LayerRecord]:
-    """One repeat's layers as `zennas.blocks.binas` builds them: convs with BN; SE convs with bias, no BN."""
+def block_layers(layer: Layer, side: int, index: int = 0) -> list[LayerRecord]:
+    """One repeat's layers as `zennas.blocks.binas` builds them: convs with BN; SE convs with bias, no BN.
+
+    timm's MobileNetV3 activations: ReLU or hard-swish after the expansion and depthwise convs (and a
+    `cn` conv); the projection is linear, and nothing follows its residual add. `index`: the repeat.
+    """
     c_in, mid, c_out, k, s = layer.in_channels, layer.mid_channels, layer.out_channels, layer.kernel, layer.stride
+    act = "relu" if layer.relu else "hswish"
     if layer.kind == "cn":
-        return [LayerRecord("conv", c_in, c_out, k, s, side, bn=True)]
-    out = [LayerRecord("conv", c_in, mid, 1, 1, side, bn=True)] if layer.kind == "ir" else []  # expansion
-    depthwise = LayerRecord("conv", mid, mid, k, s, side, mid, bn=True)
+        return [LayerRecord("conv", c_in, c_out, k, s, side, bn=True, unit=index, residual=layer.shortcut, act=act)]
+    out = []
+    if layer.kind == "ir":  # expansion
+        out.append(LayerRecord("conv", c_in, mid, 1, 1, side, bn=True, unit=index, act=act))
+    depthwise = LayerRecord("conv", mid, mid, k, s, side, mid, bn=True, unit=index, act=act)
     out.append(depthwise)
     if layer.se_channels:
         se = layer.se_channels
-        out += [LayerRecord("conv", mid, se, bias=True), LayerRecord("conv", se, mid, bias=True)]
-    return [*out, LayerRecord("conv", mid, c_out, 1, 1, depthwise.out_side, bn=True)]  # projection
+        out += [
+            LayerRecord("conv", mid, se, bias=True, role="se", unit=index, pooled=depthwise.out_side),
+            LayerRecord("conv", se, mid, bias=True, role="se", unit=index),
+        ]
+    projection = LayerRecord("conv", mid, c_out, 1, 1, depthwise.out_side, bn=True, unit=index,
+                             residual=layer.shortcut, act="none")  # fmt: skip
+    return [*out, projection]
+
+
+@lru_cache(maxsize=200_000)
+def block_group(block: BinasBlock, side: int, use_se: bool | None) -> tuple[tuple[LayerRecord, ...], int]:
+    """(layers, output side) of one block string (every repeat) at input side `side`."""
+    records: list[LayerRecord] = []
+    for index, layer in enumerate(unroll(block, use_se)):
+        records += block_layers(layer, side, index)
+        side = layer.out_side(side)
+    return tuple(records), side
+
+
+@lru_cache(maxsize=4096)
+def _stem_group(width: int, resolution: int) -> tuple[LayerRecord, ...]:
+    return (LayerRecord("conv", 3, width, STEM_KERNEL, STEM_STRIDE, resolution, bn=True, act="hswish"),)
+
+
+@lru_cache(maxsize=4096)
+def _head_group(channels: int, num_classes: int, side: int) -> tuple[LayerRecord, ...]:
+    """Global pool, 1x1 conv with bias (no BN) to HEAD_WIDTH + hard-swish, Linear; none for a backbone."""
+    if not num_classes:
+        return ()
+    return (
+        LayerRecord("conv", channels, HEAD_WIDTH, bias=True, role="head", act="hswish", pooled=side),
+        LayerRecord("linear", HEAD_WIDTH, num_classes, bias=True, role="head"),
+    )
+
+
+@register_layer_groups("binas")
+def layer_groups(spec: ArchSpec, resolution: int, *, num_classes: int = 0, use_se: bool | None = None) -> LayerGroups:
+    """The stem, the layers of every block string, then the head (see zennas.counting.register_layer_groups)."""
+    stem = _stem_group(stem_width(spec), resolution)
+    groups, side = [stem], stem[0].out_side
+    for block in spec.blocks:
+        records, side = block_group(block, side, use_se)
+        groups.append(records)
+    return (*groups, _head_group(spec.blocks[-1].out_channels, num_classes, side))
 
 
 def layers(spec: ArchSpec, resolution: int, *, num_classes: int = 0, use_se: bool | None = None) -> list[LayerRecord]:
     """Every conv/linear layer of a BINAS network in order (see LayerRecord); sums match `count_binas`."""
     check_spec(spec)
-    width = stem_width(spec)
-    stem = LayerRecord("conv", 3, width, STEM_KERNEL, STEM_STRIDE, resolution, bn=True)
-    out, side = [stem], stem.out_side
-    for block in spec.blocks:
-        assert isinstance(block, BinasBlock)  # guaranteed by check_spec; narrows the type
-        for layer in unroll(block, use_se):
-            out += block_layers(layer, side)
-            side = layer.out_side(side)
-    if num_classes:  # global pool, 1x1 conv with bias (no BN) to HEAD_WIDTH, Linear
-        channels = spec.blocks[-1].out_channels
-        out += [
-            LayerRecord("conv", channels, HEAD_WIDTH, bias=True),
-            LayerRecord("linear", HEAD_WIDTH, num_classes, bias=True),
-        ]
-    return out
+    groups = layer_groups(spec, resolution, num_classes=num_classes, use_se=use_se)
+    return [record for group in groups for record in group]

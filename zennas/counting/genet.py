@@ -6,9 +6,20 @@ only the correct convention applies.
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 from zennas.arch import ArchSpec
 from zennas.arch.genet import GenBN, GenConv, GenPool, GenReLU, GenSuperRes
-from zennas.counting import BlockCount, LayerRecord, ModelComplexity, head_layers, linear_head, register_counter
+from zennas.counting import (
+    BlockCount,
+    LayerGroups,
+    LayerRecord,
+    ModelComplexity,
+    head_layers,
+    linear_head,
+    register_counter,
+    register_layer_groups,
+)
 from zennas.counting.units import Conv, Unit, unit_layers, unit_macs, unit_params, units_peak
 from zennas.errors import ConfigError
 
@@ -76,21 +87,35 @@ def count_genet(
     )
 
 
-def layers(spec: ArchSpec, resolution: int, *, num_classes: int = 0, use_se: bool | None = None) -> list[LayerRecord]:
-    """Every conv/linear layer (and BN token) of a GENet network in order; sums match `count_genet`."""
+@lru_cache(maxsize=200_000)
+def block_group(block: object, side: int) -> tuple[tuple[LayerRecord, ...], int]:
+    """(layers, output side) of one token at input side `side`; RELU and the final pool have none."""
+    if isinstance(block, GenConv):
+        conv = LayerRecord("conv", block.in_channels, block.out_channels, block.kernel, block.stride, side)
+        return (conv,), conv.out_side
+    if isinstance(block, GenBN):
+        return (LayerRecord("bn", block.out_channels, block.out_channels, in_side=side),), side
+    if isinstance(block, GenSuperRes):
+        units = genet_units(block, side)
+        records = tuple(record for index, unit in enumerate(units) for record in unit_layers(unit, index, True))
+        return records, units[-1].out_side
+    return (), side  # RELU, and the AdaptiveAvgPool that is the head's global pool
+
+
+@register_layer_groups("genet")
+def layer_groups(spec: ArchSpec, resolution: int, *, num_classes: int = 0, use_se: bool | None = None) -> LayerGroups:
+    """The layers of every token, then the head (see zennas.counting.register_layer_groups)."""
     if use_se:
         raise ConfigError("GENet networks have no SE modules; drop use_se")
     side = resolution
-    out: list[LayerRecord] = []
+    groups = []
     for block in spec.blocks:
-        if isinstance(block, GenConv):
-            conv = LayerRecord("conv", block.in_channels, block.out_channels, block.kernel, block.stride, side)
-            out.append(conv)
-            side = conv.out_side
-        elif isinstance(block, GenBN):
-            out.append(LayerRecord("bn", block.out_channels, block.out_channels, in_side=side))
-        elif isinstance(block, GenSuperRes):
-            for unit in genet_units(block, side):
-                out += unit_layers(unit)
-                side = unit.out_side
-    return out + list(head_layers(spec.blocks[-1].out_channels, num_classes))
+        records, side = block_group(block, side)
+        groups.append(records)
+    return (*groups, head_layers(spec.blocks[-1].out_channels, num_classes, side))
+
+
+def layers(spec: ArchSpec, resolution: int, *, num_classes: int = 0, use_se: bool | None = None) -> list[LayerRecord]:
+    """Every conv/linear layer (and BN token) of a GENet network in order; sums match `count_genet`."""
+    groups = layer_groups(spec, resolution, num_classes=num_classes, use_se=use_se)
+    return [record for group in groups for record in group]

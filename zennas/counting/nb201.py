@@ -12,6 +12,7 @@ from zennas.arch import ArchSpec
 from zennas.arch.nb201 import CELLS_PER_STAGE, DIALECT, LAYERS, WIDTH, cell_of
 from zennas.counting import (
     BlockCount,
+    LayerGroups,
     LayerRecord,
     ModelComplexity,
     conv_macs,
@@ -20,6 +21,7 @@ from zennas.counting import (
     head_layers,
     linear_head,
     register_counter,
+    register_layer_groups,
 )
 from zennas.errors import ConfigError
 
@@ -115,25 +117,32 @@ def count_nb201(
     )
 
 
-def layers(spec: ArchSpec, resolution: int, *, num_classes: int = 0, use_se: bool | None = None) -> list[LayerRecord]:
-    """Every conv/linear layer of the NB201 network in order (see LayerRecord); sums match `count_nb201`."""
+@register_layer_groups(DIALECT)
+def layer_groups(spec: ArchSpec, resolution: int, *, num_classes: int = 0, use_se: bool | None = None) -> LayerGroups:
+    """Stem, cells and reductions as `count_nb201` lists its blocks, then the head (see register_layer_groups)."""
     ops = cell_of(spec).ops
     if use_se:
         raise ConfigError("NAS-Bench-201 networks have no SE blocks; use use_se=None or False")
     side = resolution
-    out = [LayerRecord("conv", 3, WIDTH, 3, 1, side, bn=True)]  # the stem
+    groups: list[tuple[LayerRecord, ...]] = [(LayerRecord("conv", 3, WIDTH, 3, 1, side, bn=True),)]  # the stem
     for stage, channels in enumerate(STAGE_WIDTHS):
         if stage > 0:  # ResNet reduction: two 3x3 convs, then AvgPool 2x2/2 -> 1x1 conv (no BN) as shortcut
             prev = STAGE_WIDTHS[stage - 1]
             first = LayerRecord("conv", prev, channels, 3, 2, side, bn=True)
-            out += [first, LayerRecord("conv", channels, channels, 3, 1, first.out_side, bn=True)]
-            out.append(LayerRecord("conv", prev, channels, in_side=side // 2))
+            second = LayerRecord("conv", channels, channels, 3, 1, first.out_side, bn=True, residual=True)
+            groups.append((first, second, LayerRecord("conv", prev, channels, in_side=side // 2, role="shortcut")))
             side = first.out_side
-        cell = [LayerRecord("conv", channels, channels, _CONV_KERNEL[op], 1, side, bn=True) for op in ops
-                if op in _CONV_KERNEL]  # fmt: skip
-        out += cell * CELLS_PER_STAGE
+        cell = tuple(LayerRecord("conv", channels, channels, _CONV_KERNEL[op], 1, side, bn=True) for op in ops
+                     if op in _CONV_KERNEL)  # fmt: skip
+        groups += [cell] * CELLS_PER_STAGE
     last = STAGE_WIDTHS[-1]
-    return [*out, LayerRecord("bn", last, last, in_side=side), *head_layers(last, num_classes)]  # BN of "lastact"
+    return (*groups, (LayerRecord("bn", last, last, in_side=side),), head_layers(last, num_classes, side))  # lastact
+
+
+def layers(spec: ArchSpec, resolution: int, *, num_classes: int = 0, use_se: bool | None = None) -> list[LayerRecord]:
+    """Every conv/linear layer of the NB201 network in order (see LayerRecord); sums match `count_nb201`."""
+    groups = layer_groups(spec, resolution, num_classes=num_classes, use_se=use_se)
+    return [record for group in groups for record in group]
 
 
 def dataset_complexity(spec: ArchSpec, dataset: str) -> ModelComplexity:

@@ -10,12 +10,14 @@ which the ceil-mode shortcut pool matches). convention="tinynas" adds TinyNAS's 
 from __future__ import annotations
 
 from fractions import Fraction
+from functools import lru_cache
 from typing import Any
 
 from zennas.arch import ArchSpec
 from zennas.arch.tinynas import InnerBlock, TinyConv, TinyRes, inner_blocks, se_width
 from zennas.counting import (
     BlockCount,
+    LayerGroups,
     LayerRecord,
     ModelComplexity,
     conv_macs,
@@ -24,33 +26,17 @@ from zennas.counting import (
     head_layers,
     linear_head,
     register_counter,
+    register_layer_groups,
 )
 from zennas.errors import ConfigError
 
 
-def _inner_counts(inner: InnerBlock, side: int, use_se: bool) -> tuple[int, int, int, int, int, int]:
-    """(params, macs, out side, bn params, se params, se macs) of one inner block at input side `side`."""
-    c, o, b, k, s, g = inner.in_channels, inner.out_channels, inner.bottleneck, inner.kernel, inner.stride, inner.groups
-    mid = conv_out(side, k, s)  # the strided conv's output side (stride on the k x k conv)
-    if inner.kind == "ResK1KXK1":
-        convs = [(c, b, 1, g, side), (b, b, k, g, mid), (b, o, 1, g, mid)]
-    elif inner.kind == "ResK1KX":
-        convs = [(c, b, 1, g, side), (b, o, k, g, mid)]
-    elif inner.kind == "ResKXKX":
-        convs = [(c, b, k, g, side), (b, o, k, g, mid)]
-    else:  # ResK1DWK1 / ResK1DWSEK1: the middle conv is depthwise (groups = btn)
-        convs = [(c, b, 1, g, side), (b, b, k, b, mid), (b, o, 1, g, mid)]
-    if inner.projection:
-        convs.append((c, o, 1, 1, mid))  # after the ceil-mode pool the shortcut side equals `mid`
-    params = sum(conv_params(ci, co, kk, gg) for ci, co, kk, gg, _ in convs)
-    macs = sum(conv_macs(ci, co, kk, r, gg) for ci, co, kk, gg, r in convs)
-    bn = sum(2 * co for _, co, _, _, _ in convs)
-    se_params = se_macs = 0
-    if inner.has_se and use_se:
-        m = se_width(b)
-        se_params = b * m + 2 * m + m * b + 2 * b  # two 1x1 convs with their BNs
-        se_macs = b * m + m * b  # at 1 x 1 spatial
-    return params + bn + se_params, macs + se_macs, mid, bn, se_params, se_macs
+def _inner_counts(records: list[LayerRecord]) -> tuple[int, int, int, int, int]:
+    """(params, macs, bn params, se params, se macs) of one inner block's layers."""
+    se = [r for r in records if r.role == "se"]
+    se_params, se_macs = sum(r.params for r in se), sum(r.macs for r in se)
+    bn = sum(2 * r.c_out for r in records if r.role != "se")  # the SE's own BNs count as SE params
+    return sum(r.params for r in records), sum(r.macs for r in records), bn, se_params, se_macs
 
 
 def _bits(extras: dict[str, Any], index: int | None, convs: int) -> tuple[tuple[int, int], ...] | None:
@@ -71,38 +57,25 @@ def _tn_conv(c_in: int, c_out: int, k: int, g: int, r_out: Fraction, bits: tuple
     return (weights * flop_scale + 2 * c_out) * r_out * r_out, weights * size_scale + 2 * c_out
 
 
-def _tn_inner(inner: InnerBlock, r: Fraction, bits: tuple[tuple[int, int], ...] | None, use_se: bool):
-    """TinyNAS (flops, model_size) of one inner block at float input side `r` (REFERENCE 1.3)."""
-    c, o, b, k, s, g = inner.in_channels, inner.out_channels, inner.bottleneck, inner.kernel, inner.stride, inner.groups
-    ro = r / s
+def _tn_inner(inner: InnerBlock, records: list[LayerRecord], r: Fraction, bits: tuple[tuple[int, int], ...] | None):
+    """TinyNAS (flops, model_size) of one inner block's layers at float input side `r` (REFERENCE 1.3).
 
-    def bit(i: int) -> tuple[int, int] | None:
-        return None if bits is None else bits[i]
-
-    if inner.kind == "ResK1KXK1":
-        convs = [(c, b, 1, g, r), (b, b, k, g, ro), (b, o, 1, g, ro)]
-        acts = b * r * r + b * ro * ro + o * ro * ro
-    elif inner.kind == "ResK1KX":
-        convs = [(c, b, 1, g, r), (b, o, k, g, ro)]
-        acts = b * r * r + o * ro * ro
-    elif inner.kind == "ResKXKX":
-        convs = [(c, b, k, g, r), (b, o, k, g, ro)]
-        acts = b * r * r + o * ro * ro
-    else:
-        convs = [(c, b, 1, g, r), (b, b, k, b, ro), (b, o, 1, g, ro)]
-        acts = b * r * r + b * ro * ro + o * ro * ro
-    flops, size = Fraction(acts), Fraction(0)
-    for i, (ci, co, kk, gg, side) in enumerate(convs):
-        f, m = _tn_conv(ci, co, kk, gg, side, bit(i))
-        flops, size = flops + f, size + m
+    Each main conv costs its weights (scaled by bit widths) and 2 per BN output at its float output
+    side, plus one op per activation output; sides divide by the stride as floats, not conv arithmetic.
+    """
+    c, o = inner.in_channels, inner.out_channels
+    flops, size = Fraction(0), Fraction(0)
+    side = r
+    for i, conv in enumerate(rec for rec in records if rec.role == "main"):
+        side = side / conv.stride
+        f, m = _tn_conv(conv.c_in, conv.c_out, conv.kernel, conv.groups, side, None if bits is None else bits[i])
+        flops, size = flops + f + conv.c_out * side * side, size + m
     if inner.pooled:
         flops += c * r * r  # one op per input element of the avg-pool
     if inner.projection:
-        f, m = _tn_conv(c, o, 1, 1, ro, bit(0))
-        flops, size = flops + f + o * ro * ro, size + m  # + the add, counted only with a projection
-    if inner.has_se and use_se:
-        mid = se_width(b)
-        size += b * mid + 2 * mid + mid * b + 2 * b  # TinyNAS counts SE weights but not SE FLOPs
+        f, m = _tn_conv(c, o, 1, 1, side, None if bits is None else bits[0])
+        flops, size = flops + f + o * side * side, size + m  # + the add, counted only with a projection
+    size += sum(rec.params for rec in records if rec.role == "se")  # TinyNAS counts SE weights but not SE FLOPs
     return flops, size
 
 
@@ -157,10 +130,12 @@ def count_tinynas(
             for i, inner in enumerate(inner_blocks(block)):
                 # The widest map: the first conv's btn channels at the inner block's input side.
                 peak = max(peak, inner.bottleneck * out_side**2)
-                p, mc, out_side, bn, sp, sm = _inner_counts(inner, out_side, se_on)
+                records = _inner_layers(inner, out_side, se_on, i)
+                p, mc, bn, sp, sm = _inner_counts(records)
+                out_side = records[-1].out_side
                 b_params, b_macs = b_params + p, b_macs + mc
                 bn_params, se_params, se_macs = bn_params + bn, se_params + sp, se_macs + sm
-                f, m = _tn_inner(inner, inner_r, _bits(extras, i, block.convs_per_inner), se_on)
+                f, m = _tn_inner(inner, records, inner_r, _bits(extras, i, block.convs_per_inner))
                 tn_flops, tn_size = tn_flops + f, tn_size + m
                 inner_r /= inner.stride
         else:
@@ -189,8 +164,12 @@ def count_tinynas(
     )
 
 
-def _inner_layers(inner: InnerBlock, side: int, use_se: bool) -> list[LayerRecord]:
-    """One inner block's layers as `zennas.blocks.tinynas.TinyResInner` builds them (every conv with BN)."""
+def _inner_layers(inner: InnerBlock, side: int, use_se: bool, index: int = 0) -> list[LayerRecord]:
+    """One inner block's layers as `zennas.blocks.tinynas.TinyResInner` builds them (every conv with BN).
+
+    The one spelling of the TinyNAS inner-block layout: counts, latency operators and the entropy
+    proxies all read it. `index` is the inner block's position in its super-block.
+    """
     c, o, b, k, s, g = inner.in_channels, inner.out_channels, inner.bottleneck, inner.kernel, inner.stride, inner.groups
     if inner.kind == "ResK1KXK1":
         shapes = [(c, b, 1, 1, g), (b, b, k, s, g), (b, o, 1, 1, g)]
@@ -198,43 +177,64 @@ def _inner_layers(inner: InnerBlock, side: int, use_se: bool) -> list[LayerRecor
         shapes = [(c, b, 1, 1, g), (b, o, k, s, g)]
     elif inner.kind == "ResKXKX":
         shapes = [(c, b, k, 1, g), (b, o, k, s, g)]  # the stride sits on the second conv
-    else:  # ResK1DWK1 / ResK1DWSEK1: the middle conv is depthwise
+    elif inner.depthwise:  # ResK1DWK1 / ResK1DWSEK1: the middle conv is depthwise
         shapes = [(c, b, 1, 1, g), (b, b, k, s, b), (b, o, 1, 1, g)]
+    else:
+        raise ConfigError(f"unknown TinyNAS inner block {inner.kind!r}")
     out: list[LayerRecord] = []
-    for index, (c_in, c_out, kernel, stride, groups) in enumerate(shapes):
-        if index == 2 and inner.has_se and use_se:  # SE after the depthwise conv's activation
+    last = len(shapes) - 1
+    for position, (c_in, c_out, kernel, stride, groups) in enumerate(shapes):
+        if position == 2 and inner.has_se and use_se:  # SE after the depthwise conv's activation
             m = se_width(b)
-            out += [LayerRecord("conv", b, m, bn=True), LayerRecord("conv", m, b, bn=True)]
-        out.append(LayerRecord("conv", c_in, c_out, kernel, stride, side, groups, bn=True))
+            out += [
+                LayerRecord("conv", b, m, bn=True, role="se", unit=index, pooled=side),
+                LayerRecord("conv", m, b, bn=True, role="se", unit=index),
+            ]
+        out.append(LayerRecord("conv", c_in, c_out, kernel, stride, side, groups, bn=True, unit=index,
+                               residual=inner.residual and position == last))  # fmt: skip
         side = out[-1].out_side
     if inner.projection:  # after the ceil-mode stride-2 pool the shortcut's side is the output side
-        out.append(LayerRecord("conv", c, o, in_side=side, bn=True))
+        out.append(LayerRecord("conv", c, o, in_side=side, bn=True, role="shortcut", unit=index))
     return out
+
+
+@lru_cache(maxsize=200_000)
+def block_group(block: TinyConv | TinyRes, side: int, use_se: bool) -> tuple[tuple[LayerRecord, ...], int]:
+    """(layers, output side) of one block at input side `side` (a stem/plain conv, or every inner block)."""
+    if isinstance(block, TinyConv):
+        conv = LayerRecord(
+            "conv", block.in_channels, block.out_channels, block.kernel, block.stride, side, block.groups,
+            bn=True, padding=block.pad,
+        )  # fmt: skip
+        return (conv,), conv.out_side
+    records: list[LayerRecord] = []
+    for index, inner in enumerate(inner_blocks(block)):
+        records += _inner_layers(inner, side, use_se, index)
+        side = records[-1].out_side
+    return tuple(records), side
+
+
+@register_layer_groups("tinynas")
+def layer_groups(spec: ArchSpec, resolution: int, *, num_classes: int = 0, use_se: bool | None = None) -> LayerGroups:
+    """The layers of every block, then the head (see zennas.counting.register_layer_groups)."""
+    se_on = use_se is not False
+    side = resolution
+    groups = []
+    for index, block in enumerate(spec.blocks):
+        if not isinstance(block, TinyConv | TinyRes):
+            raise ConfigError(f"{type(block).__name__} is not a TinyNAS block; parse the text with dialect 'tinynas'")
+        records, out_side = block_group(block, side, se_on)
+        if out_side < 1 and isinstance(block, TinyConv):  # only a reduced padding can empty a map
+            raise _side_error(index, block, side, resolution)
+        groups.append(records)
+        side = out_side
+    return (*groups, head_layers(spec.blocks[-1].out_channels, num_classes, side))
 
 
 def layers(spec: ArchSpec, resolution: int, *, num_classes: int = 0, use_se: bool | None = None) -> list[LayerRecord]:
     """Every conv/linear layer of a TinyNAS network in order (see LayerRecord); sums match `count_tinynas`."""
-    se_on = use_se is not False
-    side = resolution
-    out: list[LayerRecord] = []
-    for index, block in enumerate(spec.blocks):
-        if isinstance(block, TinyConv):
-            conv = LayerRecord(
-                "conv", block.in_channels, block.out_channels, block.kernel, block.stride, side, block.groups,
-                bn=True, padding=block.pad,
-            )  # fmt: skip
-            if conv.out_side < 1:
-                raise _side_error(index, block, side, resolution)
-            out.append(conv)
-            side = conv.out_side
-        elif isinstance(block, TinyRes):
-            for inner in inner_blocks(block):
-                inner_layers = _inner_layers(inner, side, se_on)
-                out += inner_layers
-                side = inner_layers[-1].out_side
-        else:
-            raise ConfigError(f"{type(block).__name__} is not a TinyNAS block; parse the text with dialect 'tinynas'")
-    return out + list(head_layers(spec.blocks[-1].out_channels, num_classes))
+    groups = layer_groups(spec, resolution, num_classes=num_classes, use_se=use_se)
+    return [record for group in groups for record in group]
 
 
-__all__ = ["count_tinynas", "layers"]
+__all__ = ["block_group", "count_tinynas", "layer_groups", "layers"]

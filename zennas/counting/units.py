@@ -82,18 +82,26 @@ def units_peak(units: list[Unit]) -> int:
     return max(conv.c_out * conv.out_side**2 for unit in units for conv in unit.convs)
 
 
-def unit_layers(unit: Unit) -> list[LayerRecord]:
-    """The unit's layers as `zennas.blocks.units.unit_module` builds them: convs with BN, SE after the k x k conv."""
+def unit_layers(unit: Unit, index: int = 0, residual: bool = False) -> list[LayerRecord]:
+    """The unit's layers as `zennas.blocks.units.unit_module` builds them: convs with BN, SE after the k x k conv.
+
+    `index` is the unit's position in its block; `residual`: the unit adds a shortcut to its last conv.
+    """
     se_after = 0 if len(unit.convs) == 2 else 1  # the k x k conv: the first of two convs, the middle of three
+    last = len(unit.convs) - 1
     out: list[LayerRecord] = []
-    for index, conv in enumerate(unit.convs):
+    for position, conv in enumerate(unit.convs):
         out.append(LayerRecord("conv", conv.c_in, conv.c_out, conv.kernel, conv.stride, conv.in_side, conv.groups,
-                               conv.bias, bn=True))  # fmt: skip
-        if index == se_after:
+                               conv.bias, bn=True, unit=index, residual=residual and position == last))  # fmt: skip
+        if position == se_after:
             for c in unit.se_channels:
                 m = se_mid(c)
-                out += [LayerRecord("conv", c, m, bn=True), LayerRecord("conv", m, c, bn=True)]
+                out += [
+                    LayerRecord("conv", c, m, bn=True, role="se", unit=index, pooled=unit.se_side),
+                    LayerRecord("conv", m, c, bn=True, role="se", unit=index),
+                ]
     if unit.projection is not None:
         p = unit.projection
-        out.append(LayerRecord("conv", p.c_in, p.c_out, p.kernel, p.stride, p.in_side, p.groups, p.bias, bn=True))
+        out.append(LayerRecord("conv", p.c_in, p.c_out, p.kernel, p.stride, p.in_side, p.groups, p.bias, bn=True,
+                               role="shortcut", unit=index))  # fmt: skip
     return out

@@ -13,12 +13,14 @@ from zennas.arch import ArchSpec
 from zennas.arch.zennas import ZenConv, ZenRes, smart_round
 from zennas.counting import (
     BlockCount,
+    LayerGroups,
     LayerRecord,
     ModelComplexity,
     conv_out,
     head_layers,
     linear_head,
     register_counter,
+    register_layer_groups,
 )
 from zennas.counting.units import Conv, Unit, se_mid, unit_layers, unit_macs, unit_params, units_peak
 from zennas.errors import ConfigError
@@ -164,13 +166,28 @@ def count_zennas(
     )
 
 
-def layers(spec: ArchSpec, resolution: int, *, num_classes: int = 0, use_se: bool | None = None) -> list[LayerRecord]:
-    """Every conv/linear layer of a ZenNAS network in order (see LayerRecord); sums match `count_zennas`."""
+@lru_cache(maxsize=200_000)
+def block_group(block: ZenConv | ZenRes, side: int, se: bool) -> tuple[tuple[LayerRecord, ...], int]:
+    """(layers, output side) of one super-block at input side `side`; a SuperConv is a plain stack."""
+    units = zen_units(block, side, se)
+    residual = isinstance(block, ZenRes)
+    records = tuple(record for index, unit in enumerate(units) for record in unit_layers(unit, index, residual))
+    return records, units[-1].out_side
+
+
+@register_layer_groups("zennas-v1")
+def layer_groups(spec: ArchSpec, resolution: int, *, num_classes: int = 0, use_se: bool | None = None) -> LayerGroups:
+    """The layers of every super-block, then the head (see zennas.counting.register_layer_groups)."""
     se = _se_flag(use_se)
     side = resolution
-    out: list[LayerRecord] = []
+    groups = []
     for block in spec.blocks:
-        for unit in zen_units(block, side, se):
-            out += unit_layers(unit)
-            side = unit.out_side
-    return out + list(head_layers(spec.blocks[-1].out_channels, num_classes))
+        records, side = block_group(block, side, se)
+        groups.append(records)
+    return (*groups, head_layers(spec.blocks[-1].out_channels, num_classes, side))
+
+
+def layers(spec: ArchSpec, resolution: int, *, num_classes: int = 0, use_se: bool | None = None) -> list[LayerRecord]:
+    """Every conv/linear layer of a ZenNAS network in order (see LayerRecord); sums match `count_zennas`."""
+    groups = layer_groups(spec, resolution, num_classes=num_classes, use_se=use_se)
+    return [record for group in groups for record in group]

@@ -1,7 +1,8 @@
 """TinyNAS entropy scores: MAE-DET entropy (`entropy`), DeepMAD (`deepmad`) and its effectiveness rho.
 
 All three read a TinyNAS structure as a *plain chain* of convolutions grouped into units: a
-`ConvKXBNRELU` block is one unit, every inner block of a super-block is one unit (REFERENCE 1.3).
+`ConvKXBNRELU` block is one unit, every inner block of a super-block is one unit (REFERENCE 1.3);
+the convs are the main-path layers of `zennas.counting.tinynas.layer_groups`.
 Stages are TinyNAS's stride-2 bookkeeping (`zennas.arch.tinynas.stage_info`). The closed forms
 need no tensors; the forward version of `entropy` propagates Gaussian noise through the chain.
 Other dialects are refused: their stage split is not defined by the TinyNAS convention.
@@ -14,12 +15,15 @@ import math
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import groupby
 
 import torch
 import torch.nn.functional as F
 
 from zennas.arch import ArchSpec
-from zennas.arch.tinynas import DIALECT, StageInfo, TinyConv, TinyRes, inner_blocks, stage_info
+from zennas.arch.tinynas import DIALECT, StageInfo, TinyRes, stage_info
+from zennas.counting import LayerRecord
+from zennas.counting import tinynas as tinynas_layers
 from zennas.errors import ConfigError
 from zennas.proxies import Option, register_proxy
 from zennas.proxies.context import ProxyContext
@@ -51,40 +55,26 @@ class ChainConv:
         return math.log(self.in_channels // self.groups) + 2.0 * math.log(self.kernel)
 
 
-def conv_chain(spec: ArchSpec) -> tuple[tuple[ChainConv, ...], ...]:
-    """The backbone's main-path convs in order, one tuple per unit (ConvKXBNRELU block or inner block)."""
+# The chain keeps no sides: any input side large enough for every reduced-padding conv lists it.
+CHAIN_SIDE = 4096
+
+
+def conv_chain(spec: ArchSpec, resolution: int = CHAIN_SIDE) -> tuple[tuple[ChainConv, ...], ...]:
+    """The backbone's main-path convs in order, one tuple per unit (ConvKXBNRELU block or inner block).
+
+    The SE (ResK1DWSEK1) and the shortcuts are not on the chain: they contribute nothing.
+    """
     _require_tinynas(spec, "entropy/deepmad scoring")
     units: list[tuple[ChainConv, ...]] = []
-    for block in spec.blocks:
-        if isinstance(block, TinyConv):
-            units.append(
-                (ChainConv(block.in_channels, block.out_channels, block.kernel, block.stride, block.pad, block.groups),)
-            )
-            continue
-        if not isinstance(block, TinyRes):
-            raise ConfigError(f"{type(block).__name__} is not a TinyNAS block; parse the text with dialect 'tinynas'")
-        for inner in inner_blocks(block):
-            c, o, b, k, s, g = (
-                inner.in_channels,
-                inner.out_channels,
-                inner.bottleneck,
-                inner.kernel,
-                inner.stride,
-                inner.groups,
-            )
-            pad = (k - 1) // 2
-            if inner.kind == "ResK1KXK1":
-                convs = (ChainConv(c, b, 1, 1, 0, g), ChainConv(b, b, k, s, pad, g), ChainConv(b, o, 1, 1, 0, g))
-            elif inner.kind == "ResK1KX":
-                convs = (ChainConv(c, b, 1, 1, 0, g), ChainConv(b, o, k, s, pad, g))
-            elif inner.kind == "ResKXKX":  # the stride sits on the second conv
-                convs = (ChainConv(c, b, k, 1, pad, g), ChainConv(b, o, k, s, pad, g))
-            elif inner.depthwise:  # the SE (ResK1DWSEK1) is not on the chain: it contributes nothing
-                convs = (ChainConv(c, b, 1, 1, 0, g), ChainConv(b, b, k, s, pad, b), ChainConv(b, o, 1, 1, 0, g))
-            else:
-                raise ConfigError(f"unknown TinyNAS inner block {inner.kind!r}")
-            units.append(convs)
+    for records in tinynas_layers.layer_groups(spec, resolution, use_se=False):
+        main = (r for r in records if r.role == "main")
+        for _, unit in groupby(main, key=lambda r: r.unit):
+            units.append(tuple(ChainConv(r.c_in, r.c_out, r.kernel, r.stride, _padding(r), r.groups) for r in unit))
     return tuple(units)
+
+
+def _padding(record: LayerRecord) -> int:
+    return (record.kernel - 1) // 2 if record.padding is None else record.padding
 
 
 def closed_form_block_terms(spec: ArchSpec) -> tuple[float, ...]:
@@ -104,7 +94,7 @@ def forward_block_terms(
 
     Draws on the CPU from `generator` (input first, then each weight in chain order), computes on `device`.
     """
-    units = conv_chain(spec)
+    units = conv_chain(spec, resolution)
     in_channels = spec.blocks[0].in_channels
     x = torch.randn(batch_size, in_channels, resolution, resolution, generator=generator).to(device)  # [B, C, R, R]
     terms: list[float] = []

@@ -15,10 +15,11 @@ from torch.overrides import TorchFunctionMode
 
 from zennas.arch import ArchSpec
 from zennas.arch.genet import GenBN, GenConv, GenPool, GenReLU, GenSuperRes
-from zennas.arch.zennas import ZenConv, ZenRes, smart_round
+from zennas.arch.zennas import ZenConv, ZenRes
 from zennas.build import BuildOptions, build
 from zennas.counting import conv_out
-from zennas.counting.genet import genet_units
+from zennas.counting import genet as genet_layers
+from zennas.counting import zennas as zennas_layers
 from zennas.errors import ConfigError, DegenerateNetworkError, ProxyError
 from zennas.proxies import Option, register_proxy
 from zennas.proxies.context import ProxyContext
@@ -267,34 +268,18 @@ _MEMO_LIMIT = 400_000  # memo entries before it is cleared
 ConvShape = tuple[int, int, int]  # (input channels per group, kernel, stride)
 
 
+_SHAPE_SIDE = 224  # conv shapes do not depend on the side a block is lowered at
+
+
 @lru_cache(maxsize=1 << 16)
 def _block_convs(block: object) -> tuple[ConvShape, ...]:
-    """Convolutions of one block as built without residual links or SE, in order."""
-    if isinstance(block, ZenRes):
-        return _zen_res_convs(block)
-    if isinstance(block, ZenConv | GenConv):
-        n = block.sub_layers if isinstance(block, ZenConv) else 1
-        c, out, k, s = block.in_channels, block.out_channels, block.kernel, block.stride
-        return ((c, k, s),) + ((out, k, 1),) * (n - 1)
-    assert isinstance(block, GenSuperRes)  # guaranteed by conv_blocks
-    return tuple((c.c_in // c.groups, c.kernel, c.stride) for u in genet_units(block, 224) for c in u.convs)
-
-
-def _zen_res_convs(block: ZenRes) -> tuple[ConvShape, ...]:
-    """The main-path convs of a ZenNAS residual super-block: the shapes `zen_units` builds, without its
-    per-conv records (this runs once per new block in a search; a test pins it to `zen_units`)."""
-    k, b, out, e = block.kernel, block.bottleneck, block.out_channels, block.expansion
-    convs: list[ConvShape] = []
-    for i in range(block.sub_layers):
-        c, s = (block.in_channels, block.stride) if i == 0 else (out, 1)
-        if block.kind == "KXKX":
-            convs += [(c, k, s), (b, k, 1)]
-        elif block.kind == "K1KXK1":
-            convs += [(c, 1, 1), (b, k, s), (b, 1, 1), (out, 1, 1), (b, k, 1), (b, 1, 1)]
-        else:  # IDW: A = 1x1 (c -> d1), depthwise, 1x1 (d1 -> b); B the same from b to out
-            d1, d2 = smart_round(b * e, 8), smart_round(out * e, 8)
-            convs += [(c, 1, 1), (1, k, s), (d1, 1, 1), (b, 1, 1), (1, k, 1), (d2, 1, 1)]
-    return tuple(convs)
+    """Convolutions of one block as built without residual links or SE, in order: its main-path layers."""
+    if isinstance(block, ZenConv | ZenRes):
+        records, _ = zennas_layers.block_group(block, _SHAPE_SIDE, False)
+    else:
+        assert isinstance(block, GenConv | GenSuperRes)  # guaranteed by conv_blocks
+        records, _ = genet_layers.block_group(block, _SHAPE_SIDE)
+    return tuple((r.c_in // r.groups, r.kernel, r.stride) for r in records if r.role == "main")
 
 
 def conv_blocks(spec: ArchSpec) -> tuple[object, ...]:

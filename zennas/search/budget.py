@@ -1,10 +1,11 @@
 """Search budgets: parse `1ms`, `800us`, `400M`, `5.5M` and check candidates against them.
 
-A latency budget is always milliseconds *per image* at a stated batch size (`--budget-batch-size`,
-by default the table's budget batch: 64 for the V100 TensorRT table, as Zen-NAS states its budgets;
-1 for the CPU table). The predicted latency of a candidate is the table's ms per batch at that batch
-divided by the batch. MACs and parameters are the correct counts `zennas info` reports (the ZenNAS
-repository convention on request), layers the dialect's layer count (REFERENCE 1.4).
+A latency budget is always milliseconds *per image* at a stated batch size (by default the table's
+budget batch: 64 for the V100 TensorRT table, as Zen-NAS states its budgets; 1 for the CPU table;
+`latency_batch_size` decides it, the one place that does). The predicted latency of a candidate is
+the table's ms per batch at that batch divided by the batch. MACs and parameters are the correct
+counts `zennas info` reports (the ZenNAS repository convention on request), layers the dialect's
+layer count (REFERENCE 1.4).
 """
 
 from __future__ import annotations
@@ -80,6 +81,11 @@ class Budgets:
         if self.max_layers is not None:
             parts.append(f"layers <= {self.max_layers}")
         return ", ".join(parts) or "no budget"
+
+
+def latency_batch_size(table: Any, given: int | None = None) -> int:
+    """The batch a latency budget holds at: `given`, else the budget batch of `table` (a LatencyTable)."""
+    return given or table.default_batch_size()
 
 
 _DURATION = re.compile(r"^\s*(?:(\d+(?:\.\d*)?)\s*h)?\s*(?:(\d+(?:\.\d*)?)\s*m)?\s*(?:(\d+(?:\.\d*)?)\s*s)?\s*$")

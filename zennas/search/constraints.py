@@ -20,12 +20,12 @@ Two defaults are decided here:
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from zennas.errors import ConfigError
-from zennas.search.budget import Budgets
+from zennas.search.budget import Budgets, latency_batch_size
 
 PUBLISHED_LATENCY_GPU = "V100"  # Zen-NAS states its latency budgets as V100 FP16 ms/image at batch 64 (REFERENCE 7.1)
 PUBLISHED_LATENCY_BATCH = 64
@@ -84,15 +84,16 @@ class Constraints:
 
 
 def resolve_constraints(
-    space: Any, *, table: Any = None, latency_ms_per_image: float | None = None,
-    latency_batch_size: int | None = None, macs: int | None = None, params: int | None = None,
-    max_layers: int | None = None, convention: str | None = None, resolution: int | None = None,
-    num_classes: int | None = None,
+    space: Any, *, table: Any = None, table_for_gpu: Callable[[str], Any] | None = None,
+    latency_ms_per_image: float | None = None, latency_batch_size: int | None = None, macs: int | None = None,
+    params: int | None = None, max_layers: int | None = None, convention: str | None = None,
+    resolution: int | None = None, num_classes: int | None = None,
 ) -> Constraints:  # fmt: skip
     """Every constraint of a search in `space` (a preset already applied); given values override the space's.
 
     `table` is the LatencyTable the caller chose (None: none, or the shipped V100 table when the
-    preset states a latency budget). `convention` counts every MACs/params budget (None: the space's
+    preset states a latency budget, which `table_for_gpu` opens: zennas.latency.shipped.table_for_gpu,
+    as zennas.wiring passes it). `convention` counts every MACs/params budget (None: the space's
     convention while the space or its preset states such a budget, else correct counts).
     """
     from zennas.models import DIALECT_DEFAULTS
@@ -117,17 +118,18 @@ def resolve_constraints(
         if name not in values:
             values[name], origins[name] = default, Origin("default")
     convention = _convention(space, preset, stated, origins, convention)
-    table, table_origin = _latency_table(origins.get("latency"), stated.get("latency"), table)
+    table, table_origin = _latency_table(origins.get("latency"), stated.get("latency"), table, table_for_gpu)
     if table_origin is not None:
         origins["table"] = table_origin
+    batch = _latency_batch(table, latency_batch_size)
     if table is not None and origins.get("latency", Origin("none")).source in ("preset", "space"):
-        origins["latency"] = _applied_to(origins["latency"], table, latency_batch_size)
+        origins["latency"] = _applied_to(origins["latency"], table, batch)
     _check_layers(space, values.get("layers"), origins.get("layers"))
     if "layers" not in values:
         values["layers"], origins["layers"] = _borrowed_cap(space, values, int(values["resolution"]), table)
     budgets = Budgets(
         latency_ms_per_image=_number(values.get("latency")),
-        latency_batch_size=(latency_batch_size or table.default_batch_size()) if table is not None else None,
+        latency_batch_size=batch,
         macs=_count(values.get("macs")), params=_count(values.get("params")), max_layers=_count(values["layers"]),
         convention=convention,
     )  # fmt: skip
@@ -171,9 +173,15 @@ def _convention(
     return convention
 
 
+def _latency_batch(table: Any, given: int | None) -> int | None:
+    """The batch of the latency budget (zennas.search.budget.latency_batch_size); None without a table."""
+    return latency_batch_size(table, given) if table is not None else None
+
+
 def _latency_table(
-    latency: Origin | None, stated: tuple[Any, str | None] | None, table: Any
-) -> tuple[Any, Origin | None]:
+    latency: Origin | None, stated: tuple[Any, str | None] | None, table: Any,
+    table_for_gpu: Callable[[str], Any] | None,
+) -> tuple[Any, Origin | None]:  # fmt: skip
     """(the table that costs the latency budget, its origin when not given).
 
     Without a table, a latency budget the space or preset states (or a given one that overrides it)
@@ -181,19 +189,16 @@ def _latency_table(
     """
     if latency is None or table is not None:
         return table, None
-    if stated is None:
+    if stated is None or table_for_gpu is None:
         raise ConfigError("a latency budget needs a latency table; choose one (zennas tables lists the shipped ones)")
-    from zennas.latency.shipped import table_for_gpu
-
     chosen = table_for_gpu(PUBLISHED_LATENCY_GPU)
     note = f"the {PUBLISHED_LATENCY_GPU} table: the GPU the published latency budget was stated for"
     return chosen, Origin("preset" if stated[1] else "space", stated[1], note=note)
 
 
-def _applied_to(origin: Origin, table: Any, batch: int | None) -> Origin:
+def _applied_to(origin: Origin, table: Any, batch: int) -> Origin:
     """A published latency budget costed by `table`: say so when the table is not a V100 one or the batch differs."""
     family = str(table.header.get("device", {}).get("family", "")).upper()
-    batch = batch or table.default_batch_size()
     if family == PUBLISHED_LATENCY_GPU and batch == PUBLISHED_LATENCY_BATCH:
         return origin
     note = (

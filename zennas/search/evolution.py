@@ -2,7 +2,7 @@
 
 The loop of Zen-NAS with these changes:
 - The run is seeded (numpy PCG64) and every candidate's score is a deterministic function of the
-  architecture and the seed (problem.py), so a run is reproducible.
+  architecture and the seed (zennas.wiring), so a run is reproducible.
 - Children are made in batches of `batch` (default 16): each child's parent is drawn uniformly from
   the population as it stood at the start of the batch (while the population has at most 10 members,
   the seed architecture with one mutation, as in Zen-NAS; otherwise two mutations). The batch's
@@ -23,6 +23,9 @@ end) the state is written atomically to checkpoint.json with the byte length of 
 covers. `resume` checks the checkpoint and that history in full, then truncates the history to that
 length and continues from the checkpoint, so a run killed at any moment and resumed ends exactly as
 an uninterrupted run; a checkpoint or history that does not fit is refused before anything changes.
+
+The run receives its collaborators in a SearchProblem (zennas.search.interfaces): the space it samples
+and mutates, the cost model that checks the budgets, the screen, and the map that scores candidates.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ import json
 import math
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,7 +52,7 @@ from zennas.io import (
     parse_json_text,
     read_json_file,
 )
-from zennas.search.problem import Problem, Scored, Scorer
+from zennas.search.interfaces import Scored, ScoreMap, SearchProblem
 
 STATE_FORMAT = "zennas-search-state"
 STATE_VERSION = 1
@@ -59,7 +62,7 @@ COUNTS = ("scored", "screened", "duplicate", "degenerate", "over_layers", "over_
 RESCORE_SHARE = 0.25  # under a time limit, the final re-scoring takes at most this share of it
 # Settings a resumed run may change: how long it runs and how often it saves, not what it computes.
 RESUME_FREE = ("iterations", "time_limit_s", "checkpoint_every")
-# What a search writes into --out (report.py writes the last six); --overwrite deletes them first.
+# What a search writes into its folder (report.py writes the last six); overwrite deletes them first.
 SEARCH_RUN = RunKind(
     "search", "a search", "checkpoint.json",
     ("checkpoint.json", "history.jsonl", "best.txt", "result.json", "population.json", "pareto.csv",
@@ -82,7 +85,7 @@ class Settings:
     init: str | None = None  # seed architecture text in the space's dialect; None: the space's first seed
     strategy: str = "evolution"  # or "random": every child a fresh space.sample (the baseline)
     time_limit_s: float | None = None  # stop at the first batch boundary past this much search time
-    funnel: bool = True  # screen children by the objective's closed form where one exists (Problem.screen)
+    funnel: bool = True  # screen children by the objective's closed form where one exists (SearchProblem.screen)
     # With the funnel: batch x screen_ratio children screened, `batch` of them scored. 64 by measurement
     # (benchmarks/RESULTS.md, bench_search race): 3 minutes of Zen-NAS's CIFAR setting judged 104.1 without the
     # funnel and 107.8 / 115.0 / 116.6 / 118.1 / 123.5 / 122.5 at ratios 4 / 8 / 16 / 32 / 64 / 128.
@@ -101,11 +104,11 @@ class Settings:
         for name in ["iterations", *counts] if self.iterations is not None else counts:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"--{name.replace('_', '-')} must be a positive integer, got {value!r}")
+                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
         for name in ("retries", "rescore"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ConfigError(f"--{name} must be a non-negative integer, got {value!r}")
+                raise ConfigError(f"{name} must be a non-negative integer, got {value!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -148,7 +151,7 @@ class State:
     rescored: list[dict[str, Any]] | None = None
     stopped: dict[str, Any] | None = None  # why the run ended before its iterations: {"reason", "limit_s", ...}
 
-    def to_dict(self, problem: Problem, settings: Settings) -> dict[str, Any]:
+    def to_dict(self, problem: SearchProblem, settings: Settings) -> dict[str, Any]:
         return {
             "format": STATE_FORMAT,
             "version": STATE_VERSION,
@@ -248,8 +251,8 @@ def _is_rescored(value: Any) -> bool:
 
 def _bad_state(where: str, what: str) -> ConfigError:
     return ConfigError(
-        f"{where} is not a usable search checkpoint ({what}); restore the file the run wrote, or start afresh "
-        "with --overwrite instead of --resume"
+        f"{where} is not a usable search checkpoint ({what}); restore the file the run wrote, or start the run "
+        "afresh (overwrite it) instead of resuming it"
     )
 
 
@@ -286,36 +289,17 @@ def history_record(line: str | bytes, where: str, *, measured: bool = False) -> 
     return record
 
 
-class SerialMap:
-    """Scores candidates in this process."""
-
-    workers = 1
-
-    def __init__(self, problem: Problem):
-        self.scorer = Scorer(problem)
-
-    def __call__(self, canonicals: Sequence[str]) -> list[Scored]:
-        return [self.scorer(c) for c in canonicals]
-
-    def repeats(self, canonicals: Sequence[str], repeats: int) -> list[list[float]]:
-        """Objective values of `repeats` draws of each candidate ([] for a degenerate one)."""
-        return [self.scorer.repeats(c, repeats) for c in canonicals]
-
-    def close(self) -> None:
-        pass
-
-
 Progress = Callable[["State"], None]  # called after every batch with the run's state
 
 
-def _mutate(problem: Problem, parent: ArchSpec, draws: int, rng: np.random.Generator) -> ArchSpec:
+def _mutate(problem: SearchProblem, parent: ArchSpec, draws: int, rng: np.random.Generator) -> ArchSpec:
     child = parent
     for _ in range(draws):
         child = problem.search_space.mutate(child, rng)
     return child
 
 
-def seed_architecture(problem: Problem, init: str | None) -> ArchSpec:
+def seed_architecture(problem: SearchProblem, init: str | None) -> ArchSpec:
     """The seed: `init` parsed in the space's dialect, or the space's first seed (a sample if it has none)."""
     space = problem.search_space
     if init is not None:
@@ -324,7 +308,8 @@ def seed_architecture(problem: Problem, init: str | None) -> ArchSpec:
         spec, _ = resolve_arch(init, space.dialect)
         reason = space.why_not(spec)
         if reason is not None:
-            raise ConfigError(f"--init is not a member of space {problem.space!r}: {reason}")
+            name = problem.to_dict()["space"]
+            raise ConfigError(f"the seed architecture (init) is not a member of space {name!r}: {reason}")
         return spec
     seeds = space.initial()
     if seeds:
@@ -332,22 +317,23 @@ def seed_architecture(problem: Problem, init: str | None) -> ArchSpec:
     return space.sample(np.random.default_rng(problem.seed))
 
 
-def _check_seed(problem: Problem, spec: ArchSpec) -> dict[str, Any]:
-    metrics, violated = problem.measure(spec)
+def _check_seed(problem: SearchProblem, spec: ArchSpec) -> dict[str, Any]:
+    cost = problem.cost
+    metrics, violated = cost.measure(spec)
     if violated:
-        b = problem.budgets
+        b = cost.budgets
         limits = {
-            "layers": (metrics["layers"], b.max_layers, "--max-layers"),
-            "params": (metrics.get("budget_params", metrics["params"]), b.params, "--params-budget"),
-            "macs": (metrics.get("budget_macs", metrics["macs"]), b.macs, "--flops-budget"),
-            "latency": (metrics.get("latency_ms_per_image"), b.latency_ms_per_image, "--budget"),
+            "layers": (metrics["layers"], b.max_layers, "the layer cap"),
+            "params": (metrics.get("budget_params", metrics["params"]), b.params, "the params budget"),
+            "macs": (metrics.get("budget_macs", metrics["macs"]), b.macs, "the FLOPs budget"),
+            "latency": (metrics.get("latency_ms_per_image"), b.latency_ms_per_image, "the latency budget"),
         }
         if violated[0] == "table":
             raise ConfigError(f"the seed architecture cannot be costed: {metrics['note']}")
-        value, limit, flag = limits[violated[0]]
+        value, limit, what = limits[violated[0]]
         raise ConfigError(
-            f"the seed architecture is over the {violated[0]} budget ({value:.6g} > {limit:.6g}): raise {flag} "
-            "or give a smaller seed with --init (Zen-NAS advice: start at about a quarter of the budget)"
+            f"the seed architecture is over the {violated[0]} budget ({value:.6g} > {limit:.6g}): raise {what} "
+            "or start from a smaller seed architecture (Zen-NAS advice: start at about a quarter of the budget)"
         )
     return metrics
 
@@ -356,17 +342,17 @@ class Evolution:
     """One search run writing into `out` (see the module docstring)."""
 
     def __init__(
-        self, problem: Problem, settings: Settings, out: str | os.PathLike, *,
-        make_scorer_map: Callable[[], Any] | None = None,
+        self, problem: SearchProblem, settings: Settings, out: str | os.PathLike, *,
+        make_scorer_map: Callable[[], ScoreMap] | None = None,
     ) -> None:  # fmt: skip
         """`make_scorer_map` builds the scorer map (processes, Ray) when scoring first starts, after the
-        checkpoint checks; None scores in this process."""
+        checkpoint checks; None: `problem.score_map()`, which scores in this process."""
         settings.validate()
         self.problem = problem
         self.settings = settings
         self.out = Path(out)
         self.make_scorer_map = make_scorer_map
-        self.map: Any = None  # the scorer map, once built
+        self.map: ScoreMap | None = None  # the scorer map, once built
         self.history_path = self.out / "history.jsonl"
         self._specs: dict[str, ArchSpec] = {}  # parsed population members (parents), by canonical text
         # Scoring seconds, count and MACs in this process: the time-limit reserve and the last batch's cut.
@@ -379,7 +365,7 @@ class Evolution:
         metrics = _check_seed(self.problem, spec)
         scored = self._score([spec.canonical])[0]
         if scored.score is None:
-            raise ConfigError(f"the seed architecture cannot be scored ({scored.note}); give another with --init")
+            raise ConfigError(f"the seed architecture cannot be scored ({scored.note}); start from another one")
         seed = Member(spec.canonical, spec.hash, scored.score, 0, metrics, scored.values)
         self._scored_s, self._scored_n, self._scored_macs = scored.seconds, 1, metrics["macs"]
         rng = np.random.default_rng(self.problem.seed)
@@ -394,29 +380,29 @@ class Evolution:
             raise ConfigError(f"{where!r} is not a zennas search checkpoint of version {STATE_VERSION}")
         if not isinstance(data.get("problem"), dict) or not isinstance(data.get("settings"), dict):
             raise _bad_state(repr(where), "problem or settings is missing")
-        then, now = data["problem"].get("table_sha256"), self.problem.to_dict()["table_sha256"]
-        if then is not None and then != now and data["problem"].get("table") == self.problem.table:
+        problem = self.problem.to_dict()
+        then, now, table = data["problem"].get("table_sha256"), problem["table_sha256"], problem["table"]
+        if then is not None and then != now and data["problem"].get("table") == table:
             raise ConfigError(
-                f"--resume: latency table {self.problem.table} has changed since the run in {self.out} started "
-                f"(sha256 {str(then)[:16]}... then, {str(now)[:16]}... now); restore the table it used or choose "
-                "another --out"
+                f"cannot resume: latency table {table} has changed since the run in {self.out} started "
+                f"(sha256 {str(then)[:16]}... then, {str(now)[:16]}... now); restore the table it used or start "
+                "the search in another folder"
             )
         settings = {k: v for k, v in self.settings.to_dict().items() if k not in RESUME_FREE}
         stored = {k: v for k, v in data["settings"].items() if k not in RESUME_FREE}
-        if data["problem"] != self.problem.to_dict() or stored != settings:
+        if data["problem"] != problem or stored != settings:
             changed = sorted(
-                k for k in set(data["problem"]) | set(self.problem.to_dict())
-                if data["problem"].get(k) != self.problem.to_dict().get(k)
+                k for k in set(data["problem"]) | set(problem) if data["problem"].get(k) != problem.get(k)
             ) + sorted(k for k in set(stored) | set(settings) if stored.get(k) != settings.get(k))  # fmt: skip
             raise ConfigError(
-                f"--resume: the run in {self.out} was started with other settings ({', '.join(changed)}); "
-                "rerun with the same options or choose another --out"
+                f"cannot resume: the run in {self.out} was started with other settings ({', '.join(changed)}); "
+                "resume it with the same settings or start the search in another folder"
             )
         state = State.from_dict(data, self.settings, repr(where))
         if self.settings.iterations is not None and self.settings.iterations < state.iteration:
             raise ConfigError(
-                f"--resume: the run in {self.out} has made {state.iteration} iterations already; ask for at least "
-                "that many"
+                f"cannot resume: the run in {self.out} has made {state.iteration} iterations already; ask for at "
+                "least that many"
             )
         for name, member in [("seed_member", state.seed_member), *((f"population[{i}]", m) for i, m in
                                                                      enumerate(state.population))]:  # fmt: skip
@@ -433,16 +419,16 @@ class Evolution:
         """history.jsonl must hold, in its first `state.history_bytes` bytes, exactly the records of
         iterations 1..`state.iteration` (lines after them are a batch the checkpoint does not cover)."""
         where = repr(str(self.history_path))
-        redo = "restore it, or start afresh with --overwrite instead of --resume"
+        redo = "restore it, or start the run afresh (overwrite it) instead of resuming it"
         try:
             size = self.history_path.stat().st_size
             f = open(self.history_path, "rb")  # noqa: SIM115 (closed below; open errors are reported)
         except OSError as exc:
             reason = exc.strerror or exc
-            raise ConfigError(f"--resume: cannot read the search history {where} ({reason}); {redo}") from None
+            raise ConfigError(f"cannot resume: cannot read the search history {where} ({reason}); {redo}") from None
         if size < state.history_bytes:
             raise ConfigError(
-                f"--resume: the search history {where} holds {size} bytes but the checkpoint covers "
+                f"cannot resume: the search history {where} holds {size} bytes but the checkpoint covers "
                 f"{state.history_bytes}: it was cut short; {redo}"
             )
         with f:
@@ -450,15 +436,15 @@ class Evolution:
             while left > 0:
                 line = f.readline(left)
                 if not line.endswith(b"\n"):
-                    raise ConfigError(f"--resume: the checkpoint does not end at a line of {where}; {redo}")
+                    raise ConfigError(f"cannot resume: the checkpoint does not end at a line of {where}; {redo}")
                 left -= len(line)
                 it += 1
                 record = history_record(line, f"{where} line {it}", measured=True)
                 if record["it"] != it:
-                    raise ConfigError(f"--resume: {where} line {it} is iteration {record['it']}; {redo}")
+                    raise ConfigError(f"cannot resume: {where} line {it} is iteration {record['it']}; {redo}")
         if it != state.iteration:
             raise ConfigError(
-                f"--resume: {where} holds {it} iterations where the checkpoint covers {state.iteration}; {redo}"
+                f"cannot resume: {where} holds {it} iterations where the checkpoint covers {state.iteration}; {redo}"
             )
 
     def _save(self, state: State) -> None:
@@ -467,7 +453,7 @@ class Evolution:
     # -- scoring ---------------------------------------------------------------------------------
     def _scorer_map(self) -> Any:
         if self.map is None:
-            self.map = self.make_scorer_map() if self.make_scorer_map is not None else SerialMap(self.problem)
+            self.map = self.make_scorer_map() if self.make_scorer_map is not None else self.problem.score_map()
         return self.map
 
     def _score(self, canonicals: list[str]) -> list[Scored]:
@@ -629,7 +615,7 @@ class Evolution:
     ) -> tuple[int, ArchSpec, dict[str, Any]] | None:  # fmt: skip
         """One iteration: a fresh child of `parent`, measured (and screened with the funnel); None, with its
         history line written, when it is a duplicate or breaks a budget."""
-        s, problem, screen = self.settings, self.problem, self.screen
+        s, cost, screen = self.settings, self.problem.cost, self.screen
         state.iteration += 1
         it = state.iteration
         child = self._child(parent, draws, rng)
@@ -643,7 +629,7 @@ class Evolution:
             return None
         batch_seen.add(child.hash)
         t0 = time.perf_counter()
-        metrics, violated = problem.measure(child)
+        metrics, violated = cost.measure(child)
         if violated:
             state.counts[f"over_{violated[0]}"] += 1
             lines.append({"it": it, "status": f"over_{violated[0]}", "hash": child.hash, "arch": child.canonical,

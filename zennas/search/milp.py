@@ -10,8 +10,9 @@ Procedure (`milp_search`):
    beta[s, d] itself: BINAS's A_base + q_a.alpha + q_b.beta + alpha' Q beta with Q's sparsity. Ridge
    least squares on a training split; Kendall tau on the held-out split; then refit on all samples.
 3. Express the table latency in the same variables (`block_latency_model`): every block of stage s
-   has fixed input width, stride and input side, so its operators (zennas.latency.ops) and their
-   table cost depend on (s, j, c) only; stem, first ds block, last 1x1 conv and head are a constant.
+   has fixed input width, stride and input side, so its operators and their table cost (the
+   NetworkLatency's `block_ms`) depend on (s, j, c) only; stem, first ds block, last 1x1 conv and
+   head are a constant.
    The table's affine correction (intercept_ms + slope * sum) folds into the constant and the
    coefficients exactly. MACs and params are linear the same way (`block_complexity_model`).
 4. Solve max estimator s.t. latency <= budget (and optional MAC/param budgets) exactly (`solve`):
@@ -19,12 +20,13 @@ Procedure (`milp_search`):
    y <= alpha, y <= active, y >= alpha + active - 1; two valid equalities that tighten the LP
    relaxation and make alpha canonical (sum_c y[s, j, c] = active[s, j]; an inactive slot holds
    configuration 0, as `BinasLayout.encode` writes it). HiGHS branch and bound with a zero gap.
-5. Decode alpha/beta with the space, check membership, recompute latency with
-   zennas.latency.predict (it must equal the linear model) and check every budget; score the chosen
-   network once more with `score_fn` (N + 1 proxy evaluations in all).
+5. Decode alpha/beta with the space, check membership, recompute latency with the table's own
+   prediction (it must equal the linear model) and check every budget; score the chosen network
+   once more with `score_fn` (N + 1 proxy evaluations in all).
 
-The module imports no torch: the proxy arrives as `score_fn(spec) -> float` (higher is better;
-negate a lower-is-better proxy).
+The module imports no torch, proxies or latency code: the proxy arrives as `score_fn(spec) -> float`
+(higher is better; negate a lower-is-better proxy) and the table as a NetworkLatency
+(zennas.search.interfaces; zennas.wiring.table_latency builds one from a LatencyTable).
 """
 
 from __future__ import annotations
@@ -44,12 +46,10 @@ from zennas.arch import ArchSpec
 from zennas.arch.binas import BinasLayout
 from zennas.counting import count
 from zennas.errors import ConfigError, ZennasError
-from zennas.latency.ops import network_op_groups
-from zennas.latency.predict import group_ms, latency_ms_per_batch
-from zennas.latency.table import LatencyTable
 from zennas.models import DIALECT_DEFAULTS
+from zennas.search.interfaces import NetworkLatency
 
-AGREEMENT_RTOL = 1e-9  # linear models vs zennas.latency.predict / zennas.counting on the decoded network
+AGREEMENT_RTOL = 1e-9  # linear models vs the table's prediction / zennas.counting on the decoded network
 SOLVE_ATTEMPTS = 3  # re-solves with a tightened budget row when solver tolerances let a budget slip
 
 
@@ -69,7 +69,7 @@ def space_layout(space: Any) -> BinasLayout:
         family = (getattr(space, "definition", None) or {}).get("family", "?")
         raise ConfigError(
             "strategy milp needs a space with per-stage depths and per-block choices (binas); "
-            f"got {name!r} (family {family}); use --strategy evolution for this space"
+            f"got {name!r} (family {family}); search this space by evolution instead"
         )
     return layout
 
@@ -133,7 +133,7 @@ class BlockLinear:
 class LinearLatency(BlockLinear):
     """Table latency (ms per batch of `batch_size`, correction included) as a BlockLinear model."""
 
-    table: LatencyTable = field(repr=False)
+    latency: NetworkLatency = field(repr=False)
     resolution: int
     num_classes: int
     batch_size: int
@@ -143,15 +143,8 @@ class LinearLatency(BlockLinear):
     not_costed: tuple[str, ...] = ()  # operator kinds the table does not tabulate (left out, as predict does)
 
     def table_latency(self, spec: ArchSpec) -> float:
-        """The same figure by zennas.latency.predict.latency_ms_per_batch (the reference path)."""
-        return latency_ms_per_batch(
-            spec,
-            self.table,
-            resolution=self.resolution,
-            batch_size=self.batch_size,
-            num_classes=self.num_classes,
-            use_se=self.use_se,
-        )
+        """The same figure by the table's own prediction for the whole network (the reference path)."""
+        return self.latency.latency_ms_per_batch(spec)
 
 
 @dataclass(frozen=True, eq=False, kw_only=True)
@@ -186,52 +179,40 @@ def _reference_networks(layout: BinasLayout) -> list[ArchSpec]:
     return [layout.make([depth] * n_stages, [(c,) * depth] * n_stages) for c in range(len(layout.configs))]
 
 
-def block_latency_model(
-    space: Any,
-    table: LatencyTable,
-    *,
-    resolution: int | None = None,
-    num_classes: int | None = None,
-    batch_size: int | None = None,
-    use_se: bool | None = None,
-) -> LinearLatency:
+def block_latency_model(space: Any, latency: NetworkLatency) -> LinearLatency:
     """Latency of every (stage, slot, config) block and of the fixed parts, from the table's operators.
 
-    The operators of full-depth reference networks (one per configuration) are grouped per block by
-    zennas.latency.ops; group 0 is the stem, 1 the first ds block, then stage by stage every slot,
-    then the last conv and the head. Resolution and classes default to the dialect's (224, 1000 for
-    binas); the batch defaults to the table's budget batch.
+    The operators of full-depth reference networks (one per configuration) are costed per block by
+    `latency.block_ms`; block 0 is the stem, 1 the first ds block, then stage by stage every slot,
+    then the last conv and the head. Resolution, classes and batch are the latency's
+    (zennas.wiring.block_latency_model defaults them from a LatencyTable).
     """
     layout = space_layout(space)
-    resolution, num_classes = _settings(space, resolution, num_classes)
-    batch = table.default_batch_size() if batch_size is None else batch_size
-    if isinstance(batch, bool) or not isinstance(batch, int) or batch not in table.batch_sizes:
+    resolution, num_classes = space_settings(space, latency.resolution, latency.num_classes)
+    batch, use_se = latency.batch_size, latency.use_se
+    if isinstance(batch, bool) or not isinstance(batch, int) or batch not in latency.batch_sizes:
         raise ConfigError(
-            f"batch size {batch!r} is not in latency table {table.name!r} "
-            f"(batch {', '.join(map(str, table.batch_sizes))}); pick one of those"
+            f"batch size {batch!r} is not in latency table {latency.name!r} "
+            f"(batch {', '.join(map(str, latency.batch_sizes))}); pick one of those"
         )
     n_stages, depth, n_configs = len(layout.stages), layout.max_depth, len(layout.configs)
     block = np.zeros((n_stages, depth, n_configs))  # [stages, max_depth, configs] ms per batch
     skipped: set[str] = set()
     fixed: list[float] = []
     for c, spec in enumerate(_reference_networks(layout)):
-        groups = network_op_groups(spec, resolution=resolution, num_classes=num_classes, use_se=use_se)
-        if len(groups) != n_stages * depth + 4:
+        ms, missing = latency.block_ms(spec)  # kinds the table lacks: left out, as its prediction does
+        if len(ms) != n_stages * depth + 4:
             raise ZennasError(
-                f"the binas operator lister returned {len(groups)} groups for {n_stages * depth + 4} blocks; "
+                f"the binas operator lister returned {len(ms)} groups for {n_stages * depth + 4} blocks; "
                 "this is a zennas bug, please report it"
             )
-        ms = []
-        for group in groups:
-            total, _, missing = group_ms(table, group, batch)  # kinds the table lacks: left out, as predict does
-            ms.append(total)
-            skipped.update(missing)
+        skipped.update(missing)
         block[:, :, c] = np.reshape(ms[2:-2], (n_stages, depth))
         fixed.append(ms[0] + ms[1] + ms[-2] + ms[-1])
     if max(fixed) != min(fixed):
         raise ZennasError("the fixed parts of binas networks differ between configurations; this is a zennas bug")
     constant, slope = fixed[0], 1.0
-    correction = table.correction
+    correction = latency.correction
     if correction:
         # predict: intercept + slope * (fixed + sum of blocks), distributed over the linear terms.
         slope = float(correction["slope"])
@@ -241,7 +222,7 @@ def block_latency_model(
         constant=constant,
         block=slope * block,
         depth=np.zeros((n_stages, len(layout.depths))),
-        table=table,
+        latency=latency,
         resolution=resolution,
         num_classes=num_classes,
         batch_size=batch,
@@ -257,7 +238,7 @@ def block_complexity_model(
 ) -> LinearComplexity:
     """MACs and params per (stage, slot, config) block plus the fixed parts, from zennas.counting."""
     layout = space_layout(space)
-    resolution, num_classes = _settings(space, resolution, num_classes)
+    resolution, num_classes = space_settings(space, resolution, num_classes)
     n_stages, depth, n_configs = len(layout.stages), layout.max_depth, len(layout.configs)
     macs = np.zeros((n_stages, depth, n_configs))  # [stages, max_depth, configs]
     params = np.zeros((n_stages, depth, n_configs))  # [stages, max_depth, configs]
@@ -282,7 +263,8 @@ def block_complexity_model(
     )
 
 
-def _settings(space: Any, resolution: int | None, num_classes: int | None) -> tuple[int, int]:
+def space_settings(space: Any, resolution: int | None, num_classes: int | None) -> tuple[int, int]:
+    """(resolution, num_classes), each the given one (checked) or the space dialect's default."""
     default_resolution, default_classes = DIALECT_DEFAULTS.get(getattr(space, "dialect", "binas"), (224, 1000))
     resolution = default_resolution if resolution is None else resolution
     num_classes = default_classes if num_classes is None else num_classes
@@ -382,7 +364,7 @@ def fit_estimator(
 
 @dataclass(frozen=True)
 class MilpSolution:
-    """The solver's network and its figures (latency from zennas.latency.predict, counts exact)."""
+    """The solver's network and its figures (latency by the table's prediction, counts exact)."""
 
     spec: ArchSpec
     estimated_score: float
@@ -487,7 +469,7 @@ def _check_budget(value: Any, what: str) -> float:
 def _check_latency_floor(space: Any, latency_model: LinearLatency, budget: float) -> str:
     """ConfigError naming the fastest network's latency if `budget` is below it; else the table's description."""
     where = (
-        f"latency table {latency_model.table.name!r}, batch {latency_model.batch_size}, "
+        f"latency table {latency_model.latency.name!r}, batch {latency_model.batch_size}, "
         f"resolution {latency_model.resolution}"
     )
     lowest = latency_model.minimum()
@@ -516,7 +498,7 @@ def solve(
     Optional MAC and parameter budgets use `complexity` (built at the latency model's resolution and
     classes when omitted). A budget below the smallest achievable value is a ConfigError naming it.
     The network is decoded with the space, checked for membership, and its latency recomputed with
-    zennas.latency.predict; if solver tolerances let a budget slip, the row is tightened by twice
+    the table's own prediction; if solver tolerances let a budget slip, the row is tightened by twice
     the excess and the problem re-solved (at most SOLVE_ATTEMPTS times). `time_limit` (seconds)
     applies to each solve; a network found when it runs out has status "time limit".
     """
@@ -693,16 +675,12 @@ def _score(score_fn: Callable[[ArchSpec], float], spec: ArchSpec) -> float:
 def milp_search(
     space: Any,
     score_fn: Callable[[ArchSpec], float],
-    table: LatencyTable,
+    latency: NetworkLatency,
     budget_ms_per_batch: float,
     samples: int,
     seed: int,
     heldout_fraction: float = 0.2,
     *,
-    resolution: int | None = None,
-    num_classes: int | None = None,
-    batch_size: int | None = None,
-    use_se: bool | None = None,
     ridge: float = 1e-4,
     macs_budget: float | None = None,
     params_budget: float | None = None,
@@ -711,23 +689,22 @@ def milp_search(
 ) -> MilpSearchResult:
     """Sample and score `samples` members, fit the estimator, solve exactly, score the winner (see module doc).
 
-    The budget is in ms per batch at the latency table's batch (`batch_size`, default the table's
-    budget batch): the figure zennas.latency.predict.latency_ms_per_batch returns. `score_many`, when
-    given, scores the whole sample in one call (same values as `score_fn`, e.g. on worker processes).
+    The budget is in ms per batch at the latency's batch: the figure `latency.latency_ms_per_batch`
+    returns (zennas.wiring.milp_search takes a LatencyTable instead). `score_many`, when given, scores
+    the whole sample in one call (same values as `score_fn`, e.g. on worker processes).
     """
     space_layout(space)
     if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
         raise ConfigError(f"samples must be a positive integer, got {samples!r}")
-    latency_model = block_latency_model(
-        space, table, resolution=resolution, num_classes=num_classes, batch_size=batch_size, use_se=use_se
-    )
+    latency_model = block_latency_model(space, latency)
     budget = _check_budget(budget_ms_per_batch, "latency budget (ms per batch)")
     _check_latency_floor(space, latency_model, budget)  # fail before spending proxy evaluations
     complexity = None
     if macs_budget is not None or params_budget is not None:
         complexity = block_complexity_model(
-            space, resolution=latency_model.resolution, num_classes=latency_model.num_classes, use_se=use_se
-        )
+            space, resolution=latency_model.resolution, num_classes=latency_model.num_classes,
+            use_se=latency_model.use_se,
+        )  # fmt: skip
     rng = np.random.default_rng(seed)
     specs = [space.sample(rng) for _ in range(samples)]
     start = time.perf_counter()

@@ -1,32 +1,52 @@
-"""Where candidates are scored: this process, N local worker processes, N candidates in flight on one
-GPU, or actors on a Ray cluster.
+"""Where candidates are scored: this process, N local worker processes, or actors on a Ray cluster.
 
 All of them take a list of canonical architecture strings and return their `Scored` results in the
-same order; scores do not depend on the worker (problem.py), so a run gives the same result with
-any of them. Local workers are started with the `spawn` method (a forked copy of a process that has
-already run torch's thread pools can deadlock) and each builds its own Scorer once. On CUDA,
-`--workers N` keeps N candidates in flight in this process, each on its own stream
-(zennas.proxies.inflight): one GPU context, whose kernels can overlap, instead of N.
+same order; scores do not depend on the worker (zennas.wiring), so a run gives the same result with
+any of them. Each map receives `make_scorer`, a picklable callable that builds a Scorer
+(zennas.search.interfaces.Scorer): a worker builds its own once, so this module imports neither the
+proxies nor torch. Local workers are started with the `spawn` method (a forked copy of a process that
+has already run torch's thread pools can deadlock). Several candidates in flight on one GPU, one CUDA
+stream each, is zennas.wiring.InFlightMap.
 """
 
 from __future__ import annotations
 
 import multiprocessing
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from zennas.errors import ConfigError, DependencyError
-from zennas.search.evolution import SerialMap
-from zennas.search.problem import Problem, Scored, Scorer
+from zennas.search.interfaces import Scored, Scorer
 
 RAY_HINT = "pip install 'zennas[ray]' (or pip install ray)"
+
+MakeScorer = Callable[[], Scorer]  # picklable: sent to every worker, which calls it once
 
 _WORKER_SCORER: Scorer | None = None
 
 
-def _init_worker(problem: Problem) -> None:
+class SerialMap:
+    """Scores candidates in this process."""
+
+    workers = 1
+
+    def __init__(self, scorer: Scorer):
+        self.scorer = scorer
+
+    def __call__(self, canonicals: Sequence[str]) -> list[Scored]:
+        return [self.scorer(c) for c in canonicals]
+
+    def repeats(self, canonicals: Sequence[str], repeats: int) -> list[list[float]]:
+        """Objective values of `repeats` draws of each candidate ([] for a degenerate one)."""
+        return [self.scorer.repeats(c, repeats) for c in canonicals]
+
+    def close(self) -> None:
+        pass
+
+
+def _init_worker(make_scorer: MakeScorer) -> None:
     global _WORKER_SCORER
-    _WORKER_SCORER = Scorer(problem)
+    _WORKER_SCORER = make_scorer()
 
 
 def _score_in_worker(canonical: str) -> Scored:
@@ -42,12 +62,12 @@ def _repeats_in_worker(args: tuple[str, int]) -> list[float]:
 class ProcessMap:
     """Scores candidates in `workers` local processes (spawned once, reused for the whole run)."""
 
-    def __init__(self, problem: Problem, workers: int):
+    def __init__(self, make_scorer: MakeScorer, workers: int):
         if workers < 2:
             raise ConfigError(f"ProcessMap needs at least 2 workers, got {workers}; use SerialMap for one")
         self.workers = workers
         context = multiprocessing.get_context("spawn")
-        self.pool = context.Pool(workers, initializer=_init_worker, initargs=(problem,))
+        self.pool = context.Pool(workers, initializer=_init_worker, initargs=(make_scorer,))
 
     def __call__(self, canonicals: Sequence[str]) -> list[Scored]:
         return self.pool.map(_score_in_worker, list(canonicals), chunksize=1)
@@ -61,32 +81,11 @@ class ProcessMap:
         self.pool.join()
 
 
-class InFlightMap:
-    """Scores up to `workers` candidates at once in this process on the problem's device, one CUDA
-    stream each (zennas.proxies.inflight.InFlight); the scores equal SerialMap's."""
-
-    def __init__(self, problem: Problem, workers: int):
-        from zennas.proxies.inflight import InFlight
-
-        self.workers = workers
-        self.scorer = Scorer(problem)
-        self.pool = InFlight(workers, problem.device)
-
-    def __call__(self, canonicals: Sequence[str]) -> list[Scored]:
-        return self.pool.map(self.scorer, canonicals)
-
-    def repeats(self, canonicals: Sequence[str], repeats: int) -> list[list[float]]:
-        return self.pool.map(lambda c: self.scorer.repeats(c, repeats), canonicals)
-
-    def close(self) -> None:
-        self.pool.close()
-
-
 def _import_ray() -> Any:
     try:
         import ray
     except ImportError as exc:
-        raise DependencyError(f"--ray needs Ray, which is not installed: {RAY_HINT}") from exc
+        raise DependencyError(f"scoring on Ray needs Ray, which is not installed: {RAY_HINT}") from exc
     return ray
 
 
@@ -98,7 +97,7 @@ class RayMap:
     cluster reports (per GPU with `gpus_per_actor`).
     """
 
-    def __init__(self, problem: Problem, *, address: str | None = None, workers: int | None = None,
+    def __init__(self, make_scorer: MakeScorer, *, address: str | None = None, workers: int | None = None,
                  gpus_per_actor: float = 0.0):  # fmt: skip
         ray = _import_ray()
         self.ray = ray
@@ -116,7 +115,7 @@ class RayMap:
             workers = int(resources.get("GPU", 0) // gpus_per_actor) if gpus_per_actor else int(resources.get("CPU", 1))
         self.workers = max(1, workers)
         actor = ray.remote(num_cpus=1, num_gpus=gpus_per_actor)(_RayScorer)
-        self.actors = [actor.remote(problem) for _ in range(self.workers)]
+        self.actors = [actor.remote(make_scorer) for _ in range(self.workers)]
 
     def __call__(self, canonicals: Sequence[str]) -> list[Scored]:
         futures = [self.actors[i % self.workers].score.remote(c) for i, c in enumerate(canonicals)]
@@ -136,23 +135,11 @@ class RayMap:
 class _RayScorer:
     """A Ray actor holding one Scorer."""
 
-    def __init__(self, problem: Problem):
-        self.scorer = Scorer(problem)
+    def __init__(self, make_scorer: MakeScorer):
+        self.scorer = make_scorer()
 
     def score(self, canonical: str) -> Scored:
         return self.scorer(canonical)
 
     def repeats(self, canonical: str, repeats: int) -> list[float]:
         return self.scorer.repeats(canonical, repeats)
-
-
-def make_map(problem: Problem, *, workers: int = 1, ray: bool = False, ray_address: str | None = None) -> Any:
-    """The scorer map for a run: serial, local processes, or Ray."""
-    if ray:
-        gpus = 1.0 if problem.device.startswith("cuda") else 0.0  # one actor per GPU when scoring on CUDA
-        return RayMap(problem, address=ray_address, workers=workers if workers > 1 else None, gpus_per_actor=gpus)
-    if workers > 1 and problem.device.startswith("cuda"):
-        return InFlightMap(problem, workers)  # one process, N streams on one GPU; --ray spreads over GPUs
-    if workers > 1:
-        return ProcessMap(problem, workers)
-    return SerialMap(problem)

@@ -1,4 +1,4 @@
-"""What a finished search leaves in --out: best.txt, result.json, population.json, pareto.csv, plots.
+"""What a finished search leaves in its folder: best.txt, result.json, population.json, pareto.csv, plots.
 
 All files are written atomically and are regenerated from checkpoint.json and history.jsonl, so a
 resumed run writes exactly what an uninterrupted one would (apart from timings).
@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import csv
 import io
-import platform
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +16,6 @@ import numpy as np
 from zennas.errors import ConfigError
 from zennas.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 from zennas.search.evolution import Evolution, State, best_member, history_record
-from zennas.search.problem import Problem
 
 
 def read_history(path: str | Path) -> list[dict[str, Any]]:
@@ -41,55 +39,37 @@ def pareto_front(points: list[tuple[float, float, int]]) -> list[int]:
     return front
 
 
-def _versions() -> dict[str, str]:
-    import numpy
-    import scipy
-    import torch
-
-    import zennas
-
-    return {"zennas": zennas.__version__, "python": platform.python_version(), "torch": torch.__version__,
-            "numpy": numpy.__version__, "scipy": scipy.__version__}  # fmt: skip
-
-
-def table_record(problem: Problem) -> dict[str, Any]:
-    """Which latency table a search used: its file (absolute) and the sha256 of the file's bytes."""
-    table = problem.latency_table
-    if table is None:
-        return {"table_file": None, "table_sha256": None}
-    return {"table_file": str(table.path.resolve()), "table_sha256": problem.table_digest}
-
-
 def write_outputs(run: Evolution, state: State, *, plots: bool = True) -> dict[str, Any]:
     """Write every output file of a finished run and return result.json's content."""
     problem, out = run.problem, run.out
+    record, cost = problem.to_dict(), problem.cost
     space = problem.search_space
     best = best_member(state)
     spec = problem.parse(best.arch)
     history = read_history(run.history_path)
     scored = [r for r in history if r["status"] == "scored"]
     seed = state.seed_member
-    table = problem.latency_table
-    cost_key = "latency_ms_per_image" if table is not None else "macs"
+    latency = cost.latency
+    cost_key = "latency_ms_per_image" if latency is not None else "macs"
     result: dict[str, Any] = {
         "arch": best.arch,
         "dialect": space.dialect,
         "hash": best.hash,
-        "space": problem.space,
-        "preset": problem.preset,
-        "proxy": problem.to_dict()["proxy"],
+        "space": record["space"],
+        "preset": record["preset"],
+        "proxy": record["proxy"],
         "score": best.score,
         "proxy_values": best.values,
         "latency_ms_per_image": best.metrics.get("latency_ms_per_image"),
-        "latency_batch_size": (problem.budgets.latency_batch_size or table.default_batch_size()) if table else None,
-        "table": table.name if table is not None else None,
-        **table_record(problem),
+        "latency_batch_size": latency.batch_size if latency is not None else None,
+        "table": latency.name if latency is not None else None,
+        **problem.table_record(),
         "macs": best.metrics["macs"],
         "params": best.metrics["params"],
         "layers": best.metrics["layers"],
-        "resolution": problem.resolution,
-        "num_classes": problem.num_classes,
-        "budgets": problem.budgets.to_dict(),
+        "resolution": record["resolution"],
+        "num_classes": record["num_classes"],
+        "budgets": cost.budgets.to_dict(),
         "seed": problem.seed,
         "iterations": state.iteration,
         "found_at_iteration": best.iteration,
@@ -106,8 +86,8 @@ def write_outputs(run: Evolution, state: State, *, plots: bool = True) -> dict[s
         "rescored": state.rescored,
         "seed_architecture": {"arch": seed.arch, "score": seed.score, **seed.metrics},
         "settings": run.settings.to_dict(),
-        "problem": problem.to_dict(),
-        "versions": _versions(),
+        "problem": record,
+        "versions": problem.versions(),
     }
     if spec.canonical != best.arch:
         raise AssertionError("internal error: the best architecture does not round-trip; please report it")
@@ -130,7 +110,7 @@ def write_outputs(run: Evolution, state: State, *, plots: bool = True) -> dict[s
             scored,
             front,
             cost_key,
-            problem.budgets.latency_ms_per_image if table is not None else problem.budgets.macs,
+            cost.budgets.latency_ms_per_image if latency is not None else cost.budgets.macs,
         )
     return result
 

@@ -1,14 +1,21 @@
-"""`search()`: the library entry point behind `zennas search` (evolution or random sampling)."""
+"""`search()`: the library entry point behind `zennas search` (evolution or random sampling), and `run_milp()`.
+
+Both receive a SearchProblem (zennas.search.interfaces; zennas.wiring.Problem builds one from a
+space name, a proxy and a latency table) and write into a run folder.
+"""
 
 from __future__ import annotations
 
 import json
 import os
+import time
 from typing import Any
 
-from zennas.io import RunKind, json_field
+from zennas.errors import ConfigError, ProxyError
+from zennas.io import RunKind, atomic_write_json, atomic_write_text, claim_output_folder, json_field
+from zennas.search import milp
 from zennas.search.evolution import Evolution, Progress, Settings, State
-from zennas.search.problem import Problem
+from zennas.search.interfaces import SearchProblem
 from zennas.search.report import write_outputs
 
 STRATEGIES = ("evolution", "random", "milp")
@@ -20,7 +27,7 @@ MILP_RUN = RunKind(
 
 
 def search(
-    problem: Problem,
+    problem: SearchProblem,
     settings: Settings,
     out: str | os.PathLike,
     *,
@@ -35,11 +42,9 @@ def search(
     """Run (or resume) a search into `out` and return the content of its result.json.
 
     `overwrite` starts afresh in a folder that holds other files (zennas.io.claim_output_folder)."""
-    from zennas.search.parallel import make_map
-
     run = Evolution(
         problem, settings, out,
-        make_scorer_map=lambda: make_map(problem, workers=workers, ray=ray, ray_address=ray_address),
+        make_scorer_map=lambda: problem.score_map(workers=workers, ray=ray, ray_address=ray_address),
     )  # fmt: skip
     try:
         state: State = run.run(resume=resume, overwrite=overwrite, progress=progress)
@@ -52,7 +57,7 @@ def search(
 
 
 def run_milp(
-    problem: Problem, settings: Settings, out: str | os.PathLike, *, workers: int = 1, ray: bool = False,
+    problem: SearchProblem, settings: Settings, out: str | os.PathLike, *, workers: int = 1, ray: bool = False,
     ray_address: str | None = None, overwrite: bool = False,
 ) -> dict[str, Any]:  # fmt: skip
     """BINAS-style exact search (zennas.search.milp) with `settings.iterations` proxy evaluations.
@@ -63,28 +68,24 @@ def run_milp(
     `iterations`. Writes best.txt, result.json and history.jsonl (every sample, then the solution)
     into `out`, claimed as a search folder is (`overwrite` as in `search`; a MILP run has no resume).
     """
-    import time
-
-    from zennas.errors import ConfigError, ProxyError
-    from zennas.io import atomic_write_json, atomic_write_text, claim_output_folder
-    from zennas.search import milp
-    from zennas.search.parallel import make_map
-    from zennas.search.report import _versions, table_record
-
-    b = problem.budgets
+    cost = problem.cost
+    b, latency = cost.budgets, cost.latency
     space = problem.search_space
     # Not a per-block/per-stage space: a clear error before any work (and before a layer cap it would not take).
     milp.space_layout(space)
-    if problem.latency_table is None or b.latency_ms_per_image is None:
+    if latency is None or b.latency_ms_per_image is None:
         raise ConfigError(
-            "--strategy milp needs a latency budget and table, e.g. --budget 10ms --table cpu-ort-fp32-b1"
+            "the MILP strategy needs a latency budget and a latency table, e.g. 10 ms per image on cpu-ort-fp32-b1"
         )
     if b.max_layers is not None or b.convention != "correct":
-        raise ConfigError("--strategy milp takes latency, --flops-budget and --params-budget only (correct counts)")
+        raise ConfigError(
+            "the MILP strategy takes latency, FLOPs and params budgets only, in correct counts (no layer cap, no "
+            "other counting convention)"
+        )
     if settings.iterations < 2:
-        raise ConfigError("--strategy milp needs --iterations of at least 2 (samples to fit, plus the solution)")
+        raise ConfigError("the MILP strategy needs at least 2 iterations (samples to fit, plus the solution)")
     out = claim_output_folder(out, MILP_RUN, overwrite=overwrite)
-    scorer_map = make_map(problem, workers=workers, ray=ray, ray_address=ray_address)
+    scorer_map = problem.score_map(workers=workers, ray=ray, ray_address=ray_address)
     records: list[dict[str, Any]] = []
 
     def score_many(specs: Any) -> list[float]:
@@ -97,37 +98,37 @@ def run_milp(
             values.append(scored.score)
         return values
 
-    batch = b.latency_batch_size or problem.latency_table.default_batch_size()
+    batch = latency.batch_size
     start = time.monotonic()
     try:
         found = milp.milp_search(
-            space, lambda spec: score_many([spec])[0], problem.latency_table, b.latency_ms_per_image * batch,
-            settings.iterations - 1, problem.seed, resolution=problem.resolution, num_classes=problem.num_classes,
-            batch_size=batch, use_se=problem.use_se, macs_budget=b.macs, params_budget=b.params, score_many=score_many,
+            space, lambda spec: score_many([spec])[0], latency, b.latency_ms_per_image * batch,
+            settings.iterations - 1, problem.seed, macs_budget=b.macs, params_budget=b.params, score_many=score_many,
         )  # fmt: skip
     finally:
         scorer_map.close()
     wall = time.monotonic() - start
     records[-1]["status"] = "solution"
     spec = found.spec
-    metrics, violated = problem.measure(spec)
+    metrics, violated = cost.measure(spec)
     if violated:
         raise AssertionError(f"internal error: the MILP solution breaks the {violated[0]} budget; please report it")
+    record = problem.to_dict()
     result: dict[str, Any] = {
-        "arch": spec.canonical, "dialect": space.dialect, "hash": spec.hash, "space": problem.space,
-        "preset": problem.preset, "proxy": problem.to_dict()["proxy"], "strategy": "milp", "score": found.score,
+        "arch": spec.canonical, "dialect": space.dialect, "hash": spec.hash, "space": record["space"],
+        "preset": record["preset"], "proxy": record["proxy"], "strategy": "milp", "score": found.score,
         "estimated_score": found.estimated_score, "kendall_tau_heldout": found.kendall_tau,
         "latency_ms_per_image": metrics["latency_ms_per_image"], "latency_batch_size": batch,
-        "table": problem.latency_table.name, **table_record(problem), "macs": metrics["macs"],
+        "table": latency.name, **problem.table_record(), "macs": metrics["macs"],
         "params": metrics["params"],
-        "layers": metrics["layers"], "resolution": problem.resolution, "num_classes": problem.num_classes,
+        "layers": metrics["layers"], "resolution": record["resolution"], "num_classes": record["num_classes"],
         "budgets": b.to_dict(), "seed": problem.seed, "iterations": found.proxy_evaluations,
         "proxy_evaluations": found.proxy_evaluations, "wall_time_s": wall,
         "scoring_seconds": found.scoring_seconds, "fit_seconds": found.fit_seconds,
         "solve_seconds": found.solve_seconds, "solver_status": found.solution.status,
         "best_sample": None if found.best_sampled_spec is None else {
             "arch": found.best_sampled_spec.canonical, "score": found.best_sampled_score},
-        "settings": settings.to_dict(), "problem": problem.to_dict(), "versions": _versions(),
+        "settings": settings.to_dict(), "problem": record, "versions": problem.versions(),
         "workers": scorer_map.workers,
     }  # fmt: skip
     atomic_write_text(out / "history.jsonl", "".join(json.dumps(r) + "\n" for r in records))

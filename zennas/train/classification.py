@@ -1,10 +1,13 @@
-"""Image-classification training: the standard recipe, distillation, exact resume and DDP.
+"""Image-classification training: the standard recipe, distillation and the long-tail methods, as a task
+of the one training loop (zennas.train.loop: schedule, AMP, EMA, DDP, checkpoints, exact resume).
 
 Recipe: SGD (Nesterov, momentum 0.9) or AdamW without weight decay on norms and biases; linear
 warm-up then cosine decay, set per step as a pure function of the step (no scheduler state);
 label smoothing; mixup/cutmix; an EMA of the weights (both evaluated, the EMA's figures reported);
 AMP only on CUDA; channels_last (NHWC) on every device; optional gradient clipping; optional distillation from a
 teacher (KL on softened logits plus MSE between pre-pool feature maps, as Zen-NAS trains its nets).
+The long-tail methods are plug-ins of this task (zennas.train.methods): a sampler, a loss, a teacher,
+BBN's paired batches, cRT's second stage and tau-norm's final transform.
 
 Exact resume: every random draw of epoch E (shuffling, augmentation, mixup) comes from generators
 seeded with (seed, E, rank), and the checkpoint written after each epoch holds the weights, the
@@ -14,12 +17,9 @@ same settings ends with the same weights and metrics as one that was never inter
 
 from __future__ import annotations
 
-import contextlib
-import copy
 import dataclasses
 import json
 import math
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,8 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from zennas.errors import ConfigError
-from zennas.io import atomic_write_json, atomic_write_text
-from zennas.train.checkpoint import SIDECAR, load_checkpoint, load_weights, save_checkpoint, save_weights
+from zennas.train.checkpoint import SIDECAR, load_weights
 from zennas.train.core import (
     AMP_DTYPES,
     DistInfo,
@@ -39,8 +38,7 @@ from zennas.train.core import (
     StepHook,
     config_settings,
     param_groups,
-    resume_point,
-    run_on_ranks,
+    resolve_architecture,
     training_run,
 )
 from zennas.train.data import load_classification_data, screen_folder_images
@@ -48,33 +46,33 @@ from zennas.train.loading import (
     CACHE_MODES,
     MemoryLoader,
     TensorAugment,
-    Timed,
     default_workers,
     feed,
     keep_decoded,
     plan_cache,
-    step_info,
     stored_side,
-    throughput,
 )
 from zennas.train.longtail import (
     METHODS,
-    PRIOR_SHIFTED,
-    STAGE1_SAMPLING,
     BilateralNetwork,
     EpochSampler,
-    bbn_alpha,
-    class_balanced_weights,
     class_counts,
-    flattened_teacher,
-    longtail_metrics,
     longtail_subset,
-    reset_classifier_,
     sample_weights,
-    soft_cross_entropy,
-    tau_normalize_,
 )
+from zennas.train.loop import Model, ModelEma, Run, Stage, Task, lr_at, to_device, train_task
 from zennas.train.memory import check_memory, training_values
+from zennas.train.methods import (
+    DISTILLERS,
+    FINISHES,
+    LOSSES,
+    PAIRS,
+    PLAIN,
+    RECIPES,
+    SECOND_STAGES,
+    distilled,
+    shot_figures,
+)
 
 OPTIMIZERS = ("sgd", "adamw")
 # Settings that may differ between an interrupted run and its resumption (they do not change results).
@@ -206,14 +204,6 @@ class LongtailConfig(TrainConfig):
 # Pieces of the recipe
 
 
-def lr_at(step: int, *, total: int, warmup: int, base: float, minimum: float) -> float:
-    """Linear warm-up over `warmup` steps, then cosine from `base` to `minimum` at `total`."""
-    if step < warmup:
-        return base * (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
-    return minimum + 0.5 * (base - minimum) * (1 + math.cos(math.pi * min(1.0, progress)))
-
-
 def soft_targets(labels: torch.Tensor, num_classes: int, smoothing: float) -> torch.Tensor:
     """One-hot labels with label smoothing: [B] -> [B, num_classes]."""
     off = smoothing / num_classes
@@ -243,36 +233,6 @@ def mix_batch(
     return x, lam * y + (1 - lam) * y.flip(0)
 
 
-class ModelEma:
-    """Exponential moving average of a model's weights; buffers (BN statistics) are copied."""
-
-    def __init__(self, model: nn.Module, decay: float):
-        self.module = copy.deepcopy(model).eval().requires_grad_(False)
-        self.decay = decay
-        self._pairs: tuple[nn.Module, list[torch.Tensor], list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]]
-        self._pairs = None  # type: ignore[assignment]
-
-    def _tensors(self, model: nn.Module):
-        """(model, EMA floats, model floats, EMA others, model others), gathered once per model."""
-        if self._pairs is None or self._pairs[0] is not model:
-            ema, live = self.module.state_dict().values(), model.state_dict().values()
-            pairs = list(zip(ema, live, strict=True))
-            floats = [(e, v) for e, v in pairs if e.dtype.is_floating_point]
-            others = [(e, v) for e, v in pairs if not e.dtype.is_floating_point]
-            self._pairs = (model, [e for e, _ in floats], [v for _, v in floats], [e for e, _ in others],
-                           [v for _, v in others])  # fmt: skip
-        return self._pairs
-
-    @torch.no_grad()
-    def update(self, model: nn.Module, step: int) -> None:
-        """Blend in `model`; the decay ramps up over the first steps so short runs still track."""
-        decay = min(self.decay, (1 + step) / (10 + step))
-        _, ema_f, live_f, ema_o, live_o = self._tensors(model)
-        torch._foreach_lerp_(ema_f, live_f, 1 - decay)  # ema + (1 - decay) (v - ema)
-        for e, v in zip(ema_o, live_o, strict=True):
-            e.copy_(v)
-
-
 class _Student(nn.Module):
     """The network plus the distillation adapter; forward -> (logits [B, K], features [B, C', H, W])."""
 
@@ -294,27 +254,6 @@ def _has_features(net: nn.Module) -> bool:
 
 # ----------------------------------------------------------------------------------------------
 # Architecture, teacher and devices
-
-
-def resolve_architecture(config: TrainConfig) -> tuple[Any, Any, int, bool | None]:
-    """(spec, entry, resolution, use_se) from --arch or --run."""
-    from zennas.api import settings_for
-    from zennas.models import resolve_arch
-
-    if config.run is not None:
-        path = Path(config.run) / "result.json"
-        try:
-            result = json.loads(path.read_text(encoding="utf-8"))
-            text, dialect = result["arch"], result.get("dialect")
-        except (OSError, ValueError, KeyError, TypeError) as error:
-            raise ConfigError(f"--run {config.run!r} holds no readable result.json with an arch ({error})") from None
-        spec, entry = resolve_arch(text, config.dialect or dialect)
-        resolution = config.resolution or result.get("resolution")
-    else:
-        spec, entry = resolve_arch(config.arch, config.dialect)
-        resolution = config.resolution
-    resolution, _, use_se = settings_for(spec, entry, resolution)
-    return spec, entry, resolution, use_se
 
 
 def _build(spec: Any, num_classes: int, use_se: bool | None) -> nn.Module:
@@ -355,7 +294,7 @@ def load_teacher(teacher: str, weights: str | None, num_classes: int) -> tuple[n
 
 
 # ----------------------------------------------------------------------------------------------
-# The loop
+# Evaluation and the default length
 
 
 @torch.no_grad()
@@ -405,19 +344,6 @@ def default_epochs(images: int, batch_size: int) -> int:
     return max(DEFAULT_EPOCHS, math.ceil(MIN_STEPS / steps_per_epoch))
 
 
-def train_classification(
-    config: TrainConfig, *, on_step: StepHook | None = None, on_epoch: EpochHook | None = None
-) -> dict[str, Any]:
-    """Train, checkpoint every epoch in `config.out`, write metrics.jsonl/metrics.json; return metrics.json's content.
-
-    `on_step` and `on_epoch` are called on rank 0 only; `on_epoch` runs after the epoch's
-    checkpoint is on disk (an exception there interrupts the run at a resumable point).
-    """
-    return run_on_ranks(
-        config.device, lambda dist, device: _train(config, dist, device, device.type == "cuda", on_step, on_epoch)
-    )
-
-
 def build_trained(spec: Any, num_classes: int, use_se: bool | None, head: str = "linear") -> nn.Module:
     """The network a training run produces: the plain classifier, or BBN's bilateral head ("bbn")."""
     net = _build(spec, num_classes, use_se)
@@ -444,369 +370,301 @@ def _dive_teacher(config: LongtailConfig, out: Path) -> str:
     return str(folder)
 
 
-def _train(config: TrainConfig, dist: DistInfo, device: torch.device, cuda: bool, on_step, on_epoch) -> dict[str, Any]:
-    from torch.utils.data import Subset
+# ----------------------------------------------------------------------------------------------
+# The task
 
-    from zennas.counting import count
 
-    out = Path(config.out)
-    main = dist.rank == 0
-    lt = config if isinstance(config, LongtailConfig) else None
-    method = lt.method if lt else None
-    settings = config.settings()
-    kind = training_run("longtail" if lt is not None else "classification")
-    saved = resume_point(out, settings, config.resume, kind=kind, overwrite=config.overwrite)  # None: a fresh run
-    spec, _, resolution, use_se = resolve_architecture(config)
-    batch_per_rank = max(1, config.batch_size // dist.world)
-    check_memory(training_values(spec, resolution, resolution, use_se), batch_per_rank, device,
-                 what=f"one training step of {batch_per_rank} images of {resolution}x{resolution}",
-                 lower="--resolution or --batch-size",
-                 bytes_per_value=2 if cuda and config.amp != "off" else 4)  # fmt: skip
-    data = load_classification_data(config.data, resolution, hflip=config.hflip)
-    skipped = screen_folder_images(data, skip=config.skip_bad_images)  # before the first step, not when drawn
-    num_classes = len(data.classes)
-    if num_classes < 2:
-        raise ConfigError(f"the dataset in {config.data!r} has {num_classes} class; classification needs at least 2")
-    train_set, counts = data.train, None
-    if lt is not None:
-        labels = _targets(data.train)
-        if lt.imbalance_factor is not None:
-            keep = longtail_subset(labels, lt.imbalance_factor, seed=lt.subset_seed)
-            train_set, labels = Subset(data.train, keep.tolist()), labels[keep]
-        counts = class_counts(labels, num_classes)  # [C]; an empty class is an error
-    if config.epochs is None:  # settings (above) keep None: a resumed run derives the same number again
-        config = dataclasses.replace(config, epochs=default_epochs(len(train_set), config.batch_size))
-        lt = config if lt is not None else None
-    teacher_source = _dive_teacher(lt, out) if method == "dive" else config.teacher
+def train_classification(
+    config: TrainConfig, *, on_step: StepHook | None = None, on_epoch: EpochHook | None = None
+) -> dict[str, Any]:
+    """Train, checkpoint every epoch in `config.out`, write metrics.jsonl/metrics.json; return metrics.json's content.
 
-    torch.manual_seed(config.seed)
-    head = "bbn" if method == "bbn" else "linear"
-    net = build_trained(spec, num_classes, use_se, head)
-    if method in ("crt", "tau-norm") and not isinstance(getattr(getattr(net, "head", None), "fc", None), nn.Linear):
-        raise ConfigError(f"--method {method} re-trains or re-scales a linear classifier; use a zennas network")
-    teacher = adapter = None
-    if teacher_source is not None:
-        teacher, _ = load_teacher(teacher_source, config.teacher_weights, num_classes)
-        if not _has_features(net):
-            raise ConfigError("distillation needs a student that exposes pre-pool features (a zennas network)")
-        if method != "dive":  # DiVE distils predictions only; Zen-NAS's recipe also mimics features
-            with torch.no_grad():
-                probe = torch.zeros(1, 3, resolution, resolution)
-                c_student = net.eval().forward_features(probe).shape[1]
-                c_teacher = teacher.forward_features(probe).shape[1]
-            adapter = nn.Conv2d(c_student, c_teacher, 1, bias=False) if c_student != c_teacher else nn.Identity()
-        teacher.to(device)
-    channels_last = config.channels_last
-    memory = torch.channels_last if channels_last else torch.contiguous_format
-    student = _Student(net, adapter).to(device, memory_format=memory)
-    if teacher is not None:
-        teacher.to(memory_format=memory)
-    ema = ModelEma(net, config.ema_decay) if config.ema_decay > 0 else None
+    `on_step` and `on_epoch` are called on rank 0 only; `on_epoch` runs after the epoch's
+    checkpoint is on disk (an exception there interrupts the run at a resumable point).
+    """
+    return train_task(ClassificationTask(config), on_step=on_step, on_epoch=on_epoch)
 
-    lr = config.lr if config.lr is not None else (0.1 if config.optimizer == "sgd" else 1e-3) * config.batch_size / 256
-    wd = config.weight_decay if config.weight_decay is not None else (5e-4 if config.optimizer == "sgd" else 0.05)
 
-    def make_optimizer(params: list[nn.Parameter]) -> torch.optim.Optimizer:
-        groups = param_groups(params, wd)
-        if config.optimizer == "sgd":
-            return torch.optim.SGD(groups, lr=lr, momentum=0.9, nesterov=True)
-        return torch.optim.AdamW(groups, lr=lr)
+class ClassificationTask(Task):
+    """An image-folder or CIFAR classifier, plain or with a long-tail method's plug-ins (`Recipe`)."""
 
-    stage1_epochs = config.epochs
-    total_epochs = stage1_epochs + (lt.stage2_epochs if lt else 0)
+    def __init__(self, config: TrainConfig):
+        super().__init__(config)
+        self.lt = config if isinstance(config, LongtailConfig) else None
+        self.recipe = RECIPES[self.lt.method] if self.lt is not None else PLAIN
+        self.kind = training_run("longtail" if self.lt is not None else "classification")
+        self.channels_last = config.channels_last
+        sgd = config.optimizer == "sgd"
+        self.lr = config.lr if config.lr is not None else (0.1 if sgd else 1e-3) * config.batch_size / 256
+        self.weight_decay = config.weight_decay if config.weight_decay is not None else (5e-4 if sgd else 0.05)
 
-    def freeze_for_stage2() -> torch.optim.Optimizer:
-        """cRT's second stage: the backbone frozen (BatchNorm statistics too), only the classifier trains."""
-        student.requires_grad_(False)
-        net.head.fc.requires_grad_(True)
-        return make_optimizer(list(net.head.fc.parameters()))
+    # Data
 
-    start, history = 0, []
-    in_stage2 = saved is not None and saved["epoch"] > stage1_epochs  # the checkpoint's optimizer is the classifier's
-    optimizer = freeze_for_stage2() if in_stage2 else make_optimizer(list(student.parameters()))
-    amp = cuda and config.amp != "off"
-    scaler = torch.amp.GradScaler("cuda", enabled=amp and config.amp == "fp16")
+    def prepare(self, dist: DistInfo, device: torch.device) -> None:
+        from torch.utils.data import Subset
 
-    def autocast():
-        return torch.autocast("cuda", dtype=AMP_DTYPES[config.amp]) if amp else contextlib.nullcontext()
+        config, self.dist, self.device = self.config, dist, device
+        self.spec, _, resolution, self.use_se = resolve_architecture(config)
+        self.resolution, batch = resolution, max(1, config.batch_size // dist.world)
+        check_memory(training_values(self.spec, resolution, resolution, self.use_se), batch, device,
+                     what=f"one training step of {batch} images of {resolution}x{resolution}",
+                     lower="--resolution or --batch-size",
+                     bytes_per_value=2 if device.type == "cuda" and config.amp != "off" else 4)  # fmt: skip
+        data = self.data = load_classification_data(config.data, resolution, hflip=config.hflip)
+        self.skipped = screen_folder_images(data, skip=config.skip_bad_images)  # before the first step, not when drawn
+        self.num_classes = len(data.classes)
+        if self.num_classes < 2:
+            raise ConfigError(
+                f"the dataset in {config.data!r} has {self.num_classes} class; classification needs at least 2"
+            )
+        self.train_set, self.counts, self.labels = data.train, None, None
+        if self.lt is not None:
+            labels = _targets(data.train)
+            if self.lt.imbalance_factor is not None:
+                keep = longtail_subset(labels, self.lt.imbalance_factor, seed=self.lt.subset_seed)
+                self.train_set, labels = Subset(data.train, keep.tolist()), labels[keep]
+            self.counts, self.labels = class_counts(labels, self.num_classes), labels  # [C]; an empty class: error
+        if config.epochs is None:  # settings keep None: a resumed run derives the same number again
+            self.config = config = dataclasses.replace(
+                config, epochs=default_epochs(len(self.train_set), config.batch_size)
+            )
+            self.lt = config if self.lt is not None else None
+        self.teacher_source = (
+            _dive_teacher(self.lt, Path(config.out)) if self.recipe.teacher == "dive" else config.teacher
+        )
+        self._loaders(batch)
 
-    if saved is not None:
-        info = load_checkpoint(out, model=net, optimizer=optimizer, arch=spec.canonical,
-                               ema=ema.module if ema else None, extra=adapter)  # fmt: skip
-        if info.get("scaler"):
-            scaler.load_state_dict(info["scaler"])
-        start, history = info["epoch"], info["history"]
-
-    def wrap(module: nn.Module) -> nn.Module:
-        if dist.world == 1:
-            return module
-        from torch.nn.parallel import DistributedDataParallel
-
-        return DistributedDataParallel(module, device_ids=[device.index] if cuda else None)
-
-    model = wrap(student)
-
-    # Pixels kept in memory (augmented a batch at a time) when they fit, else files read by workers.
-    kept = plan_cache(config.data_cache, [(train_set, stored_side(resolution, train=True)),
-                                          (data.val, stored_side(resolution, train=False))], device)  # fmt: skip
-    workers = 0 if kept is not None else config.workers if config.workers is not None else default_workers(device)
-    if kept is not None:
-        train_pixels = keep_decoded(train_set, resolution, train=True, device=kept)
-        val_pixels = keep_decoded(data.val, resolution, train=False, device=kept)
-    streams = 0  # each training loader draws its own augmentation (BBN has two)
-
-    def loader(sampler: Any) -> Any:
-        nonlocal streams
-        streams += 1
+    def _loaders(self, batch: int) -> None:
+        """Pixels kept in memory (augmented a batch at a time) when they fit, else files read by workers."""
+        config, data, device, resolution = self.config, self.data, self.device, self.resolution
+        kept = plan_cache(config.data_cache, [(self.train_set, stored_side(resolution, train=True)),
+                                              (data.val, stored_side(resolution, train=False))], device)  # fmt: skip
+        workers = 0 if kept is not None else config.workers if config.workers is not None else default_workers(device)
         if kept is not None:
-            return MemoryLoader(train_pixels, TensorAugment(resolution, train=True, hflip=config.hflip),
-                                batch_size=batch_per_rank, seed=config.seed * 7 + streams, rank=dist.rank,
-                                sampler=sampler)  # fmt: skip
-        return feed(train_set, batch_size=batch_per_rank, train=True, generator=loader_gen, workers=workers,
-                    device=device, seed=config.seed * 7 + streams, sampler=sampler)  # fmt: skip
+            train_pixels = keep_decoded(self.train_set, resolution, train=True, device=kept)
+            val_pixels = keep_decoded(data.val, resolution, train=False, device=kept)
+        self.loader_gen = torch.Generator()
+        self.samplers: list[Any] = []
+        self.loaders: list[Any] = []
 
-    def weighted(mode: str) -> EpochSampler:
-        return EpochSampler(sample_weights(labels, num_classes, mode), seed=config.seed, rank=dist.rank,
-                            world=dist.world)  # fmt: skip
+        def loader(sampler: Any) -> Any:  # each training loader draws its own augmentation (BBN has two)
+            self.samplers.append(sampler)
+            seed = config.seed * 7 + len(self.samplers)
+            if kept is not None:
+                made = MemoryLoader(train_pixels, TensorAugment(resolution, train=True, hflip=config.hflip),
+                                    batch_size=batch, seed=seed, rank=self.dist.rank, sampler=sampler)  # fmt: skip
+            else:
+                made = feed(self.train_set, batch_size=batch, train=True, generator=self.loader_gen, workers=workers,
+                            device=device, seed=seed, sampler=sampler)  # fmt: skip
+            self.loaders.append(made)
+            return made
 
-    loader_gen = torch.Generator()
-    if method in STAGE1_SAMPLING:
-        train_sampler: Any = weighted(STAGE1_SAMPLING[method])
-    elif dist.world > 1:
+        recipe = self.recipe
+        self.train_loader = loader(self._weighted(recipe.sampler) if recipe.sampler else self._shuffled())
+        self.pair_loader = loader(self._weighted(PAIRS[recipe.pair].sampler)) if recipe.pair else None
+        self.stage2_loader = loader(self._weighted(SECOND_STAGES[recipe.stage2].sampler)) if recipe.stage2 else None
+        # Every rank evaluates the whole val set: exact figures without the padding DistributedSampler adds.
+        if kept is not None:
+            self.val_loader: Any = MemoryLoader(val_pixels, TensorAugment(resolution, train=False), batch_size=batch,
+                                                seed=0)  # fmt: skip
+        else:
+            self.val_loader = feed(data.val, batch_size=batch, train=False, generator=torch.Generator(),
+                                   workers=workers, device=device, seed=0)  # fmt: skip
+        self.steps = len(self.train_loader)
+        if self.steps == 0:
+            raise ConfigError(
+                f"train/ holds fewer images ({len(self.train_set)}) than one batch per process; lower --batch-size"
+            )
+
+    def _weighted(self, mode: str) -> EpochSampler:
+        return EpochSampler(sample_weights(self.labels, self.num_classes, mode), seed=self.config.seed,
+                            rank=self.dist.rank, world=self.dist.world)  # fmt: skip
+
+    def _shuffled(self) -> Any:
+        """Every image once per epoch: the loader's own shuffle, or this rank's share under torchrun."""
+        if self.dist.world == 1:
+            return None
         from torch.utils.data.distributed import DistributedSampler
 
-        train_sampler = DistributedSampler(train_set, num_replicas=dist.world, rank=dist.rank, shuffle=True,
-                                           seed=config.seed, drop_last=True)  # fmt: skip
-    else:
-        train_sampler = None
-    train_loader = loader(train_sampler)
-    samplers = [train_sampler]
-    reversed_loader = stage2_loader = None
-    if method == "bbn":
-        samplers.append(weighted("reversed"))
-        reversed_loader = loader(samplers[-1])
-    if lt is not None and lt.stage2_epochs:
-        samplers.append(weighted("balanced"))
-        stage2_loader = loader(samplers[-1])
-    # Every rank evaluates the whole val set: exact figures without the padding DistributedSampler adds.
-    if kept is not None:
-        val_loader: Any = MemoryLoader(val_pixels, TensorAugment(resolution, train=False), batch_size=batch_per_rank,
-                                       seed=0)  # fmt: skip
-    else:
-        val_loader = feed(data.val, batch_size=batch_per_rank, train=False, generator=torch.Generator(),
-                          workers=workers, device=device, seed=0)  # fmt: skip
-    loaders = [x for x in (train_loader, reversed_loader, stage2_loader) if x is not None]
-    steps = len(train_loader)
-    if steps == 0:
-        raise ConfigError(
-            f"train/ holds fewer images ({len(train_set)}) than one batch per process; lower --batch-size"
-        )
-    total, warmup = stage1_epochs * steps, round(config.warmup_epochs * steps)
-    class_weights = None
-    if method == "cb-reweight":
-        class_weights = class_balanced_weights(counts, lt.cb_beta).to(device)
-    log_prior = None
-    if method in PRIOR_SHIFTED:
-        tau = lt.la_tau if method == "logit-adjust" else 1.0
-        log_prior = tau * torch.log(torch.as_tensor(counts / counts.sum(), dtype=torch.float32)).to(device)  # [C]
+        return DistributedSampler(self.train_set, num_replicas=self.dist.world, rank=self.dist.rank, shuffle=True,
+                                  seed=self.config.seed, drop_last=True)  # fmt: skip
 
-    def stage1_loss(logits: torch.Tensor, target: torch.Tensor, features, x: torch.Tensor) -> torch.Tensor:
-        if log_prior is not None:  # logit adjustment, balanced softmax and DiVE's label term
-            loss = soft_cross_entropy(logits + log_prior, target)
+    # Model
+
+    def build(self) -> Model:
+        config, recipe, device = self.config, self.recipe, self.device
+        net = build_trained(self.spec, self.num_classes, self.use_se, recipe.head)
+        if recipe.needs_linear_classifier and not isinstance(getattr(getattr(net, "head", None), "fc", None),
+                                                             nn.Linear):  # fmt: skip
+            raise ConfigError(
+                f"--method {config.method} re-trains or re-scales a linear classifier; use a zennas network"
+            )
+        teacher = adapter = None
+        distiller = DISTILLERS[recipe.teacher or "kd"]
+        if self.teacher_source is not None:
+            teacher, _ = load_teacher(self.teacher_source, config.teacher_weights, self.num_classes)
+            if not _has_features(net):
+                raise ConfigError("distillation needs a student that exposes pre-pool features (a zennas network)")
+            if distiller.features:  # Zen-NAS's recipe also mimics features; DiVE distils predictions only
+                with torch.no_grad():
+                    probe = torch.zeros(1, 3, self.resolution, self.resolution)
+                    c_student = net.eval().forward_features(probe).shape[1]
+                    c_teacher = teacher.forward_features(probe).shape[1]
+                adapter = nn.Conv2d(c_student, c_teacher, 1, bias=False) if c_student != c_teacher else nn.Identity()
+            teacher.to(device)
+        memory = torch.channels_last if self.channels_last else torch.contiguous_format
+        self.student = _Student(net, adapter).to(device, memory_format=memory)
+        if teacher is not None:
+            teacher.to(memory_format=memory)
+        label_loss = LOSSES[recipe.loss](config, self.counts, device)
+        if teacher is not None:
+            self.stage1_loss = distilled(label_loss, teacher, distiller.make(config))
         else:
-            loss = soft_cross_entropy(logits, target, class_weights)
-        if teacher is None:
-            return loss
-        with torch.no_grad():
-            t_features = teacher.forward_features(x)  # [B, C_teacher, H', W']
-            t_logits = teacher.head(t_features).float()
-        if method == "dive":  # KL to the teacher's flattened predictions at temperature T (He et al.)
-            temp = lt.dive_temperature
-            q = flattened_teacher(t_logits, temp, lt.dive_power)
-            kl = F.kl_div(F.log_softmax(logits / temp, 1), q, reduction="batchmean") * temp**2
-            return (1 - config.kd_alpha) * loss + config.kd_alpha * kl
-        temp = config.kd_temperature
-        kl = F.kl_div(F.log_softmax(logits / temp, 1), F.softmax(t_logits / temp, 1),
-                      reduction="batchmean") * temp**2  # fmt: skip
-        side = min(features.shape[-1], t_features.shape[-1])
-        mimic = F.mse_loss(F.adaptive_avg_pool2d(features.float(), side),
-                           F.adaptive_avg_pool2d(t_features.float(), side))  # fmt: skip
-        return (1 - config.kd_alpha) * loss + config.kd_alpha * kl + config.kd_feature_weight * mimic
+            self.stage1_loss = lambda logits, target, features, x: label_loss(logits, target)
+        return Model(weights=net, module=self.student, extra=adapter)
 
-    base_info = {
-        "arch": spec.canonical, "dialect": spec.dialect, "num_classes": num_classes, "resolution": resolution,
-        "use_se": use_se, "classes": data.classes, "layout": data.layout, "settings": settings,
-        "world_size": dist.world, "head": head,
-    }  # fmt: skip
-    if lt is not None:
-        base_info.update(method=method, train_counts=counts.tolist())
-    for epoch in range(start, total_epochs):
-        started = time.monotonic()
-        stage2 = epoch >= stage1_epochs
-        if stage2 and epoch == stage1_epochs:  # cRT: keep the (EMA) backbone, re-train a fresh classifier
-            if ema is not None:
-                net.load_state_dict(ema.module.state_dict())
-            reset_classifier_(net.head.fc, config.seed + 1)
-            optimizer = freeze_for_stage2()
-            ema = ModelEma(net, config.ema_decay) if ema is not None else None
-            model = wrap(student)  # DDP must see which parameters still train
-        # Everything random in this epoch follows from (seed, epoch, rank): resuming replays it exactly.
-        torch.manual_seed(config.seed * 100_003 + epoch * 1_009 + dist.rank)
-        loader_gen.manual_seed(config.seed * 100_003 + epoch)
-        for sampler in samplers:
+    def optimizer(self, params: list[nn.Parameter]) -> tuple[torch.optim.Optimizer, float]:
+        groups = param_groups(params, self.weight_decay)
+        if self.config.optimizer == "sgd":
+            return torch.optim.SGD(groups, lr=self.lr, momentum=0.9, nesterov=True), self.lr
+        return torch.optim.AdamW(groups, lr=self.lr), self.lr
+
+    @property
+    def arch(self) -> str:
+        return self.spec.canonical
+
+    # Stages
+
+    def stages(self) -> list[Stage]:
+        config, recipe = self.config, self.recipe
+        shared = {"steps": self.steps, "count": _images, "prepare": self._inputs}
+        stage = Stage(epochs=config.epochs, warmup_epochs=config.warmup_epochs, begin=self._begin, loss=self._loss,
+                      record={"stage": 1} if self.lt is not None else {}, **shared)  # fmt: skip
+        stages = [stage]
+        if recipe.stage2 is not None:
+            make = SECOND_STAGES[recipe.stage2].make
+            stages.append(make(self.student.net, self.student, epochs=self.lt.stage2_epochs, seed=config.seed,
+                               begin=self._begin2, **shared))  # fmt: skip
+        return stages
+
+    def _set_epoch(self, epoch: int) -> None:
+        config = self.config
+        self.loader_gen.manual_seed(config.seed * 100_003 + epoch)
+        for sampler in self.samplers:
             if sampler is not None:
                 sampler.set_epoch(epoch)
-        for each in loaders:
+        for each in self.loaders:
             each.set_epoch(epoch)
-        mix_rng = np.random.default_rng([config.seed, epoch, dist.rank])
-        if stage2:
-            student.eval()  # frozen BatchNorm statistics; the linear classifier has no train mode
-            batches: Any = stage2_loader
+        self.mix_rng = np.random.default_rng([config.seed, epoch, self.dist.rank])
+        self.alpha = PAIRS[self.recipe.pair].alpha(epoch, config.epochs) if self.recipe.pair else None
+
+    def _begin(self, epoch: int) -> Any:
+        self._set_epoch(epoch)
+        if self.pair_loader is not None:
+            return zip(self.train_loader, self.pair_loader, strict=True)
+        return self.train_loader
+
+    def _begin2(self, epoch: int) -> Any:
+        self._set_epoch(epoch)
+        return self.stage2_loader
+
+    def _inputs(self, batch: Any) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Each (images, labels) of a step (BBN: the uniform batch, then the reversed-sampler batch) on the
+        device, with soft targets [B, K], mixed."""
+        config, inputs = self.config, []
+        for x, y in batch if isinstance(batch[0], tuple | list) else (batch,):
+            x, y = to_device(x, self.device, self.channels_last), y.to(self.device, non_blocking=True)
+            inputs.append(mix_batch(x, soft_targets(y, self.num_classes, config.label_smoothing), self.mix_rng,
+                                    mixup=config.mixup, cutmix=config.cutmix))  # fmt: skip
+        return inputs
+
+    def _loss(self, module: nn.Module, inputs: list) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.recipe.pair is not None:
+            loss = PAIRS[self.recipe.pair].loss(module, inputs, self.alpha)
         else:
-            student.train()
-            batches = zip(train_loader, reversed_loader, strict=True) if reversed_loader else train_loader
-        batches = Timed(batches, count=lambda b: len(b[0][1]) if isinstance(b[0], tuple | list) else len(b[1]))
-        alpha = bbn_alpha(epoch, stage1_epochs)
-        offset = stage1_epochs * steps if stage2 else 0  # stage 2's schedule and EMA count from its own start
-        loss_sum = torch.zeros((), device=device)
-        for step, batch in enumerate(batches):
-            global_step = epoch * steps + step
-            for group in optimizer.param_groups:
-                group["lr"] = (
-                    lr_at(global_step - offset, total=lt.stage2_epochs * steps, warmup=0, base=lr,
-                          minimum=config.min_lr) if stage2
-                    else lr_at(global_step, total=total, warmup=warmup, base=lr, minimum=config.min_lr)
-                )  # fmt: skip
-            pairs = batch if reversed_loader is not None and not stage2 else (batch,)
-            inputs = []
-            for x, y in pairs:  # BBN: the uniform batch, then the reversed-sampler batch
-                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-                if channels_last:
-                    x = x.contiguous(memory_format=torch.channels_last)
-                inputs.append(mix_batch(x, soft_targets(y, num_classes, config.label_smoothing), mix_rng,
-                                        mixup=config.mixup, cutmix=config.cutmix))  # fmt: skip
-            (x, target), *rest = inputs
-            with autocast():
-                if rest:  # BBN: one classifier on both branches, each batch's loss weighted by alpha
-                    ((x_r, target_r),) = rest
-                    logits = model(x, x_r, alpha)[0].float()
-                    loss = alpha * soft_cross_entropy(logits, target) + (1 - alpha) * soft_cross_entropy(
-                        logits, target_r
-                    )
-                else:
-                    logits, features = model(x)  # [B, K], [B, C_teacher, H, W] or None
-                    logits = logits.float()
-                    loss = soft_cross_entropy(logits, target) if stage2 else stage1_loss(logits, target, features, x)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            if config.grad_clip > 0:
-                scaler.unscale_(optimizer)
-                nn.utils.clip_grad_norm_(student.parameters(), config.grad_clip)
-            scaler.step(optimizer)
-            scaler.update()
-            if ema is not None:
-                ema.update(net, global_step - offset)
-            loss_sum += loss.detach()
-            if main and on_step is not None:
-                on_step(epoch + 1, step + 1, steps, step_info(loss, batches, total_epochs))
-        train_loss = float(loss_sum) / steps  # checked once per epoch: a per-step check would sync the GPU
-        speed = throughput(batches)  # the training steps only, before evaluation and the checkpoint
-        if not math.isfinite(train_loss):
-            raise ConfigError(f"the training loss became {train_loss} in epoch {epoch + 1}; lower --lr")
-        if dist.world > 1:
-            import torch.distributed as td
+            ((x, target),) = inputs
+            logits, features = module(x)  # [B, K], [B, C_teacher, H, W] or None
+            loss = self.stage1_loss(logits.float(), target, features, x)
+        return loss, loss[None]
 
-            mean = torch.tensor([train_loss], device=device)
-            td.all_reduce(mean)
-            train_loss = float(mean) / dist.world
-        val = evaluate(net, val_loader, device, autocast, channels_last)
-        ema_val = evaluate(ema.module, val_loader, device, autocast, channels_last) if ema else None
-        record = {
-            "epoch": epoch + 1,
-            "lr": optimizer.param_groups[0]["lr"],
-            "train_loss": train_loss,
-            "val_loss": val["loss"],
-            "top1": val["top1"],
-            "top5": val["top5"],
-            "ema_top1": ema_val["top1"] if ema_val else None,
-            "ema_top5": ema_val["top5"] if ema_val else None,
-            "seconds": time.monotonic() - started,
-            **speed,
-        }
-        if lt is not None:
-            record["stage"] = 2 if stage2 else 1
-        history.append(record)
-        if main:
-            save_checkpoint(out, epoch=epoch + 1, model=net, optimizer=optimizer, ema=ema.module if ema else None,
-                            extra=adapter, info={**base_info, "scaler": scaler.state_dict() if scaler.is_enabled()
-                                                 else None, "history": history})  # fmt: skip
-            atomic_write_text(out / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in history))
-            if on_epoch is not None:
-                on_epoch(record)
+    # Records and results
 
-    final = history[-1]
-    key = "ema_" if ema is not None else ""
-    weights = ema.module if ema is not None else net
-    cx = count(spec, resolution=resolution, num_classes=num_classes, use_se=use_se)
-    metrics = {
-        "top1": final[f"{key}top1"],
-        "top5": final[f"{key}top5"],
-        "model_top1": final["top1"],
-        "model_top5": final["top5"],
-        "reported": "ema" if ema is not None else "model",
-        "best_top1": max(r[f"{key}top1"] for r in history),
-        "epochs": len(history),
-        "train_loss": final["train_loss"],
-        "params": cx.params,
-        "macs": cx.macs,
-        "arch": spec.canonical,
-        "dialect": spec.dialect,
-        "resolution": resolution,
-        "num_classes": num_classes,
-        "train_images": len(train_set),
-        "val_images": len(data.val),
-        "skipped_images": [{"path": p.path, "problem": p.problem} for p in skipped],
-        "seconds": sum(r["seconds"] for r in history),
-    }
-    if lt is not None:
-        metrics.update(_longtail_report(lt, weights, val_loader, device, autocast, channels_last, counts))
-        if head == "bbn":
-            metrics["trained_params"] = sum(p.numel() for p in weights.parameters())
-    if main:
-        sidecar = {**base_info, "weights": metrics["reported"], "top1": metrics["top1"], "top5": metrics["top5"]}
-        save_weights(out / "model.safetensors", weights, sidecar)
-        atomic_write_json(out / "metrics.json", metrics)
-    return metrics
-
-
-def _longtail_report(
-    lt: LongtailConfig, weights: nn.Module, val_loader: Any, device: torch.device, autocast: Any,
-    channels_last: bool, counts: np.ndarray,
-) -> dict[str, Any]:  # fmt: skip
-    """top1, top5, many/medium/few, balanced_top1 and per_class of the final weights (tau-normalised for
-    tau-norm, in place: those are the weights saved), plus the method's settings."""
-    report: dict[str, Any] = {}
-    if lt.method == "tau-norm":
-        before = evaluate(weights, val_loader, device, autocast, channels_last, predictions=True)
-        report["before_tau_norm"] = {
-            k: v for k, v in longtail_metrics(before["predicted"], before["targets"], counts,
-                                              many=lt.many_threshold, few=lt.few_threshold).items()
-            if k != "per_class"
+    def info(self, run: Run) -> dict[str, Any]:
+        spec, data = self.spec, self.data
+        info = {
+            "arch": spec.canonical, "dialect": spec.dialect, "num_classes": self.num_classes,
+            "resolution": self.resolution, "use_se": self.use_se, "classes": data.classes, "layout": data.layout,
+            "settings": self.settings, "world_size": run.dist.world, "head": self.recipe.head,
         }  # fmt: skip
-        tau_normalize_(weights.head.fc, lt.tau)
-    result = evaluate(weights, val_loader, device, autocast, channels_last, predictions=True)
-    groups = longtail_metrics(result["predicted"], result["targets"], counts, many=lt.many_threshold,
-                              few=lt.few_threshold)  # fmt: skip
-    report.update(groups, top5=result["top5"])
-    report.update(
-        method=lt.method, imbalance_factor=lt.imbalance_factor, train_counts=counts.tolist(),
-        imbalance=float(counts.max() / counts.min()),
-        shot_thresholds={"many": f"> {lt.many_threshold}", "few": f"< {lt.few_threshold}"},
-    )  # fmt: skip
-    return report
+        if self.lt is not None:
+            info.update(method=self.lt.method, train_counts=self.counts.tolist())
+        return info
+
+    def loss_fields(self, sums: torch.Tensor, steps: int, run: Run) -> dict[str, float]:
+        train_loss = float(sums[0]) / steps
+        if run.dist.world > 1:
+            train_loss = float(run.all_reduce_(torch.tensor([train_loss], device=run.device))) / run.dist.world
+        return {"train_loss": train_loss}
+
+    def evaluate(self, run: Run, epoch: int, last: bool) -> dict[str, Any]:
+        val = evaluate(run.model.weights, self.val_loader, run.device, run.autocast, self.channels_last)
+        ema = (
+            evaluate(run.ema.module, self.val_loader, run.device, run.autocast, self.channels_last) if run.ema else None
+        )
+        return {"val_loss": val["loss"], "top1": val["top1"], "top5": val["top5"],
+                "ema_top1": ema["top1"] if ema else None, "ema_top5": ema["top5"] if ema else None}  # fmt: skip
+
+    def metrics(self, run: Run) -> dict[str, Any]:
+        from zennas.counting import count
+
+        history, spec, weights = run.history, self.spec, run.reported
+        final, key = history[-1], "ema_" if run.ema is not None else ""
+        cx = count(spec, resolution=self.resolution, num_classes=self.num_classes, use_se=self.use_se)
+        metrics = {
+            "top1": final[f"{key}top1"], "top5": final[f"{key}top5"], "model_top1": final["top1"],
+            "model_top5": final["top5"], "reported": run.reported_name,
+            "best_top1": max(r[f"{key}top1"] for r in history), "epochs": len(history),
+            "train_loss": final["train_loss"], "params": cx.params, "macs": cx.macs, "arch": spec.canonical,
+            "dialect": spec.dialect, "resolution": self.resolution, "num_classes": self.num_classes,
+            "train_images": len(self.train_set), "val_images": len(self.data.val),
+            "skipped_images": [{"path": p.path, "problem": p.problem} for p in self.skipped],
+            "seconds": sum(r["seconds"] for r in history),
+        }  # fmt: skip
+        if self.lt is not None:
+            metrics.update(self._longtail_report(weights, run))
+            if self.recipe.head == "bbn":
+                metrics["trained_params"] = sum(p.numel() for p in weights.parameters())
+        return metrics
+
+    def _longtail_report(self, weights: nn.Module, run: Run) -> dict[str, Any]:
+        """top1, top5, many/medium/few, balanced_top1 and per_class of the final weights (after the recipe's
+        final transform, in place: those are the weights saved), plus the method's settings."""
+        lt, counts = self.lt, self.counts
+
+        def predictions() -> dict[str, Any]:
+            return evaluate(weights, self.val_loader, run.device, run.autocast, self.channels_last, predictions=True)
+
+        finish = self.recipe.finish
+        report = FINISHES[finish](lt, weights, lambda: shot_figures(lt, predictions(), counts)) if finish else {}
+        result = predictions()
+        report.update(shot_figures(lt, result, counts), top5=result["top5"])
+        report.update(
+            method=lt.method, imbalance_factor=lt.imbalance_factor, train_counts=counts.tolist(),
+            imbalance=float(counts.max() / counts.min()),
+            shot_thresholds={"many": f"> {lt.many_threshold}", "few": f"< {lt.few_threshold}"},
+        )  # fmt: skip
+        return report
+
+    def summary(self, metrics: dict[str, Any]) -> dict[str, Any]:
+        return {"top1": metrics["top1"], "top5": metrics["top5"]}
+
+
+def _images(batch: Any) -> int:
+    """Images in a step's batch (BBN's pair: the first batch's)."""
+    return len(batch[0][1]) if isinstance(batch[0], tuple | list) else len(batch[1])
 
 
 __all__ = [
-    "LongtailConfig", "TrainConfig", "build_trained", "evaluate", "load_teacher", "lr_at", "mix_batch", "soft_targets",
-    "train_classification",
+    "ClassificationTask", "LongtailConfig", "ModelEma", "TrainConfig", "build_trained", "evaluate", "load_teacher",
+    "lr_at", "mix_batch", "soft_targets", "train_classification",
 ]  # fmt: skip

@@ -8,9 +8,11 @@ started with, and split weight decay is the same, and lives here.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, fields
+from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
@@ -125,6 +127,27 @@ def resume_point(
     return saved
 
 
+def resolve_architecture(source: Any) -> tuple[Any, Any, int, bool | None]:
+    """(spec, entry, resolution, use_se) from a config's --arch or --run (and --dialect, --resolution if it has one)."""
+    from zennas.api import settings_for
+    from zennas.models import resolve_arch
+
+    resolution = getattr(source, "resolution", None)
+    if source.run is not None:
+        path = Path(source.run) / "result.json"
+        try:
+            result = json.loads(path.read_text(encoding="utf-8"))
+            text, dialect = result["arch"], result.get("dialect")
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            raise ConfigError(f"--run {source.run!r} holds no readable result.json with an arch ({error})") from None
+        spec, entry = resolve_arch(text, source.dialect or dialect)
+        resolution = resolution or result.get("resolution")
+    else:
+        spec, entry = resolve_arch(source.arch, source.dialect)
+    resolution, _, use_se = settings_for(spec, entry, resolution)
+    return spec, entry, resolution, use_se
+
+
 def param_groups(params: Iterable[nn.Parameter], weight_decay: float) -> list[dict[str, Any]]:
     """Weight decay on weights (ndim > 1) only, none on norms and biases."""
     params = list(params)
@@ -134,5 +157,5 @@ def param_groups(params: Iterable[nn.Parameter], weight_decay: float) -> list[di
 
 __all__ = [
     "AMP_DTYPES", "TRAIN_FILES", "DistInfo", "EpochHook", "StepHook", "config_settings", "join_distributed",
-    "param_groups", "resume_point", "run_on_ranks", "training_run",
+    "param_groups", "resolve_architecture", "resume_point", "run_on_ranks", "training_run",
 ]  # fmt: skip

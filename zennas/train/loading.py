@@ -101,7 +101,9 @@ class Keyed(Dataset):
         return len(self.dataset)  # type: ignore[arg-type]
 
     def __getattr__(self, name: str) -> Any:  # the wrapped dataset's attributes (images, targets, ...)
-        if name == "dataset":  # not yet set (unpickling in a worker)
+        # "dataset": not yet set (unpickling in a worker). Dunders: protocol hooks such as a Subset's
+        # __getitems__, which DataLoader would call with (epoch, index) keys in place of indices.
+        if name == "dataset" or name.startswith("__"):
             raise AttributeError(name)
         return getattr(self.dataset, name)
 

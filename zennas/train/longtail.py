@@ -175,11 +175,7 @@ def longtail_metrics(predictions: Sequence[int], targets: Sequence[int], train_c
 # ----------------------------------------------------------------------------------------------
 # The `zennas train longtail --method` recipes
 
-METHODS = LONGTAIL_METHODS
-# Stage-1 sampling of each method (None: every image once per epoch, shuffled).
-STAGE1_SAMPLING = {"cb-resample": "balanced", "sqrt-resample": "sqrt"}
-# Shift of the training logits by tau * log(prior): logit adjustment (tau = --la-tau), balanced softmax, DiVE.
-PRIOR_SHIFTED = ("logit-adjust", "balanced-softmax", "dive")
+METHODS = LONGTAIL_METHODS  # each a recipe of plug-ins: zennas.train.methods.RECIPES
 
 
 def soft_cross_entropy(logits: torch.Tensor, target: torch.Tensor, class_weights: torch.Tensor | None = None):
