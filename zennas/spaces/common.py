@@ -225,6 +225,14 @@ class TomlSpace(SearchSpace):
         """Seed architectures in definition order (published start strings / published networks)."""
         return tuple(self._seeds.values())
 
+    def _widths(self, width: int) -> tuple[int, ...]:
+        return width_choices(width, self.width_multipliers, self.width_base, self.min_width, self.max_width)
+
+    def mutate(self, arch: ArchSpec, rng: np.random.Generator) -> ArchSpec:
+        """Pick a mutable index uniformly and redraw it (`mutate_block`); may equal `arch`, as in ZenNAS."""
+        self._require_member(arch)
+        return self._mutate_at(arch, choice(rng, self.mutable_indices(arch)), rng)
+
     def _require_member(self, arch: ArchSpec) -> None:
         reason = self.why_not(arch)
         if reason is not None:

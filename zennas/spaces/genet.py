@@ -20,7 +20,7 @@ from zennas.arch.ir import check_channel_chain, rechain
 from zennas.arch.limits import CHANNELS
 from zennas.errors import ChannelMismatchError, SearchSpaceError
 from zennas.spaces import register_family
-from zennas.spaces.common import TomlSpace, choice, depth_choices, width_choices
+from zennas.spaces.common import TomlSpace, choice, depth_choices
 
 
 @register_family("genet")
@@ -200,14 +200,6 @@ class GENetSpace(TomlSpace):
     def mutable_indices(self, arch: ArchSpec) -> tuple[int, ...]:
         """Token indices a mutation may pick: the stem conv, every super-block and the head conv."""
         return (0, *range(3, len(arch.blocks) - 4), len(arch.blocks) - 4)
-
-    def _widths(self, width: int) -> tuple[int, ...]:
-        return width_choices(width, self.width_multipliers, self.width_base, self.min_width, self.max_width)
-
-    def mutate(self, arch: ArchSpec, rng: np.random.Generator) -> ArchSpec:
-        """Pick a mutable token uniformly and redraw it (`mutate_block`); may equal `arch`, as in ZenNAS."""
-        self._require_member(arch)
-        return self._mutate_at(arch, choice(rng, self.mutable_indices(arch)), rng)
 
     def mutate_block(self, arch: ArchSpec, index: int, rng: np.random.Generator) -> ArchSpec:
         """Redraw token `index`: convs change width; super-blocks kernel, width, expansion and depth."""

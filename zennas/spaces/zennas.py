@@ -213,14 +213,6 @@ class ZenNASSpace(TomlSpace):
         last = len(arch.blocks) - 1
         return tuple(range(last if self.head_width is not None else last + 1))
 
-    def _widths(self, width: int) -> tuple[int, ...]:
-        return width_choices(width, self.width_multipliers, self.width_base, self.min_width, self.max_width)
-
-    def mutate(self, arch: ArchSpec, rng: np.random.Generator) -> ArchSpec:
-        """Pick a mutable block uniformly and redraw it (`mutate_block`); may equal `arch`, as in ZenNAS."""
-        self._require_member(arch)
-        return self._mutate_at(arch, choice(rng, self.mutable_indices(arch)), rng)
-
     def mutate_block(self, arch: ArchSpec, index: int, rng: np.random.Generator) -> ArchSpec:
         """Redraw block `index` (type, out, bottleneck, depth: uniform, independent); then rechain and split."""
         self._require_member(arch)
