@@ -1111,7 +1111,7 @@ def _echo_skipped(out: str, metrics: dict, shown: int = 20) -> None:
             click.echo(f"  and {len(skipped) - shown} more", err=True)
 
 
-def _train_with_progress(train, config, epochs: int | None, describe: Callable[[dict], str]) -> dict:
+def _train_with_progress(train, config, describe: Callable[[dict], str]) -> dict:
     """Run `train(config, on_step=..., on_epoch=...)` with a progress bar per epoch and, after each
     epoch, a line `epoch N<describe(record)>`; returns the trainer's metrics."""
     bar = contextlib.ExitStack()
@@ -1126,7 +1126,7 @@ def _train_with_progress(train, config, epochs: int | None, describe: Callable[[
         seen["info"] = info
         if step == 1:  # one progress bar per epoch
             bar.close()
-            bar.advance = bar.enter_context(_progress(steps, f"epoch {epoch}/{info.epochs or epochs}", speed))
+            bar.advance = bar.enter_context(_progress(steps, f"epoch {epoch}/{info.epochs}", speed))
         bar.advance(step)
         if step == steps:
             bar.close()
@@ -1155,7 +1155,7 @@ def train_classification_command(arch, run_dir, data, out, **options) -> None:
 
     config = TrainConfig(data=data, out=out, arch=arch, run=run_dir, **options)
     started = time.monotonic()
-    metrics = _train_with_progress(train_classification, config, config.epochs, _classification_epoch)
+    metrics = _train_with_progress(train_classification, config, _classification_epoch)
     _echo_skipped(out, metrics)
     click.echo(
         f"{out}: top-1 {metrics['top1']:.2f} %  top-5 {metrics['top5']:.2f} % ({metrics['reported']} weights) after "
@@ -1183,8 +1183,7 @@ def train_longtail_command(arch, run_dir, data, out, **options) -> None:
 
     config = LongtailConfig(data=data, out=out, arch=arch, run=run_dir, **options)
     started = time.monotonic()
-    epochs = None if config.epochs is None else config.epochs + config.stage2_epochs  # cRT adds classifier epochs
-    m = _train_with_progress(train_classification, config, epochs, _classification_epoch)
+    m = _train_with_progress(train_classification, config, _classification_epoch)
     _echo_skipped(out, m)
 
     def group(name: str) -> str:
@@ -1246,7 +1245,7 @@ def train_detection_command(arch, run_dir, data, out, **options) -> None:
         scores = f"  mAP {r['map']:.3f}  mAP@0.5 {r['map_50']:.3f}" if r["map"] is not None else ""
         return f": loss {r['train_loss']:.4f}{scores}"
 
-    m = _train_with_progress(train_detection, config, config.epochs, describe)
+    m = _train_with_progress(train_detection, config, describe)
     onnx = f"; {m['onnx']['path']} (max rel. error {m['onnx']['max_rel_error']:.1e})" if "onnx" in m else ""
     click.echo(
         f"{out}: mAP {m['map']:.3f}  mAP@0.5 {m['map_50']:.3f}  mAP@0.75 {m['map_75']:.3f} ({m['reported']} weights) "
@@ -1348,7 +1347,7 @@ def train_reid_command(arch, run_dir, data, out, **options) -> None:
         scores = f"  rank-1 {r['rank1']:.2f}  mAP {r['map']:.2f}" if "rank1" in r else ""
         return f": loss {r['train_loss']:.4f}{scores}"
 
-    m = _train_with_progress(train_reid, config, config.epochs, describe)
+    m = _train_with_progress(train_reid, config, describe)
     _echo_skipped(out, m)
     rerank = f"; re-ranked rank-1 {m['rerank_rank1']:.2f} %  mAP {m['rerank_map']:.2f} %" if config.rerank else ""
     click.echo(

@@ -222,7 +222,7 @@ def test_timed_counts_images_and_the_share_spent_waiting(monkeypatch):
         clock["now"] += 1.0  # the step takes 1 s
     assert timed.images == 32 and timed.seconds == 16.0
     assert timed.images_per_s == 2.0 and timed.data_wait == 0.75
-    info = step_info(torch.tensor(2.5), timed)
+    info = step_info(torch.tensor(2.5), timed, 3)
     assert info.loss == 2.5 and info.images_per_s == 2.0 and info.data_wait == 0.75
 
 

@@ -403,14 +403,14 @@ class StepInfo:
     loss_tensor: torch.Tensor
     images_per_s: float
     data_wait: float
-    epochs: int = 0  # the run's epochs (a trainer that derives them says so here); 0: not given
+    epochs: int  # the run's epochs, as the trainer resolved them (cRT's classifier epochs included)
 
     @property
     def loss(self) -> float:
         return float(self.loss_tensor)
 
 
-def step_info(loss: torch.Tensor, timed: Timed, epochs: int = 0) -> StepInfo:
+def step_info(loss: torch.Tensor, timed: Timed, epochs: int) -> StepInfo:
     return StepInfo(loss.detach(), timed.images_per_s, timed.data_wait, epochs)
 
 
