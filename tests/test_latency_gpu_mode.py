@@ -16,9 +16,9 @@ import torch
 from click.testing import CliRunner
 from torch import nn
 
-import cli
 from cli import main
 from zennas.arch import get_dialect
+from zennas.cli.latency import table_engine
 from zennas.errors import ConfigError, LatencyError
 from zennas.latency import profile as profile_module
 from zennas.latency import shipped
@@ -336,18 +336,18 @@ def test_profile_cli_records_the_timing_and_stops_at_its_time_limit(tmp_path):
 
 def test_table_engine_follows_the_table_header(fake_cuda):
     h100 = open_table("h100-torch-fp16-b64")  # written before the timing field: eager
-    eager = cli._table_engine(h100, None, "cuda")
+    eager = table_engine(h100, None, "cuda")
     assert eager.name == "torch" and eager.precision == "fp16" and eager.options["cuda_graph"] is False
     graph_table = SimpleNamespace(
         header={**h100.header, "timing": {"mode": "graph", "operators": "in-context"}},
         timing={"mode": "graph", "operators": "in-context"},
     )
-    assert cli._table_engine(graph_table, None, "cuda").options["cuda_graph"] is True
-    assert cli._table_engine(graph_table, None, "cuda", timing="eager").options["cuda_graph"] is False
-    on_cpu = cli._table_engine(graph_table, None, "cpu")  # the user's choice: FP32, eager, on this CPU
+    assert table_engine(graph_table, None, "cuda").options["cuda_graph"] is True
+    assert table_engine(graph_table, None, "cuda", timing="eager").options["cuda_graph"] is False
+    on_cpu = table_engine(graph_table, None, "cpu")  # the user's choice: FP32, eager, on this CPU
     assert on_cpu.precision == "fp32" and on_cpu.options["cuda_graph"] is False
     cpu_table = open_table("cpu-ort-fp32-b1")  # its kernels timer is for operators, not whole networks
-    ort = cli._table_engine(cpu_table, None, "cpu")
+    ort = table_engine(cpu_table, None, "cpu")
     assert ort.options["threads"] == 1 and ort.options["timer"] == "host"
 
 

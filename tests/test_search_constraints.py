@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from cli import SEARCH_FLAGS, main
+from cli import main
+from zennas.cli.search import SEARCH_FLAGS
 from zennas.counting import count
 from zennas.errors import ConfigError
 from zennas.latency.predict import predict

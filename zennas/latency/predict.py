@@ -111,7 +111,7 @@ def predict(
     batch_size: int | None = None,
 ) -> LatencyPrediction:
     """Predicted latency of `spec` from `table` (batch: the table's budget batch by default)."""
-    batch = table.default_batch_size() if batch_size is None else batch_size
+    batch = table.batch_size_or_default(batch_size)
     groups = network_op_groups(spec, resolution=resolution, num_classes=num_classes, use_se=use_se)
     total, extrapolated, operators = 0.0, 0, 0
     skipped: dict[str, int] = {}

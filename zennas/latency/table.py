@@ -172,6 +172,10 @@ class LatencyTable:
         budget = self.header.get("budget") or {}
         return budget.get("batch_size") or max(self.batch_sizes)
 
+    def batch_size_or_default(self, batch_size: int | None) -> int:
+        """`batch_size` when one is given, else the table's budget batch: one rule for every caller."""
+        return self.default_batch_size() if batch_size is None else batch_size
+
     @property
     def timing(self) -> dict[str, Any]:
         """How the entries were timed (`table_timing`)."""

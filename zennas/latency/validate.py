@@ -23,24 +23,26 @@ new chunk starts after that many seconds and the report covers the networks meas
 
 from __future__ import annotations
 
+import contextlib
 import html
 import json
 import os
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 from scipy import stats
 from torch import nn
 
+from zennas.arch import ArchSpec
 from zennas.build import BuildOptions, build
 from zennas.errors import ConfigError, LatencyError
 from zennas.io import atomic_write_text
-from zennas.latency.predict import predict
+from zennas.latency.predict import LatencyPrediction, predict
 from zennas.latency.table import LatencyTable
 
 LOG_DIR = ".zennas-cache"
@@ -135,6 +137,126 @@ def _read_log(path: Path) -> dict[str, float]:
     return known
 
 
+def _sample_inside(
+    space: Any, table: LatencyTable, *, samples: int, seed: int, resolution: int, num_classes: int, batch: int
+) -> tuple[list[ArchSpec], list[LatencyPrediction], list[dict[str, str]]]:
+    """(members, their predictions, members outside the table) of `samples` seeded draws from `space`.
+
+    A member the table cannot cost is reported with its reason, not guessed; fewer than 3 inside it
+    leave nothing to correlate.
+    """
+    rng = np.random.default_rng(seed)
+    specs, preds, outside = [], [], []
+    for _ in range(samples):
+        spec = space.sample(rng)
+        try:
+            preds.append(predict(spec, table, resolution=resolution, num_classes=num_classes, batch_size=batch))
+        except LatencyError as error:
+            outside.append({"arch": spec.canonical, "reason": str(error)})
+            continue
+        specs.append(spec)
+    if len(specs) < 3:
+        raise ConfigError(
+            f"only {len(specs)} of {samples} sampled networks lie inside table {table.name!r}; profile the space "
+            "with more --samples or validate another space"
+        )
+    return specs, preds, outside
+
+
+_Built = tuple[str, nn.Module, int]  # (canonical arch, network, parameters)
+
+
+def _built(key: str, spec: ArchSpec, num_classes: int) -> _Built:
+    """The network of `spec`, built when its chunk is packed (so only a chunk's networks are in memory)."""
+    model = build(spec, BuildOptions(num_classes=num_classes))
+    return key, model, sum(p.numel() for p in model.parameters())
+
+
+def _next_chunk(
+    first: _Built, pending: Iterator[_Built], shape: tuple[int, int, int, int], chunk: int, chunk_params: int
+) -> tuple[list[str], list[tuple[nn.Module, tuple[int, int, int, int]]], _Built | None]:
+    """(keys, (model, shape) pairs, the network that opens the next chunk) of one chunk starting at `first`.
+
+    A chunk holds at most `chunk` networks and `chunk_params` parameters, and at least one network.
+    """
+    keys, models, params, carried = [], [], 0, first
+    while carried is not None:
+        key, model, size = carried
+        if models and (len(models) == chunk or params + size > chunk_params):
+            break
+        keys.append(key)
+        models.append((model, shape))
+        params += size
+        carried = next(pending, None)
+    return keys, models, carried
+
+
+def _measure(
+    engine: Any,
+    pending: Iterator[_Built],
+    known: dict[str, float],
+    log: IO[str] | None,
+    *,
+    shape: tuple[int, int, int, int],
+    runs: int,
+    rounds: int,
+    chunk: int,
+    chunk_params: int,
+    out_of_time: Callable[[], bool],
+    count: Callable[[int], None],
+) -> None:
+    """Time the `pending` networks a chunk at a time into `known`, each chunk appended to `log` at once.
+
+    No chunk starts once `out_of_time()`; `count(n)` follows every chunk of n networks.
+    """
+    carried = next(pending, None)  # the network that opens the next chunk
+    while carried is not None:
+        if out_of_time():
+            break
+        keys, models, carried = _next_chunk(carried, pending, shape, chunk, chunk_params)
+        timings = engine.time_many(models, runs=runs, rounds=rounds)
+        del models
+        lines = []
+        for key, timing in zip(keys, timings, strict=True):
+            known[key] = timing.ms_per_batch
+            lines.append(json.dumps({"arch": key, "measured_ms": timing.ms_per_batch, "cv": timing.cv}) + "\n")
+        if log is not None:
+            log.write("".join(lines))
+            log.flush()
+            os.fsync(log.fileno())
+        count(len(keys))
+
+
+def _measured_only(
+    specs: list[ArchSpec], preds: list[LatencyPrediction], known: dict[str, float], time_limit_s: float | None
+) -> tuple[list[ArchSpec], list[LatencyPrediction], int]:
+    """(members, predictions, count left out): the members measured, when the time limit ended the measurements."""
+    unmeasured = sum(spec.canonical not in known for spec in specs)
+    if unmeasured:
+        kept = [i for i, spec in enumerate(specs) if spec.canonical in known]
+        if len(kept) < 3:
+            raise LatencyError(
+                f"only {len(kept)} of {len(specs)} networks were measured within the time limit of {time_limit_s} s; "
+                "give it more time or rerun with the same log to measure the rest"
+            )
+        specs, preds = [specs[i] for i in kept], [preds[i] for i in kept]
+    return specs, preds, unmeasured
+
+
+def _held_out_fit(sums: np.ndarray, measured: np.ndarray, seed: int) -> dict[str, Any]:
+    """The affine correction fitted on one half of the networks, judged before and after on the other."""
+    fit_idx, held = split_halves(len(sums), seed)
+    intercept, slope = fit_correction(sums[fit_idx], measured[fit_idx])
+    corrected = intercept + slope * sums[held]
+    return {
+        "intercept_ms": intercept,
+        "slope": slope,
+        "fitted_on": len(fit_idx),
+        "held_out_before": accuracy(sums[held], measured[held]).to_dict(),
+        "held_out_after": accuracy(corrected, measured[held]).to_dict(),
+    }
+
+
 def validate(
     space: str,
     table: LatencyTable,
@@ -162,83 +284,37 @@ def validate(
         raise ConfigError(f"--samples must be at least 3 for a rank correlation, got {samples}")
     if time_limit_s is not None and not time_limit_s > 0:
         raise ConfigError(f"time_limit_s must be a positive number of seconds, got {time_limit_s!r}")
-    batch = table.default_batch_size() if batch_size is None else batch_size
-    sp = get_space(space)
-    rng = np.random.default_rng(seed)
-    specs, preds, outside = [], [], []
-    for _ in range(samples):
-        spec = sp.sample(rng)
-        try:
-            preds.append(predict(spec, table, resolution=resolution, num_classes=num_classes, batch_size=batch))
-        except LatencyError as error:  # a member the table cannot cost is reported, not guessed
-            outside.append({"arch": spec.canonical, "reason": str(error)})
-            continue
-        specs.append(spec)
-    if len(specs) < 3:
-        raise ConfigError(
-            f"only {len(specs)} of {samples} sampled networks lie inside table {table.name!r}; profile the space "
-            "with more --samples or validate another space"
-        )
+    batch = table.batch_size_or_default(batch_size)
+    specs, preds, outside = _sample_inside(
+        get_space(space), table, samples=samples, seed=seed, resolution=resolution, num_classes=num_classes,
+        batch=batch,
+    )  # fmt: skip
     log_path = Path(log) if log is not None else None
     known = _read_log(log_path) if log_path else {}
     if chunk < 1 or chunk_params < 1:
         raise ConfigError(f"chunk and chunk_params must be positive, got {chunk} and {chunk_params}")
     todo = list(dict.fromkeys(spec.canonical for spec in specs if spec.canonical not in known))
     by_key = {spec.canonical: spec for spec in specs}
-    shape = (batch, 3, resolution, resolution)
-    handle = open(log_path, "a", encoding="utf-8") if log_path else None  # noqa: SIM115 (closed below)
-    try:
-        done = len(specs) - len(todo)
+    done = len(specs) - len(todo)
+
+    def count(n: int) -> None:
+        nonlocal done
+        done += n
         if progress is not None:
             progress(done, len(specs))
 
-        def built(key: str) -> tuple[str, nn.Module, int]:
-            model = build(by_key[key], BuildOptions(num_classes=num_classes))
-            return key, model, sum(p.numel() for p in model.parameters())
-
-        pending = map(built, todo)
-        carried = next(pending, None)  # the network that opens the next chunk
-        while carried is not None:
-            if time_limit_s is not None and time.monotonic() - start > time_limit_s:
-                break
-            keys, models, params = [], [], 0
-            while carried is not None:
-                key, model, size = carried
-                if models and (len(models) == chunk or params + size > chunk_params):
-                    break
-                keys.append(key)
-                models.append((model, shape))
-                params += size
-                carried = next(pending, None)
-            timings = engine.time_many(models, runs=runs, rounds=rounds)
-            del models
-            lines = []
-            for key, timing in zip(keys, timings, strict=True):
-                known[key] = timing.ms_per_batch
-                lines.append(json.dumps({"arch": key, "measured_ms": timing.ms_per_batch, "cv": timing.cv}) + "\n")
-            if handle is not None:
-                handle.write("".join(lines))
-                handle.flush()
-                os.fsync(handle.fileno())
-            done += len(keys)
-            if progress is not None:
-                progress(done, len(specs))
-    finally:
-        if handle is not None:
-            handle.close()
-    unmeasured = sum(spec.canonical not in known for spec in specs)
-    if unmeasured:  # the time limit ended the measurements: report on the networks measured
-        kept = [i for i, spec in enumerate(specs) if spec.canonical in known]
-        if len(kept) < 3:
-            raise LatencyError(
-                f"only {len(kept)} of {len(specs)} networks were measured within the time limit of {time_limit_s} s; "
-                "give it more time or rerun with the same log to measure the rest"
-            )
-        specs, preds = [specs[i] for i in kept], [preds[i] for i in kept]
-    measured = [known[spec.canonical] for spec in specs]
+    with open(log_path, "a", encoding="utf-8") if log_path else contextlib.nullcontext() as handle:
+        count(0)  # the networks the log already holds
+        _measure(
+            engine, (_built(key, by_key[key], num_classes) for key in todo), known, handle,
+            shape=(batch, 3, resolution, resolution), runs=runs, rounds=rounds, chunk=chunk,
+            chunk_params=chunk_params, count=count,
+            out_of_time=lambda: time_limit_s is not None and time.monotonic() - start > time_limit_s,
+        )  # fmt: skip
+    specs, preds, unmeasured = _measured_only(specs, preds, known, time_limit_s)
     sums = np.array([p.table_sum_ms_per_batch for p in preds])
     predicted = np.array([p.latency_ms_per_batch for p in preds])
-    measured_arr = np.array(measured)
+    measured_arr = np.array([known[spec.canonical] for spec in specs])
     settings = {
         "space": space,
         "table": table.name,
@@ -263,16 +339,7 @@ def validate(
         extra={"outside_table": outside},
     )  # fmt: skip
     if fit:
-        fit_idx, held = split_halves(len(specs), seed)
-        intercept, slope = fit_correction(sums[fit_idx], measured_arr[fit_idx])
-        corrected = intercept + slope * sums[held]
-        report.fit = {
-            "intercept_ms": intercept,
-            "slope": slope,
-            "fitted_on": len(fit_idx),
-            "held_out_before": accuracy(sums[held], measured_arr[held]).to_dict(),
-            "held_out_after": accuracy(corrected, measured_arr[held]).to_dict(),
-        }
+        report.fit = _held_out_fit(sums, measured_arr, seed)
     return report
 
 

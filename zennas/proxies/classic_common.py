@@ -65,6 +65,28 @@ def real_or_random_labels(ctx: ProxyContext, batch_size: int) -> torch.Tensor:
     return ctx.labels(batch_size)
 
 
+def require_pairs(batch: int, needs: str) -> None:
+    """ConfigError for a batch of one: a proxy that compares inputs with each other has nothing to compare.
+
+    `needs` says why the proxy wants two inputs; the message adds the batch it got.
+    """
+    if batch < 2:
+        raise ConfigError(f"{needs}, got {batch}")
+
+
+def model_and_batch(ctx: ProxyContext, *, pairs: str | None = None) -> tuple[nn.Module, torch.Tensor]:
+    """The model at PyTorch's default init in BN training mode and the input batch, both in the fast layout.
+
+    The setting of most classic proxies (jacov, NTK, GradNorm, SNIP). With `pairs`, a batch of one is
+    refused first (`require_pairs`).
+    """
+    model = train_mode(ctx.build(), ctx)
+    images = ctx.images()
+    if pairs is not None:
+        require_pairs(images.shape[0], pairs)
+    return fast_layout(model, images, ctx)
+
+
 def fast_layout(model: nn.Module, images: torch.Tensor, ctx: ProxyContext) -> tuple[nn.Module, torch.Tensor]:
     """On the CPU, channels-last model and input: oneDNN convolutions run about 1.5-2x faster that way.
 

@@ -6,9 +6,9 @@ import torch
 from torch import nn
 
 from zennas.blocks.common import ResidualUnit
-from zennas.errors import ConfigError, DegenerateNetworkError, ProxyError
+from zennas.errors import DegenerateNetworkError, ProxyError
 from zennas.proxies import Option, register_proxy
-from zennas.proxies.classic_common import fast_layout, flat_outputs, train_mode
+from zennas.proxies.classic_common import fast_layout, flat_outputs, model_and_batch, require_pairs, train_mode
 from zennas.proxies.context import ProxyContext
 
 NASWOT_BATCH = 128  # Mellor et al.: one mini-batch of 128 images on NAS-Bench-201
@@ -126,8 +126,7 @@ def naswot(ctx: ProxyContext) -> float:
         images = ctx.images(batch)
     batch = images.shape[0]
     ctx.meta["batch_size"] = batch
-    if batch < 2:
-        raise ConfigError(f"naswot compares inputs with each other and needs a batch of at least 2, got {batch}")
+    require_pairs(batch, "naswot compares inputs with each other and needs a batch of at least 2")
     kernel = activation_kernel(*fast_layout(model, images, ctx))
     if kernel.units == 0:
         raise ProxyError("naswot reads ReLU codes, but the network has no ReLU units")
@@ -180,11 +179,8 @@ def jacov_score(jacobian: torch.Tensor, k: float = JACOV_K) -> float:
 )
 def jacov(ctx: ProxyContext) -> float:
     """Jacobian-correlation score."""
-    model = train_mode(ctx.build(), ctx)
-    images = ctx.images()
-    if images.shape[0] < 2:
-        raise ConfigError(f"jacov correlates inputs and needs a batch of at least 2, got {images.shape[0]}")
-    jacobian, _ = input_jacobian(*fast_layout(model, images, ctx))
+    model, images = model_and_batch(ctx, pairs="jacov correlates inputs and needs a batch of at least 2")
+    jacobian, _ = input_jacobian(model, images)
     return jacov_score(jacobian)
 
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from zennas.errors import ConfigError, DegenerateNetworkError
+from zennas.errors import DegenerateNetworkError
 from zennas.proxies import register_proxy
-from zennas.proxies.classic_common import fast_layout, flat_outputs, require_input_dependence, train_mode
+from zennas.proxies.classic_common import flat_outputs, model_and_batch, require_input_dependence
 from zennas.proxies.context import ProxyContext
 
 NTK_BATCH = 32
@@ -53,11 +53,7 @@ def tangent_kernel(per_sample: torch.Tensor, params: list[nn.Parameter]) -> torc
 )
 def ntk(ctx: ProxyContext) -> float:
     """Condition number of the empirical NTK."""
-    model = train_mode(ctx.build(), ctx)
-    images = ctx.images()
-    if images.shape[0] < 2:
-        raise ConfigError(f"ntk needs a batch of at least 2 for a condition number, got {images.shape[0]}")
-    model, images = fast_layout(model, images, ctx)
+    model, images = model_and_batch(ctx, pairs="ntk needs a batch of at least 2 for a condition number")
     # TE-NAS differentiates every parameter named "weight": conv, linear and BN gamma.
     params = [p for name, p in model.named_parameters() if "weight" in name]
     with torch.enable_grad():

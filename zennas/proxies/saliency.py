@@ -13,6 +13,7 @@ from zennas.proxies import Option, register_proxy
 from zennas.proxies.classic_common import (
     fast_layout,
     flat_outputs,
+    model_and_batch,
     random_labels,
     real_or_random_labels,
     require_classifier,
@@ -121,8 +122,7 @@ def grad_norm(ctx: ProxyContext) -> float:
         ctx.meta.update(input="gaussian N(0,1)", labels="uniform random")
         grads = _cross_entropy_grads(ctx, model, images, labels, list(model.parameters()))
         return math.sqrt(sum(float(g.double().pow(2).sum()) for g in grads))
-    model = train_mode(ctx.build(), ctx)
-    model, images = fast_layout(model, ctx.images(), ctx)
+    model, images = model_and_batch(ctx)
     labels = real_or_random_labels(ctx, images.shape[0])
     grads = _cross_entropy_grads(ctx, model, images, labels, _weights(model))
     return float(sum(g.norm() for g in grads))
@@ -140,8 +140,7 @@ def grad_norm(ctx: ProxyContext) -> float:
 def snip(ctx: ProxyContext) -> float:
     """Connection sensitivity summed over the network."""
     require_classifier(ctx, "snip")
-    model = train_mode(ctx.build(), ctx)
-    model, images = fast_layout(model, ctx.images(), ctx)
+    model, images = model_and_batch(ctx)
     labels = real_or_random_labels(ctx, images.shape[0])
     weights = _weights(model)
     grads = _cross_entropy_grads(ctx, model, images, labels, weights)

@@ -30,16 +30,27 @@ def _safetensors_bytes(tensors: dict[str, torch.Tensor], metadata: dict[str, str
     return save({k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}, metadata=metadata)
 
 
-def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+def read_tensors(path: Path, what: str) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file, on the CPU; a file that does not read is a ConfigError naming `what`."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    if not path.is_file():
-        raise ConfigError(f"checkpoint file {str(path)!r} not found; the run folder is incomplete")
     try:
         return load_file(path, device="cpu")
     except (SafetensorError, OSError) as error:
-        raise ConfigError(f"cannot read checkpoint file {str(path)!r}: {error}") from None
+        raise ConfigError(f"cannot read {what} {str(path)!r}: {error}") from None
+
+
+def weights_file(path: str | os.PathLike) -> Path:
+    """The weights a user names: a .safetensors file as given, or a training --out folder's model.safetensors."""
+    path = Path(path)
+    return path / "model.safetensors" if path.is_dir() else path
+
+
+def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    if not path.is_file():
+        raise ConfigError(f"checkpoint file {str(path)!r} not found; the run folder is incomplete")
+    return read_tensors(path, "checkpoint file")
 
 
 def load_state_checked(module: nn.Module, state: dict[str, torch.Tensor], arch: str) -> None:

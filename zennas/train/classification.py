@@ -20,7 +20,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,20 +29,18 @@ import torch.nn.functional as F
 from torch import nn
 
 from zennas.errors import ConfigError
-from zennas.train.checkpoint import SIDECAR, load_weights
+from zennas.train.checkpoint import SIDECAR, load_weights, weights_file
+from zennas.train.config import LongtailConfig, TrainConfig
 from zennas.train.core import (
-    AMP_DTYPES,
     DistInfo,
     EpochHook,
     StepHook,
-    config_settings,
     param_groups,
     resolve_architecture,
     training_run,
 )
 from zennas.train.data import load_classification_data, screen_folder_images
 from zennas.train.loading import (
-    CACHE_MODES,
     MemoryLoader,
     TensorAugment,
     default_workers,
@@ -53,7 +50,6 @@ from zennas.train.loading import (
     stored_side,
 )
 from zennas.train.longtail import (
-    METHODS,
     BilateralNetwork,
     EpochSampler,
     class_counts,
@@ -73,132 +69,6 @@ from zennas.train.methods import (
     distilled,
     shot_figures,
 )
-
-OPTIMIZERS = ("sgd", "adamw")
-# Settings that may differ between an interrupted run and its resumption (they do not change results).
-_RESUME_FREE = ("out", "resume", "overwrite", "device", "workers")
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Every setting of a classification run (None = derived: see `train_classification`)."""
-
-    data: str
-    out: str
-    arch: str | None = None
-    run: str | None = None  # a search's --out folder: arch, dialect and resolution from result.json
-    dialect: str | None = None
-    epochs: int | None = None  # default: DEFAULT_EPOCHS, more on a small set so the run has MIN_STEPS steps
-    batch_size: int = 128
-    resolution: int | None = None
-    lr: float | None = None  # default: 0.1 x batch/256 for SGD, 1e-3 x batch/256 for AdamW
-    optimizer: str = "sgd"
-    weight_decay: float | None = None  # default: 5e-4 for SGD, 0.05 for AdamW
-    warmup_epochs: float = 1.0
-    min_lr: float = 0.0
-    label_smoothing: float = 0.1
-    mixup: float = 0.0  # Beta(alpha, alpha); 0 = off
-    cutmix: float = 0.0
-    ema_decay: float = 0.9998  # 0 = no EMA
-    grad_clip: float = 0.0  # max gradient norm; 0 = off
-    amp: str = "bf16"  # "bf16", "fp16" or "off"; CUDA only
-    channels_last: bool = True  # NHWC; faster on GPUs and, for most networks, on CPUs (bench_train_speed)
-    hflip: float = 0.5  # mirror probability: 0 for digits, text, or anything whose mirror image is another class
-    data_cache: str = "auto"  # "auto": decoded pixels kept in memory when they fit a quarter of RAM; "memory"; "off"
-    skip_bad_images: bool = False  # leave out (and list) image files that do not decode instead of failing
-    teacher: str | None = None  # a training --out folder, a weights .safetensors with its .json, or an ARCH
-    teacher_weights: str | None = None  # weights for a teacher given as ARCH
-    kd_alpha: float = 0.5  # weight of the KL term (1 - kd_alpha on the label loss)
-    kd_temperature: float = 4.0
-    kd_feature_weight: float = 1.0
-    seed: int = 0
-    device: str | None = None  # default: cuda if available, else cpu
-    workers: int | None = None  # loader processes for files (None: zennas.train.loading.default_workers)
-    resume: bool = False
-    overwrite: bool = False  # start afresh in a non-empty out (zennas.io.claim_output_folder)
-
-    def __post_init__(self) -> None:
-        if (self.arch is None) == (self.run is None):
-            raise ConfigError("give exactly one of --arch ARCH or --run DIR (a search's --out folder)")
-        if self.optimizer not in OPTIMIZERS:
-            raise ConfigError(f"unknown optimizer {self.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
-        if self.amp not in (*AMP_DTYPES, "off"):
-            raise ConfigError(f"unknown AMP mode {self.amp!r}; choose bf16, fp16 or off")
-        if self.data_cache not in CACHE_MODES:
-            raise ConfigError(f"unknown data cache {self.data_cache!r}; choose one of {', '.join(CACHE_MODES)}")
-        if self.workers is not None and self.workers < 0:
-            raise ConfigError(f"workers must be 0 or more, got {self.workers}")
-        for name in ("epochs", "batch_size"):
-            if getattr(self, name) is not None and getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if self.resolution is not None and self.resolution < 8:
-            raise ConfigError(f"resolution must be at least 8 pixels, got {self.resolution}")
-        if not 0 <= self.ema_decay < 1:
-            raise ConfigError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
-        if not 0 <= self.kd_alpha <= 1 or self.kd_temperature <= 0:
-            raise ConfigError("kd_alpha must be in [0, 1] and kd_temperature positive")
-        if min(self.mixup, self.cutmix, self.label_smoothing, self.grad_clip, self.warmup_epochs, self.min_lr) < 0:
-            raise ConfigError("mixup, cutmix, label_smoothing, grad_clip, warmup_epochs and min_lr must be >= 0")
-
-    def settings(self) -> dict[str, Any]:
-        """The settings that fix the result (JSON-able), as stored in checkpoints."""
-        return config_settings(self, _RESUME_FREE)
-
-
-@dataclass(frozen=True)
-class LongtailConfig(TrainConfig):
-    """A classification run with a long-tail `method` (see zennas.train.longtail for the definitions).
-
-    imbalance_factor: train on a seeded long-tailed subset of train/ (class i keeps
-        n_max * IF^(-i/(C-1)) images; `subset_seed` draws it); None = train/ as it is.
-    crt_epochs: classifier re-training epochs of cRT after `epochs` (default: epochs / 10, at least 1).
-    tau: tau-normalisation's exponent. la_tau: logit adjustment's tau. cb_beta: Cui et al.'s beta.
-    dive_temperature, dive_power: DiVE's softening and flattening; kd_alpha weighs its KL term. Without
-        --teacher, DiVE first trains a balanced-softmax teacher of the same architecture in OUT/teacher.
-    many_threshold, few_threshold: many-shot classes have more training images than the first,
-        few-shot classes fewer than the second (Liu et al.'s 100 and 20 by default).
-    """
-
-    method: str = "ce"
-    imbalance_factor: float | None = None
-    subset_seed: int = 0
-    crt_epochs: int | None = None
-    tau: float = 1.0
-    la_tau: float = 1.0
-    cb_beta: float = 0.9999
-    dive_temperature: float = 3.0
-    dive_power: float = 0.5
-    many_threshold: int = 100
-    few_threshold: int = 20
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.method not in METHODS:
-            raise ConfigError(f"unknown long-tail method {self.method!r}; choose one of {', '.join(METHODS)}")
-        if self.teacher is not None and self.method != "dive":
-            raise ConfigError(f"--teacher is used by --method dive only, not {self.method}")
-        if self.imbalance_factor is not None and not 1 <= self.imbalance_factor < math.inf:
-            raise ConfigError(f"imbalance factor must be a number >= 1, got {self.imbalance_factor}")
-        if self.crt_epochs is not None and self.crt_epochs < 1:
-            raise ConfigError(f"crt_epochs must be at least 1, got {self.crt_epochs}")
-        if not 0 <= self.cb_beta < 1:
-            raise ConfigError(f"cb_beta must lie in [0, 1), got {self.cb_beta}")
-        if self.dive_temperature <= 0 or not 0 < self.dive_power <= 1:
-            raise ConfigError("dive_temperature must be positive and dive_power in (0, 1]")
-        if self.few_threshold > self.many_threshold:
-            raise ConfigError(f"few_threshold {self.few_threshold} exceeds many_threshold {self.many_threshold}")
-
-    @property
-    def stage2_epochs(self) -> int:
-        """Epochs of cRT's classifier re-training (0 for every other method)."""
-        if self.method != "crt":
-            return 0
-        if self.crt_epochs is not None:
-            return self.crt_epochs
-        if self.epochs is None:
-            raise ValueError("stage2_epochs of a config whose epochs are not resolved yet (default_epochs)")
-        return max(1, math.ceil(self.epochs / 10))
-
 
 # ----------------------------------------------------------------------------------------------
 # Pieces of the recipe
@@ -267,9 +137,7 @@ def load_teacher(teacher: str, weights: str | None, num_classes: int) -> tuple[n
     from zennas.api import settings_for
     from zennas.models import resolve_arch
 
-    path = Path(teacher)
-    if path.is_dir():
-        path = path / "model.safetensors"
+    path = weights_file(teacher)
     if path.suffix == ".safetensors":
         sidecar = path.with_suffix(".json")
         try:

@@ -1,9 +1,10 @@
-"""What every trainer shares: torchrun set-up, the run wrapper, resume checks, settings, parameter groups.
+"""What every trainer shares: torchrun set-up, the run wrapper, resume checks, parameter groups.
 
 The task trainers (classification/long-tail, detection, reid) differ in data, model and loss; how
-they join a process group, protect the caller's RNG, claim their --out folder (never overwriting a
-run or the user's files unasked), check that a resumed run is whole and has the settings it was
-started with, and split weight decay is the same, and lives here.
+they resolve the network to train, join a process group, protect the caller's RNG, claim their --out
+folder (never overwriting a run or the user's files unasked), check that a resumed run is whole and
+has the settings it was started with, and split weight decay is the same, and lives here (their
+settings: zennas.train.config).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -66,12 +67,6 @@ def run_on_ranks(device_name: str | None, body: Callable[[DistInfo, torch.device
             import torch.distributed as td
 
             td.destroy_process_group()
-
-
-def config_settings(config: Any, resume_free: Iterable[str]) -> dict[str, Any]:
-    """A config dataclass's fields that fix the result (all but `resume_free`), as checkpoints store them."""
-    free = set(resume_free)
-    return {f.name: getattr(config, f.name) for f in fields(config) if f.name not in free}
 
 
 TRAIN_FILES = (SIDECAR, "checkpoint-*.safetensors", "metrics.jsonl", "metrics.json", "model.safetensors", "model.json")
@@ -156,6 +151,6 @@ def param_groups(params: Iterable[nn.Parameter], weight_decay: float) -> list[di
 
 
 __all__ = [
-    "AMP_DTYPES", "TRAIN_FILES", "DistInfo", "EpochHook", "StepHook", "config_settings", "join_distributed",
-    "param_groups", "resolve_architecture", "resume_point", "run_on_ranks", "training_run",
+    "AMP_DTYPES", "TRAIN_FILES", "DistInfo", "EpochHook", "StepHook", "join_distributed", "param_groups",
+    "resolve_architecture", "resume_point", "run_on_ranks", "training_run",
 ]  # fmt: skip

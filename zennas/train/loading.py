@@ -38,9 +38,9 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler, SequentialSampler, Subset
 
 from zennas.errors import ConfigError
+from zennas.train.config import CACHE_MODES
 from zennas.train.data import IMAGENET_MEAN, IMAGENET_STD, SMALL_IMAGE, centre_square, torchvision_module
 
-CACHE_MODES = ("auto", "memory", "off")
 RAM_SHARE = 0.25  # "auto" keeps a dataset in memory when its pixels take at most this share of RAM
 GPU_SHARE = 0.25  # ... and on the GPU when they take at most this share of its free memory
 PREFETCH = 4  # batches each worker keeps ready

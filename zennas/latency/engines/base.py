@@ -11,12 +11,14 @@ import contextlib
 import copy
 import json
 import math
+import os
 import platform
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, ClassVar
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import torch
@@ -24,6 +26,9 @@ from torch import nn
 
 from zennas.errors import ConfigError, TimingError, ZennasError
 from zennas.latency.device import THROTTLE_REASONS, canonical_gpu_name, identify, parse_device
+
+if TYPE_CHECKING:
+    from zennas.export import ExportInfo
 
 PRECISIONS: dict[str, torch.dtype] = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 CV_FLAG_THRESHOLD = 0.05  # REFERENCE 7.3: flag a coefficient of variation above ~5 %
@@ -194,6 +199,32 @@ def prepare_model(
     if channels_last:
         net = net.to(memory_format=torch.channels_last)
     return net
+
+
+def export_copy(
+    model: nn.Module,
+    x: torch.Tensor,
+    folder: str | os.PathLike,
+    options: Mapping[str, Any],
+    *,
+    dtype: torch.dtype = torch.float32,
+    device: str | torch.device = "cpu",
+) -> ExportInfo:
+    """Export a `prepare_model` copy to `folder`/model.onnx at the static shape of `x` [B, C, H, W].
+
+    The ONNX engines' way in: `options` gives the opset and the exporter; the copy is dropped on return,
+    so only the caller's model stays in memory while the session is built.
+    """
+    from zennas.export import export_onnx
+
+    net = prepare_model(model, dtype=dtype, device=device)
+    return export_onnx(
+        net,
+        Path(folder) / "model.onnx",
+        input_shape=tuple(x.shape),
+        opset=options["opset"],
+        exporter=options["exporter"],
+    )
 
 
 @contextlib.contextmanager

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from zennas.errors import ConfigError, DependencyError, TimingError
-from zennas.latency.engines.base import Engine, Session, measure_host, prepare_model, torch_versions
+from zennas.latency.engines.base import Engine, Session, export_copy, measure_host, torch_versions
 
 ORT_GPU_HINT = "pip uninstall onnxruntime && pip install onnxruntime-gpu"
 AUX_MARKER = "zennas_aux"  # parameters of helper modules whose nodes the kernels timer leaves out
@@ -114,24 +114,14 @@ class OnnxRuntimeEngine(Engine):
     @contextlib.contextmanager
     def _session(self, model: nn.Module, x: torch.Tensor) -> Iterator[Session]:
         """Export (static shape) into a temporary folder, open an InferenceSession, bind input/outputs once."""
-        from zennas.export import export_onnx
-
         ort = _import_ort()
         threads = self.options["threads"] or torch.get_num_threads()
         with tempfile.TemporaryDirectory(prefix="zennas-ort-") as tmp:
             # FP16 graphs are exported from a half model on the GPU (CPU half kernels are incomplete)
             if self.precision == "fp16":
-                net = prepare_model(model, dtype=torch.float16, device=self.device)
+                info = export_copy(model, x, tmp, self.options, dtype=torch.float16, device=self.device)
             else:
-                net = prepare_model(model)
-            info = export_onnx(
-                net,
-                Path(tmp) / "model.onnx",
-                input_shape=tuple(x.shape),
-                opset=self.options["opset"],
-                exporter=self.options["exporter"],
-            )
-            del net
+                info = export_copy(model, x, tmp, self.options)
             so = ort.SessionOptions()
             so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
             so.intra_op_num_threads = threads

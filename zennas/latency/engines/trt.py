@@ -21,7 +21,7 @@ from torch import nn
 
 from zennas.errors import ConfigError, DependencyError, TimingError
 from zennas.io import atomic_write_bytes
-from zennas.latency.engines.base import Engine, Session, measure_cuda, prepare_model, torch_versions
+from zennas.latency.engines.base import Engine, Session, export_copy, measure_cuda, torch_versions
 
 TRT_INSTALL_HINT = "TensorRT is required for the tensorrt engine: pip install tensorrt (needs an NVIDIA GPU and driver)"
 _TORCH_DTYPES = {
@@ -193,23 +193,15 @@ class TensorRTEngine(Engine):
     @contextlib.contextmanager
     def _session(self, model: nn.Module, x: torch.Tensor) -> Iterator[Session]:
         """Export, build, deserialize; bind pre-allocated torch buffers by tensor name; run on a side stream."""
-        from zennas.export import export_onnx
-
         trt, plan = self._trt, self._plan
         device = torch.device(self.device)
         with torch.cuda.device(device):
             logger = _logger(trt)
             with tempfile.TemporaryDirectory(prefix="zennas-trt-") as tmp:
                 on_gpu = plan.export_dtype != torch.float32  # half/bf16 export runs on the GPU
-                net = prepare_model(model, dtype=plan.export_dtype, device=device if on_gpu else "cpu")
-                info = export_onnx(
-                    net,
-                    Path(tmp) / "model.onnx",
-                    input_shape=tuple(x.shape),
-                    opset=self.options["opset"],
-                    exporter=self.options["exporter"],
+                info = export_copy(
+                    model, x, tmp, self.options, dtype=plan.export_dtype, device=device if on_gpu else "cpu"
                 )
-                del net
                 serialized = build_serialized_engine(
                     trt,
                     info.path,

@@ -13,14 +13,13 @@ import os
 from collections import OrderedDict
 from collections.abc import Sequence
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
 from zennas.errors import ConfigError
-from zennas.train.checkpoint import load_state_checked
+from zennas.train.checkpoint import load_state_checked, read_tensors, weights_file
 from zennas.train.data import IMAGENET_MEAN, IMAGENET_STD, torchvision_module
 from zennas.train.memory import training_values
 
@@ -115,18 +114,10 @@ def build_detector(
 
 def load_backbone_weights(detector: nn.Module, path: str | os.PathLike, arch: str) -> None:
     """Initialise the backbone from classification weights (a training --out folder or model.safetensors)."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    path = Path(path)
-    if path.is_dir():
-        path = path / "model.safetensors"
+    path = weights_file(path)
     if path.suffix != ".safetensors" or not path.is_file():
         raise ConfigError(f"backbone weights {str(path)!r} not found; give a training --out folder or a .safetensors")
-    try:
-        state = load_file(path, device="cpu")
-    except (SafetensorError, OSError) as error:
-        raise ConfigError(f"cannot read backbone weights {str(path)!r}: {error}") from None
+    state = read_tensors(path, "backbone weights")
     body = detector.backbone.body
     load_state_checked(body, {k: v for k, v in state.items() if not k.startswith("head.")}, arch)
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,14 +16,12 @@ import torch
 from torch import nn
 
 from zennas.errors import ConfigError, ExportError
-from zennas.export import EXPORTERS
 from zennas.io import atomic_write_json
+from zennas.train.config import DetectionConfig
 from zennas.train.core import (
-    AMP_DTYPES,
     DistInfo,
     EpochHook,
     StepHook,
-    config_settings,
     param_groups,
     resolve_architecture,
     training_run,
@@ -37,83 +34,8 @@ from zennas.train.loading import default_workers, feed
 from zennas.train.loop import Model, Run, Stage, Task, train_task
 from zennas.train.memory import check_memory
 
-OPTIMIZERS = ("sgd", "adamw")
-_RESUME_FREE = ("out", "resume", "overwrite", "device", "workers", "export_onnx", "onnx_exporter")
 # What a detection run writes into --out besides a training run's files (--overwrite deletes them first).
 DETECTION_RUN = training_run("detection", "detector.onnx", "detector.onnx.data", "detector.json")
-
-
-@dataclass(frozen=True)
-class DetectionConfig:
-    """Every setting of a detection run (None = derived: see `train_detection`)."""
-
-    data: str
-    out: str
-    arch: str | None = None
-    run: str | None = None  # a search's --out folder: arch, dialect and resolution from result.json
-    dialect: str | None = None
-    epochs: int = 12
-    batch_size: int = 16
-    resolution: int | None = None  # shorter image side; default: the run's, else the images' own (native_side)
-    max_size: int | None = None  # longer side cap; default: resolution x 1333 / 800
-    # lr default: 2e-3 x sqrt(batch/16) for AdamW (Adam's square-root batch rule), 0.01 x batch/16 for SGD.
-    # AdamW is the default because short runs on small sets learn faster with it: in 740 steps on digits
-    # pasted on 96-px canvases, input 96 px (benchmarks/bench_train_defaults.py), AdamW 2e-3 reached
-    # mAP@0.5 0.90, SGD 0.01 0.75, and AdamW 4e-3 trailed half-way. Warm-up stays 1 epoch (there, the
-    # same 37 steps as 5 % of the run).
-    lr: float | None = None
-    optimizer: str = "adamw"
-    weight_decay: float | None = None  # default: 0.05 for AdamW, 1e-4 for SGD
-    warmup_epochs: float = 1.0
-    min_lr: float = 0.0
-    ema_decay: float = 0.9998  # 0 = no EMA
-    grad_clip: float = 0.0  # max gradient norm; 0 = off
-    amp: str = "bf16"  # CUDA only
-    hflip: float = 0.5
-    fpn_channels: int = 128
-    head_convs: int = 4
-    score_thresh: float = 0.05  # COCO evaluation keeps low-confidence detections
-    nms_thresh: float = 0.6
-    detections_per_img: int = 100
-    backbone_weights: str | None = None  # a classification --out folder or its model.safetensors
-    skip_bad_boxes: bool = False  # drop (and count) degenerate or out-of-image boxes instead of failing
-    eval_every: int = 1  # epochs between evaluations; the last epoch is always evaluated
-    seed: int = 0
-    device: str | None = None
-    workers: int | None = None  # loader processes (None: zennas.train.loading.default_workers)
-    resume: bool = False
-    overwrite: bool = False  # start afresh in a non-empty out (zennas.io.claim_output_folder)
-    export_onnx: bool = True
-    onnx_exporter: str = "auto"  # see zennas.export.export_onnx: "auto" (dynamo, else TorchScript), "dynamo", ...
-
-    def __post_init__(self) -> None:
-        if (self.arch is None) == (self.run is None):
-            raise ConfigError("give exactly one of --arch ARCH or --run DIR (a search's --out folder)")
-        if self.onnx_exporter not in EXPORTERS:
-            raise ConfigError(f"unknown ONNX exporter {self.onnx_exporter!r}; choose one of {', '.join(EXPORTERS)}")
-        if self.optimizer not in OPTIMIZERS:
-            raise ConfigError(f"unknown optimizer {self.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
-        if self.amp not in (*AMP_DTYPES, "off"):
-            raise ConfigError(f"unknown AMP mode {self.amp!r}; choose bf16, fp16 or off")
-        for name in ("epochs", "batch_size", "head_convs", "detections_per_img", "eval_every"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if self.resolution is not None and self.resolution < 32:
-            raise ConfigError(f"resolution must be at least 32 pixels (the stride of C5), got {self.resolution}")
-        if self.max_size is not None and self.resolution is not None and self.max_size < self.resolution:
-            raise ConfigError(f"max_size ({self.max_size}) must be at least resolution ({self.resolution})")
-        if self.fpn_channels < 8 or self.fpn_channels % 8:
-            raise ConfigError(f"fpn_channels must be a positive multiple of 8, got {self.fpn_channels}")
-        if not 0 <= self.ema_decay < 1:
-            raise ConfigError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
-        if not (0 <= self.score_thresh < 1 and 0 < self.nms_thresh <= 1 and 0 <= self.hflip <= 1):
-            raise ConfigError("score_thresh must be in [0, 1), nms_thresh in (0, 1] and hflip in [0, 1]")
-        if min(self.grad_clip, self.warmup_epochs, self.min_lr) < 0:
-            raise ConfigError("grad_clip, warmup_epochs and min_lr must be >= 0")
-
-    def settings(self) -> dict[str, Any]:
-        """The settings that fix the result (JSON-able), as stored in checkpoints."""
-        return config_settings(self, _RESUME_FREE)
 
 
 def train_detection(

@@ -8,7 +8,6 @@ negative per anchor, with a margin or the soft margin log(1 + exp(d_ap - d_an)).
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -16,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from zennas.errors import ConfigError
-from zennas.train.checkpoint import load_state_checked
+from zennas.train.checkpoint import load_state_checked, read_tensors, weights_file
 
 
 class BNNeck(nn.Module):
@@ -73,16 +72,10 @@ def batch_hard_triplet(features: torch.Tensor, labels: torch.Tensor, margin: flo
 
 def load_pretrained(model: BNNeck, path: str, arch: str) -> None:
     """Backbone weights from a classification or ReID run; classifier and neck keys are ignored."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    file = Path(path) / "model.safetensors" if Path(path).is_dir() else Path(path)
+    file = weights_file(path)
     if file.suffix != ".safetensors" or not file.is_file():
         raise ConfigError(f"--pretrained {path!r}: no .safetensors weights there; give a training --out folder")
-    try:
-        state = load_file(file, device="cpu")
-    except (SafetensorError, OSError) as error:
-        raise ConfigError(f"cannot read --pretrained {str(file)!r}: {error}") from None
+    state = read_tensors(file, "--pretrained")
     if any(key.startswith("backbone.") for key in state):  # a ReID run's weights: the backbone part
         state = {key.removeprefix("backbone."): v for key, v in state.items() if key.startswith("backbone.")}
     own = model.backbone.state_dict()

@@ -11,20 +11,20 @@ Exact resume: the sampler, the augmentation and everything else random in epoch 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from zennas.errors import ConfigError
+from zennas.train.config import REID_METRICS as METRICS
+from zennas.train.config import REID_NECKS as NECK_FEATURES
+from zennas.train.config import REID_OPTIMIZERS as OPTIMIZERS
+from zennas.train.config import ReidConfig
 from zennas.train.core import (
-    AMP_DTYPES,
     DistInfo,
     EpochHook,
     StepHook,
-    config_settings,
     param_groups,
     resolve_architecture,
     training_run,
@@ -35,99 +35,6 @@ from zennas.train.memory import check_memory, inference_values, training_values
 from zennas.train.reid.market import PKSampler, ReidDataset, read_market1501, reid_transforms
 from zennas.train.reid.metrics import chance_metrics, evaluate_reid
 from zennas.train.reid.model import batch_hard_triplet, build_reid_model, load_pretrained
-
-OPTIMIZERS = ("adam", "adamw", "sgd")
-METRICS = ("cosine", "euclidean")
-NECK_FEATURES = ("after", "before")
-_RESUME_FREE = ("out", "resume", "overwrite", "device", "workers", "eval_batch_size")
-
-
-@dataclass(frozen=True)
-class ReidConfig:
-    """Every setting of a ReID run (None = derived: see `train_reid`).
-
-    p, k: identities per batch and images per identity (per process under torchrun).
-    height, width: input size; 256 x 128 is the usual Market-1501 setting.
-    lr: default (P*K)/64 x: for Adam/AdamW 3.5e-3 from scratch and 3.5e-4 (BoT's, for an ImageNet-trained
-        backbone) with `pretrained`; 0.05 for SGD. From scratch, 3.5e-4 was measured to learn too slowly
-        (bench_train_defaults --part reid: rank-1 31.8 % against 59.8 % at 3.5e-3 after 1,000 steps).
-    margin: triplet margin; soft_margin replaces it by log(1 + exp(d_ap - d_an)).
-    neck: embed with f_i ("after" the BNNeck) or f_t ("before"); metric: "cosine" ranks
-        L2-normalised embeddings, "euclidean" the raw ones.
-    eval_every: evaluate every N epochs (the last epoch always); rerank: also report k-reciprocal
-        re-ranked figures (k1, k2, lambda_value) at the last epoch.
-    pretrained: backbone weights from a classification or ReID run (its --out folder or
-        model.safetensors; the classifier and the neck are ignored).
-    """
-
-    data: str
-    out: str
-    arch: str | None = None
-    run: str | None = None  # a search's --out folder: arch and dialect from result.json (not its resolution)
-    dialect: str | None = None
-    epochs: int = 60
-    p: int = 16
-    k: int = 4
-    height: int = 256
-    width: int = 128
-    lr: float | None = None
-    optimizer: str = "adam"
-    weight_decay: float = 5e-4
-    warmup_epochs: float = 5.0
-    min_lr: float = 0.0
-    label_smoothing: float = 0.1
-    margin: float = 0.3
-    soft_margin: bool = False
-    id_weight: float = 1.0
-    triplet_weight: float = 1.0
-    hflip: float = 0.5
-    pad: int | None = None  # default: 10 pixels at height 256, scaled
-    erasing: float = 0.5
-    skip_bad_images: bool = False  # leave out (and list) image files that do not decode instead of failing
-    neck: str = "after"
-    metric: str = "cosine"
-    eval_every: int = 10
-    rerank: bool = False
-    k1: int = 20
-    k2: int = 6
-    lambda_value: float = 0.3
-    ema_decay: float = 0.0  # 0 = no EMA
-    grad_clip: float = 0.0
-    amp: str = "bf16"  # CUDA only
-    channels_last: bool = True  # NHWC on every device
-    pretrained: str | None = None
-    eval_batch_size: int = 128
-    seed: int = 0
-    device: str | None = None
-    workers: int | None = None  # loader processes (None: zennas.train.loading.default_workers)
-    resume: bool = False
-    overwrite: bool = False  # start afresh in a non-empty out (zennas.io.claim_output_folder)
-
-    def __post_init__(self) -> None:
-        if (self.arch is None) == (self.run is None):
-            raise ConfigError("give exactly one of --arch ARCH or --run DIR (a search's --out folder)")
-        for name, allowed in (("optimizer", OPTIMIZERS), ("metric", METRICS), ("neck", NECK_FEATURES),
-                              ("amp", (*AMP_DTYPES, "off"))):  # fmt: skip
-            if getattr(self, name) not in allowed:
-                raise ConfigError(f"unknown {name} {getattr(self, name)!r}; choose one of {', '.join(allowed)}")
-        for name in ("epochs", "eval_every", "eval_batch_size", "k1", "k2"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if self.p < 2 or self.k < 2:
-            raise ConfigError(f"P x K batches need P >= 2 identities and K >= 2 images each, got {self.p} and {self.k}")
-        if min(self.height, self.width) < 8:
-            raise ConfigError(f"height and width must be at least 8 pixels, got {self.height} x {self.width}")
-        if not 0 <= self.ema_decay < 1 or not 0 <= self.lambda_value <= 1:
-            raise ConfigError("ema_decay must be in [0, 1) and lambda_value in [0, 1]")
-        if not 0 <= self.label_smoothing < 1 or not 0 <= self.hflip <= 1 or not 0 <= self.erasing <= 1:
-            raise ConfigError("label_smoothing must be in [0, 1), hflip and erasing in [0, 1]")
-        if min(self.margin, self.id_weight, self.triplet_weight, self.grad_clip, self.warmup_epochs, self.min_lr,
-               self.weight_decay, self.pad or 0) < 0:  # fmt: skip
-            raise ConfigError("margin, loss weights, grad_clip, warmup_epochs, min_lr, weight_decay, pad must be >= 0")
-
-    def settings(self) -> dict[str, Any]:
-        """The settings that fix the result (JSON-able), as stored in checkpoints."""
-        return config_settings(self, _RESUME_FREE)
 
 
 def train_reid(config: ReidConfig, *, on_step: StepHook | None = None, on_epoch: EpochHook | None = None
