@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import json
-
 import click
 
-from zennas.cli.common import arch_options, dialect_option, json_option, one_line_errors
+from zennas.cli.common import echo_json, one_line_errors
+from zennas.cli.options import arch_options, dialect_option, json_option
 
 
 @click.command()
@@ -27,18 +26,10 @@ def info(arch, resolution, num_classes, use_se, convention, dialect, rechain, as
     """Exact params, MACs, layers and stage shapes of ARCH (a model name, a string or a file)."""
     from zennas.api import info as describe
 
-    result = describe(
-        arch,
-        resolution=resolution,
-        num_classes=num_classes,
-        use_se=use_se,
-        convention=convention,
-        dialect=dialect,
-        rechain=rechain,
-    )
+    settings = {"resolution": resolution, "num_classes": num_classes, "use_se": use_se}
+    result = describe(arch, **settings, convention=convention, dialect=dialect, rechain=rechain)
     if as_json:
-        click.echo(json.dumps(result))
-        return
+        return echo_json(result)
     title = result["name"] or result["hash"]
     click.echo(
         f"{title}  [{result['dialect']}]  {result['canonical'][:96]}{'...' if len(result['canonical']) > 96 else ''}"
@@ -99,8 +90,7 @@ def models(pattern, as_json) -> None:
             }
         )
     if as_json:
-        click.echo(json.dumps(rows))
-        return
+        return echo_json(rows)
     click.echo(f"{'name':<22} {'family':<7} {'dataset':<12} {'res':>4} {'classes':>7} {'SE':>3} {'top-1':>6}  status")
     for r in rows:
         click.echo(

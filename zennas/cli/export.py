@@ -7,15 +7,15 @@ import sys
 
 import click
 
-from zennas.cli.common import (
+from zennas.cli.common import one_line_errors
+from zennas.cli.options import (
     SE_OPTION,
     batch_size_option,
     dialect_option,
     json_option,
     num_classes_option,
-    one_line_errors,
     resolution_option,
-)  # fmt: skip
+)
 
 
 @click.command("export")

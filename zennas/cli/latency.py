@@ -3,13 +3,13 @@ predictions, checks against measurements, and measuring a new table on this mach
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 
 import click
 
-from zennas.cli.common import (
+from zennas.cli.common import echo_json, one_line_errors, progress
+from zennas.cli.options import (
     EXPORTER_CHOICE,
     POSITIVE,
     TIMING_HELP,
@@ -19,12 +19,11 @@ from zennas.cli.common import (
     dialect_option,
     json_option,
     num_classes_option,
-    one_line_errors,
     options,
-    progress,
     resolution_option,
+    rounds_options,
     seed_option,
-)  # fmt: skip
+)
 from zennas.io import writable_file
 
 TABLE_BATCH_HELP = "Batch (default: the table's budget batch)."
@@ -144,8 +143,7 @@ def tables_command(as_json) -> None:
 
     loaded = [load_table(path) for path in shipped_tables().values()]
     if as_json:
-        click.echo(json.dumps([{**t.header, "entries": len(t.entries)} for t in loaded]))
-        return
+        return echo_json([{**t.header, "entries": len(t.entries)} for t in loaded])
     click.echo(f"{'name':<28} {'device':<10} {'engine':<12} {'precision':<9} {'batch':<14} {'entries':>8}  budget")
     for t in loaded:
         h = t.header
@@ -202,8 +200,7 @@ def latency_predict_command(
         out["ratio"] = p.latency_ms_per_batch / measured.ms_per_batch
         out["relative_error"] = (p.latency_ms_per_batch - measured.ms_per_batch) / measured.ms_per_batch
     if as_json:
-        click.echo(json.dumps(out))
-        return
+        return echo_json(out)
     click.echo(f"table: {chosen.describe()}")
     click.echo(
         f"predicted: {p.latency_ms_per_image:.4f} ms/image, {p.latency_ms_per_batch:.4f} ms/batch "
@@ -235,14 +232,7 @@ def latency_predict_command(
 @num_classes_option(None, default=1000, show_default=True)
 @batch_size_option(TABLE_BATCH_HELP)
 @seed_option()
-@click.option("--runs", type=POSITIVE, default=5, show_default=True, help="Timed runs per round.")
-@click.option(
-    "--rounds",
-    type=POSITIVE,
-    default=10,
-    show_default=True,
-    help="Interleaved rounds over each chunk of networks (a measurement: median of runs x rounds).",
-)
+@rounds_options(5, 10, "networks", "measurement")
 @click.option("--chunk", type=POSITIVE, default=64, show_default=True,
               help="Networks measured together, round by round (at most 250M parameters per chunk).")  # fmt: skip
 @click.option("--threads", type=POSITIVE, help="CPU threads of the engine (default: the table's).")
@@ -293,8 +283,7 @@ def latency_validate_command(
         header["correction"]["fitted_with"] = report.settings
         save_table(save_fit, header, chosen.entries)
     if as_json:
-        click.echo(json.dumps(report.to_json()))
-        return
+        return echo_json(report.to_json())
     a = report.overall
     click.echo(
         f"{space}: {a.n} networks, table {chosen.name}, {engine} on {device}"
@@ -331,14 +320,7 @@ def latency_validate_command(
 @click.option("--samples", type=POSITIVE, default=300, show_default=True,
               help="Space members whose operators (snapped to the channel grid) define the table's grid.")  # fmt: skip
 @click.option("--limit", type=POSITIVE, help="Measure at most the first N grid operators.")
-@click.option("--runs", type=POSITIVE, default=10, show_default=True, help="Timed runs per round.")
-@click.option(
-    "--rounds",
-    type=POSITIVE,
-    default=3,
-    show_default=True,
-    help="Interleaved rounds over each chunk of operators (an entry: median of runs x rounds).",
-)
+@rounds_options(10, 3, "operators", "entry")
 @click.option(
     "--chunk",
     type=POSITIVE,

@@ -3,26 +3,21 @@ correlation with a ground truth)."""
 
 from __future__ import annotations
 
-import json
-
 import click
 
-from zennas.cli.common import (
+from zennas.cli.common import echo_json, fmt, one_line_errors, progress
+from zennas.cli.options import (
     POSITIVE,
     PROXY_OPTIONS,
     arch_options,
     batch_size_option,
     device_option,
     dialect_option,
-    fmt,
+    input_options,
     json_option,
-    num_classes_option,
-    one_line_errors,
-    progress,
     proxy_options,
-    resolution_option,
     seed_option,
-)  # fmt: skip
+)
 from zennas.io import writable_file
 
 PROXY_BATCH_HELP = "Input batch (default: each proxy's own)."
@@ -53,8 +48,7 @@ def score_command(
         seed=seed, device=device, options=options, dialect=dialect,
     )  # fmt: skip
     if as_json:
-        click.echo(json.dumps({name: r.to_json() for name, r in results.items()}))
-        return
+        return echo_json({name: r.to_json() for name, r in results.items()})
     click.echo(f"{'proxy':<14} {'mean':>12} {'std':>12} {'n':>3} {'better':>7}  {'s/repeat':>9}  notes")
     for name, r in results.items():
         seconds = r.meta.get("seconds_per_repeat")
@@ -88,8 +82,7 @@ def bench() -> None:
 @click.option("--limit", type=POSITIVE, help="Score a fixed pseudo-random subset of N rows.")
 @seed_option()
 @batch_size_option(PROXY_BATCH_HELP)
-@resolution_option("Override the dataset's input side.")
-@num_classes_option("Override the dataset's class count.")
+@input_options("Override the dataset's input side.", "Override the dataset's class count.")
 @click.option("--repeats", type=POSITIVE, default=1, show_default=True)
 @device_option("auto", AUTO_DEVICE_HELP)
 @PROXY_OPTIONS
@@ -139,8 +132,7 @@ def bench_proxies_command(
             acc_column,
         )  # fmt: skip
     if as_json:
-        click.echo(json.dumps(report.to_json()))
-        return
+        return echo_json(report.to_json())
     st = report.settings
     click.echo(
         f"ground truth: {st['csv']} [{acc_column}], n = {st['n']}; resolution {st['resolution']}, "

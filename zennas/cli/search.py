@@ -6,19 +6,17 @@ import time
 
 import click
 
-from zennas.cli.common import (
+from zennas.cli.common import one_line_errors, progress
+from zennas.cli.latency import open_latency_table
+from zennas.cli.options import (
     NON_NEGATIVE,
     OVERWRITE_HELP,
     POSITIVE,
     device_option,
-    num_classes_option,
-    one_line_errors,
-    progress,
+    input_options,
     proxy_options,
-    resolution_option,
     seed_option,
-)  # fmt: skip
-from zennas.cli.latency import open_latency_table
+)
 
 
 @click.command("search")
@@ -41,8 +39,7 @@ from zennas.cli.latency import open_latency_table
 @click.option("--convention", type=click.Choice(["correct", "zennas", "tinynas"]),
               help="Counting of the FLOPs/params budgets (zennas: the repository's, no SE). Default: the space's "
                    "(zennas for Zen-NAS presets) while the preset states such a budget, else correct.")  # fmt: skip
-@resolution_option("Input side (default: the preset's or 224).")
-@num_classes_option("Classifier outputs (default: the preset's or 1000).")
+@input_options("Input side (default: the preset's or 224).", "Classifier outputs (default: the preset's or 1000).")
 @click.option("--iterations", type=POSITIVE,
               help="Children generated, screened or scored (default: 1000, or none with --time-limit; Zen-NAS "
                    "scripts: 480,000).")  # fmt: skip

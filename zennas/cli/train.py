@@ -13,17 +13,9 @@ from typing import Any
 
 import click
 
-from zennas.cli.common import (
-    DEVICE,
-    NON_NEGATIVE,
-    OVERWRITE_HELP,
-    POSITIVE,
-    SEED,
-    json_option,
-    one_line_errors,
-    progress,
-)  # fmt: skip
+from zennas.cli.common import echo_json, one_line_errors, progress
 from zennas.cli.fields import Flag, config_options
+from zennas.cli.options import DEVICE, NON_NEGATIVE, OVERWRITE_HELP, POSITIVE, SEED, json_option
 from zennas.train.config import (
     AMP_MODES,
     CACHE_MODES,
@@ -319,7 +311,6 @@ def train_reid_command(**options) -> None:
 @one_line_errors
 def eval_command(checkpoint, data, batch_size, device, plot_path, as_json) -> None:
     """Accuracy of trained weights (a training --out folder or its model.safetensors) on val/."""
-    import json
     from pathlib import Path
 
     from zennas.train.evaluate import evaluate_checkpoint
@@ -329,7 +320,6 @@ def eval_command(checkpoint, data, batch_size, device, plot_path, as_json) -> No
         plot_path = folder / "confusion_matrix.png"
     result = evaluate_checkpoint(checkpoint, data, batch_size=batch_size, device=device, plot=plot_path)
     if as_json:
-        click.echo(json.dumps(result))
-        return
+        return echo_json(result)
     click.echo(f"top-1 {result['top1']:.2f}%  top-5 {result['top5']:.2f}%  on {result['images']} images; "
                f"confusion matrix: {result['plot']}")  # fmt: skip

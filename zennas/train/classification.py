@@ -31,14 +31,7 @@ from torch import nn
 from zennas.errors import ConfigError
 from zennas.train.checkpoint import SIDECAR, load_weights, weights_file
 from zennas.train.config import LongtailConfig, TrainConfig
-from zennas.train.core import (
-    DistInfo,
-    EpochHook,
-    StepHook,
-    param_groups,
-    resolve_architecture,
-    training_run,
-)
+from zennas.train.core import DistInfo, EpochHook, StepHook, param_groups, resolve_architecture, training_run
 from zennas.train.data import load_classification_data, screen_folder_images
 from zennas.train.loading import (
     MemoryLoader,

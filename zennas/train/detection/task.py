@@ -18,14 +18,7 @@ from torch import nn
 from zennas.errors import ConfigError, ExportError
 from zennas.io import atomic_write_json
 from zennas.train.config import DetectionConfig
-from zennas.train.core import (
-    DistInfo,
-    EpochHook,
-    StepHook,
-    param_groups,
-    resolve_architecture,
-    training_run,
-)
+from zennas.train.core import DistInfo, EpochHook, StepHook, param_groups, resolve_architecture, training_run
 from zennas.train.detection.coco import CocoDataset, collate, load_coco_data, native_side
 from zennas.train.detection.export import export_detector
 from zennas.train.detection.metrics import coco_map, predict

@@ -21,14 +21,7 @@ from zennas.train.config import REID_METRICS as METRICS
 from zennas.train.config import REID_NECKS as NECK_FEATURES
 from zennas.train.config import REID_OPTIMIZERS as OPTIMIZERS
 from zennas.train.config import ReidConfig
-from zennas.train.core import (
-    DistInfo,
-    EpochHook,
-    StepHook,
-    param_groups,
-    resolve_architecture,
-    training_run,
-)
+from zennas.train.core import DistInfo, EpochHook, StepHook, param_groups, resolve_architecture, training_run
 from zennas.train.loading import default_workers, feed
 from zennas.train.loop import Model, Run, Stage, Task, to_device, train_task
 from zennas.train.memory import check_memory, inference_values, training_values
