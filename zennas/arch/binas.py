@@ -150,10 +150,48 @@ def block_from_string(
 ) -> BinasBlock:
     """Decode one timm block string; `position` is the offset of its first character for messages."""
     where = f"block string {text!r}" if block_index is None else f"block {block_index} ({text!r})"
+    options = _read_options(text, where, position)
+    return _block_from_options(options, in_channels=in_channels, stage=stage)
+
+
+@dataclass(frozen=True)
+class _Options:
+    """The options of one block string, as written, with where each starts: read into numbers on demand."""
+
+    kind: str  # 'ds', 'ir' or 'cn'
+    where: str  # how messages name the block string
+    values: dict[str, str]  # option key -> the text after it ('k3' -> '3')
+    positions: dict[str, int]  # option key -> offset of the option in the whole text
+    relu: bool | None  # None: no activation option
+
+    def integer(self, key: str, what: str) -> int:
+        """Option `key` as an int; the lexer reads at most 9 digits, zennas.arch.limits bounds the value."""
+        return int(self._spelled(key, what, _INT, "a positive integer of at most 9 digits"))
+
+    def number(self, key: str, what: str) -> float:
+        """Option `key` as a plain-decimal number (no exponents: the text must print back as written)."""
+        return _normalise(float(self._spelled(key, what, _NUM, "a plain decimal number such as 3, 2.5 or 0.25")))
+
+    def _spelled(self, key: str, what: str, pattern: re.Pattern[str], spelling: str) -> str:
+        raw = self.values[key]
+        if not pattern.fullmatch(raw):
+            raise ArchSyntaxError(
+                f"{self.where}: {what} ({key}) must be {spelling}, got {raw!r}",
+                position=self.positions[key],
+                token=key + raw,
+            )
+        return raw
+
+    def invalid(self, key: str, message: str) -> ArchValueError:
+        """A value error pointing at option `key`."""
+        return ArchValueError(f"{self.where}: {message}", position=self.positions[key], token=key + self.values[key])
+
+
+def _read_options(text: str, where: str, position: int) -> _Options:
+    """Split a block string into its type and options; syntax only (unknown, doubled, missing options)."""
     if not text:
         raise ArchSyntaxError("empty block string; write e.g. 'ir_r1_k3_s2_e3_c24'", position=position, token=text)
-    pieces = text.split("_")
-    kind = pieces[0]
+    kind, *pieces = text.split("_")
     if kind not in BLOCK_TYPES:
         raise ArchSyntaxError(
             f"{where}: unknown block type {kind!r}; use ds (depthwise-separable), ir (inverted residual) "
@@ -166,7 +204,7 @@ def block_from_string(
     value_positions: dict[str, int] = {}
     relu: bool | None = None
     offset = position + len(kind) + 1
-    for piece in pieces[1:]:
+    for piece in pieces:
         if not piece:
             raise ArchSyntaxError(
                 f"{where}: empty option (a doubled or trailing '_'); separate options with one '_'",
@@ -207,47 +245,28 @@ def block_from_string(
             position=position,
             token=text,
         )
+    return _Options(kind, where, values, value_positions, relu)
 
-    def integer(key: str, what: str) -> int:
-        raw = values[key]
-        if not _INT.fullmatch(raw):
-            raise ArchSyntaxError(
-                f"{where}: {what} ({key}) must be a positive integer of at most 9 digits, got {raw!r}",
-                position=value_positions[key],
-                token=key + raw,
-            )
-        return int(raw)
 
-    def number(key: str, what: str) -> float:
-        raw = values[key]
-        if not _NUM.fullmatch(raw):
-            raise ArchSyntaxError(
-                f"{where}: {what} ({key}) must be a plain decimal number such as 3, 2.5 or 0.25, got {raw!r}",
-                position=value_positions[key],
-                token=key + raw,
-            )
-        return _normalise(float(raw))
-
-    repeats = integer("r", "repeats")
-    kernel = integer("k", "kernel")
-    stride = integer("s", "stride")
-    out_channels = integer("c", "out channels")
-    expansion = number("e", "expansion") if "e" in values else 1
-    se_ratio = number("se", "SE ratio") if "se" in values else 0.0
-
-    def bad(key: str, message: str) -> ArchValueError:
-        return ArchValueError(f"{where}: {message}", position=value_positions[key], token=key + values[key])
-
+def _block_from_options(options: _Options, *, in_channels: int, stage: int) -> BinasBlock:
+    """The block the options describe, once every value is a number in its range."""
+    values = options.values
+    repeats = options.integer("r", "repeats")
+    kernel = options.integer("k", "kernel")
+    stride = options.integer("s", "stride")
+    out_channels = options.integer("c", "out channels")
+    expansion = options.number("e", "expansion") if "e" in values else 1
+    se_ratio = options.number("se", "SE ratio") if "se" in values else 0.0
     if repeats < 1:
-        raise bad("r", "repeats (r) must be at least 1")
+        raise options.invalid("r", "repeats (r) must be at least 1")
     if kernel % 2 == 0:
-        raise bad("k", f"kernel (k) must be odd (1, 3, 5, 7, ...) for 'same' padding, got {kernel}")
+        raise options.invalid("k", f"kernel (k) must be odd (1, 3, 5, 7, ...) for 'same' padding, got {kernel}")
     if stride not in STRIDES:
-        raise bad("s", f"stride (s) must be 1 or 2, got {stride}")
+        raise options.invalid("s", f"stride (s) must be 1 or 2, got {stride}")
     if out_channels < 1:
-        raise bad("c", "out channels (c) must be at least 1")
+        raise options.invalid("c", "out channels (c) must be at least 1")
     if "se" in values and not 0 < se_ratio <= 1:
-        raise bad("se", f"SE ratio must be in (0, 1], got {values['se']}; omit se for no SE")
+        raise options.invalid("se", f"SE ratio must be in (0, 1], got {values['se']}; omit se for no SE")
     for key, what, value, limit in (
         ("r", "repeats (r)", repeats, DEPTH),
         ("k", "kernel (k)", kernel, KERNEL),
@@ -255,7 +274,7 @@ def block_from_string(
         ("e", "expansion (e)", expansion, EXPANSION),
     ):
         if key in values:
-            limit.check(value, f"{where}: {what}", position=value_positions[key], token=key + values[key])
+            limit.check(value, f"{options.where}: {what}", position=options.positions[key], token=key + values[key])
     common = dict(
         in_channels=in_channels,
         out_channels=out_channels,
@@ -263,15 +282,15 @@ def block_from_string(
         kernel=kernel,
         repeats=repeats,
         stage=stage,
-        relu=bool(relu),
+        relu=bool(options.relu),
     )
-    if kind == "ir":
+    if options.kind == "ir":
         if expansion <= 0:
-            raise bad("e", f"expansion (e) must be positive, got {values['e']}")
+            raise options.invalid("e", f"expansion (e) must be positive, got {values['e']}")
         return BinasIR(**common, expansion=expansion, se_ratio=_normalise(se_ratio) if se_ratio else 0.0)
-    if kind == "ds":
+    if options.kind == "ds":
         if "e" in values and expansion != 1:
-            raise bad("e", f"a ds block has no expansion; write e1 or leave e out, got e{values['e']}")
+            raise options.invalid("e", f"a ds block has no expansion; write e1 or leave e out, got e{values['e']}")
         return BinasDS(**common, se_ratio=_normalise(se_ratio) if se_ratio else 0.0)
     return BinasConv(**common)
 

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 
 from zennas.arch import register_dialect
 from zennas.arch.ir import ArchSpec, BlockSpec, check_channel_chain, check_choice, check_positive
-from zennas.arch.limits import CHANNELS, DEPTH, EXPANSION, check_total_depth
-from zennas.arch.tokens import RawToken, check_no_stray_close, format_tokens, looks_like_tokens, tokenize
+from zennas.arch.limits import CHANNELS, DEPTH, EXPANSION
+from zennas.arch.tokens import RawToken, format_tokens, looks_like_tokens, parse_blocks
 from zennas.errors import ArchValueError, UnknownTokenError
 
 DIALECT = "genet"
@@ -36,50 +36,44 @@ class GenConv(BlockSpec):
 
 
 @dataclass(frozen=True, kw_only=True)
-class GenBN(BlockSpec):
+class _GenPassThrough(BlockSpec):
+    """A token that keeps its channel count and adds no layer to the sub_layers budget (BN, RELU, the pool)."""
+
+    token = ""  # the token's name (a class attribute, not a field)
+
+    @property
+    def name(self) -> str:
+        return self.token
+
+    @property
+    def depth(self) -> int:
+        return 0
+
+    def args(self) -> tuple:
+        return (self.out_channels,)
+
+
+@dataclass(frozen=True, kw_only=True)
+class GenBN(_GenPassThrough):
     """`BN(c)`."""
 
-    @property
-    def name(self) -> str:
-        return "BN"
-
-    @property
-    def depth(self) -> int:
-        return 0
-
-    def args(self) -> tuple:
-        return (self.out_channels,)
+    token = "BN"
 
 
 @dataclass(frozen=True, kw_only=True)
-class GenReLU(BlockSpec):
+class GenReLU(_GenPassThrough):
     """`RELU(c)`."""
 
-    @property
-    def name(self) -> str:
-        return "RELU"
-
-    @property
-    def depth(self) -> int:
-        return 0
-
-    def args(self) -> tuple:
-        return (self.out_channels,)
+    token = "RELU"
 
 
 @dataclass(frozen=True, kw_only=True)
-class GenPool(BlockSpec):
+class GenPool(_GenPassThrough):
     """`AdaptiveAvgPool(c,1)`: the trailing pool; the builder replaces it by global pooling."""
 
     output_size: int = 1
 
-    @property
-    def name(self) -> str:
-        return "AdaptiveAvgPool"
-
-    @property
-    def depth(self) -> int:
-        return 0
+    token = "AdaptiveAvgPool"
 
     def args(self) -> tuple:
         return (self.out_channels, self.output_size)
@@ -186,18 +180,13 @@ class GENetDialect:
     def parse(self, text: str, *, rechain: bool = False) -> ArchSpec:
         if rechain:
             raise ArchValueError("rechain repair is only offered for the zennas-v1 dialect; drop --rechain")
-        check_no_stray_close(text)
-        tokens = tokenize(text)
-        blocks = tuple(_block_from_token(tok) for tok in tokens)
-        positions = tuple(tok.position for tok in tokens)
-        check_total_depth([block.depth for block in blocks], positions, what="sub_layers")
+        blocks, positions, labels = parse_blocks(text, _block_from_token)
         check_channel_chain(blocks, positions)
         for index, block in enumerate(blocks[:-1]):
             if isinstance(block, GenPool):
                 raise ArchValueError(
-                    "AdaptiveAvgPool may only be the last token", position=tokens[index].position, token=block.name
+                    "AdaptiveAvgPool may only be the last token", position=positions[index], token=block.name
                 )
-        labels = tuple(tok.label for tok in tokens)
         source = labels if any(label is not None for label in labels) else None
         return ArchSpec(DIALECT, blocks, source)
 

@@ -29,7 +29,7 @@ MAX_FEATURE_ELEMENTS = 2**31 - 1
 
 @dataclass(frozen=True)
 class Limit:
-    """An upper bound on one kind of architecture number, with the reason given in its error."""
+    """An upper bound on one kind of number zennas counts and builds, with the reason given in its error."""
 
     maximum: int
     unit: str  # e.g. "layer": the error reads "the 10,000-layer limit"
@@ -38,12 +38,14 @@ class Limit:
     def check(self, value: float, what: str, *, position: int | None = None, token: str | None = None) -> None:
         """Raise ArchValueError if `value` exceeds the limit (`what` names the number and its block)."""
         if value > self.maximum:
-            raise ArchValueError(
-                f"{what} {_number(value)} exceeds the {self.maximum:,}-{self.unit} limit zennas can count and "
-                f"build; {self.published}",
-                position=position,
-                token=token,
-            )
+            raise ArchValueError(self.exceeded(value, what), position=position, token=token)
+
+    def exceeded(self, value: float, what: str) -> str:
+        """The message for `value` above the limit: one wording for architecture numbers and settings alike."""
+        return (
+            f"{what} {_number(value)} exceeds the {self.maximum:,}-{self.unit} limit zennas can count and "
+            f"build; {self.published}"
+        )
 
 
 # Depth in the dialect's own layer convention (ZenNAS/GENet sub_layers, TinyNAS conv layers,
@@ -54,6 +56,9 @@ BLOCKS = Limit(10_000, "block", "published networks have at most ~40")
 CHANNELS = Limit(65_536, "channel", "published networks have at most 6,704 (the ZenNet heads)")
 KERNEL = Limit(15, "pixel kernel", "published networks use kernels of at most 7")
 EXPANSION = Limit(64, "times expansion", "published networks expand at most 6 times")
+# Settings, not architecture numbers: refused with ConfigError (no text position), in the same words.
+_RESOLUTION = Limit(MAX_RESOLUTION, "pixel", "published networks use inputs of at most 640; use a smaller resolution")
+_CLASSES = Limit(MAX_CLASSES, "class", "the largest label sets in use have ~2 million classes")
 
 
 def _number(value: float) -> str:
@@ -86,24 +91,22 @@ def check_total_depth(depths: Sequence[int], positions: Sequence[int | None] | N
 
 def check_resolution(resolution: int) -> None:
     """Raise ConfigError unless `resolution` is a positive integer within MAX_RESOLUTION."""
-    if isinstance(resolution, bool) or not isinstance(resolution, int) or resolution < 1:
-        raise ConfigError(f"resolution must be a positive integer, got {resolution!r}")
-    if resolution > MAX_RESOLUTION:
-        raise ConfigError(
-            f"resolution {resolution} exceeds the {MAX_RESOLUTION:,}-pixel limit zennas can count and build; "
-            "published networks use inputs of at most 640; use a smaller resolution"
-        )
+    _check_setting(resolution, "resolution", _RESOLUTION, low=1, requirement="a positive integer")
 
 
 def check_num_classes(num_classes: int) -> None:
     """Raise ConfigError unless `num_classes` is a non-negative integer within MAX_CLASSES."""
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 0:
-        raise ConfigError(f"num_classes must be a non-negative integer (0 = backbone only), got {num_classes!r}")
-    if num_classes > MAX_CLASSES:
-        raise ConfigError(
-            f"num_classes {num_classes} exceeds the {MAX_CLASSES:,}-class limit zennas can count and build; "
-            "the largest label sets in use have ~2 million classes"
-        )
+    _check_setting(
+        num_classes, "num_classes", _CLASSES, low=0, requirement="a non-negative integer (0 = backbone only)"
+    )
+
+
+def _check_setting(value: int, what: str, limit: Limit, *, low: int, requirement: str) -> None:
+    """Raise ConfigError unless `value` is an int (a bool is not) from `low` up to `limit`."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ConfigError(f"{what} must be {requirement}, got {value!r}")
+    if value > limit.maximum:
+        raise ConfigError(limit.exceeded(value, what))
 
 
 __all__ = [

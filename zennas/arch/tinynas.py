@@ -13,7 +13,7 @@ from __future__ import annotations
 import ast
 import re
 import warnings
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from zennas.arch import register_dialect
@@ -493,6 +493,41 @@ def _check_kernel(kernel: int, cls: str, position: int | None) -> None:
 
 def _block_from_dict(node: ast.expr, source: _Source) -> tuple[TinyBlock, tuple[tuple[str, Any], ...]]:
     """A block spec and its informational extras (key, value) from one block dict node."""
+    fields = _block_fields(node, source)
+    common = _common_values(fields)
+    block: TinyBlock
+    if fields.cls == CONV_CLASS:
+        block, extras = _conv_block(fields, common)
+    else:
+        block, extras = _res_block(fields, common)
+    extras += _written_defaults(fields, common)
+    return block, tuple(sorted(extras, key=lambda kv: _EXTRA_ORDER.index(kv[0])))
+
+
+_EXTRA_ORDER = ("g", "p", "act", *_RES_INFO_KEYS)
+
+
+@dataclass(frozen=True)
+class _BlockDict:
+    """A block dict whose class and key set are valid: typed reads of its values, each error at its value."""
+
+    cls: str
+    values: dict[str, ast.expr]  # key -> value node
+    source: _Source
+    where: int | None  # position of the dict: where an absent key is reported
+
+    def integer(self, key: str) -> int:
+        return _int_value(key, self.values[key], self.source, self.cls)
+
+    def string(self, key: str) -> str:
+        return _str_value(key, self.values[key], self.source, self.cls)
+
+    def pos(self, key: str) -> int | None:
+        return self.source.at(self.values[key]) if key in self.values else self.where
+
+
+def _block_fields(node: ast.expr, source: _Source) -> _BlockDict:
+    """The block dict's class and value nodes, once every key is known to that class and none is missing."""
     if not isinstance(node, ast.Dict):
         raise ArchSyntaxError(
             f"expected a block dict {{'class': ..., 'in': ..., ...}}, got {_describe(node)}",
@@ -500,7 +535,6 @@ def _block_from_dict(node: ast.expr, source: _Source) -> tuple[TinyBlock, tuple[
         )
     pairs = _key_value_pairs(node, source, "block")
     values = {key: value_node for key, _, value_node in pairs}
-    key_nodes = {key: key_node for key, key_node, _ in pairs}
     where = source.at(node)
     if "class" not in values:
         raise ArchSyntaxError(f"block has no 'class' key; use one of: {', '.join(CLASSES)}", position=where)
@@ -514,155 +548,179 @@ def _block_from_dict(node: ast.expr, source: _Source) -> tuple[TinyBlock, tuple[
             position=source.at(values["class"]),
             token=cls,
         )
+    _check_keys(cls, pairs, source, where)
+    return _BlockDict(cls, values, source, where)
+
+
+def _check_keys(cls: str, pairs: list[tuple[str, ast.expr, ast.expr]], source: _Source, where: int | None) -> None:
+    """Raise on a key the class does not know and on a required key that is absent."""
     is_conv = cls == CONV_CLASS
     required = _CONV_KEYS if is_conv else _RES_KEYS
     info_keys = _CONV_INFO_KEYS if is_conv else _RES_INFO_KEYS
     allowed = set(required) | set(_OPTIONAL_KEYS) | set(info_keys)
-    for key in values:
+    for key, key_node, _ in pairs:
         if key not in allowed:
             extra = " (3-D video structures are not supported)" if key == "kt" else ""
             known = ", ".join((*required, *_OPTIONAL_KEYS, *info_keys))
             raise ArchSyntaxError(
                 f"{cls}: unknown key {key!r}{extra}; allowed keys: {known}",
-                position=source.at(key_nodes[key]),
+                position=source.at(key_node),
                 token=key,
             )
+    present = {key for key, _, _ in pairs}
     for key in required:
-        if key not in values and key != "s":  # TinyNAS defaults a missing stride to 1
+        if key not in present and key != "s":  # TinyNAS defaults a missing stride to 1
             raise ArchSyntaxError(
                 f"{cls}: missing key {key!r}; a {cls} block needs {', '.join(repr(k) for k in required)}",
                 position=where,
                 token=key,
             )
 
-    def integer(key: str) -> int:
-        return _int_value(key, values[key], source, cls)
 
-    def pos(key: str) -> int | None:
-        return source.at(values[key]) if key in values else where
+@dataclass(frozen=True)
+class _CommonValues:
+    """The keys of both block kinds, read and checked on their own: in, out, s, k and the optional g, act, p."""
 
-    c_in, c_out = integer("in"), integer("out")
+    in_channels: int
+    out_channels: int
+    stride: int
+    kernel: int
+    groups: int
+    act: str | None
+    padding: int | None
+
+    def block_fields(self) -> dict[str, Any]:
+        """The fields TinyConv and TinyRes share, by name (padding is TinyConv's alone)."""
+        shared = asdict(self)
+        del shared["padding"]
+        return shared
+
+
+def _common_values(fields: _BlockDict) -> _CommonValues:
+    """Widths, stride, kernel and activation in their ranges; groups and padding are checked per kind."""
+    cls, pos = fields.cls, fields.pos
+    c_in, c_out = fields.integer("in"), fields.integer("out")
     CHANNELS.check(c_in, f"{cls}: input channels 'in'", position=pos("in"), token="in")
     CHANNELS.check(c_out, f"{cls}: output channels 'out'", position=pos("out"), token="out")
     _check_range(c_in, 1, MAX_CHANNELS, f"{cls}: input channels 'in'", pos("in"), "in")
     _check_range(c_out, 1, MAX_CHANNELS, f"{cls}: output channels 'out'", pos("out"), "out")
-    stride = integer("s") if "s" in values else 1
+    stride = fields.integer("s") if "s" in fields.values else 1
     if stride not in STRIDES:
         raise ArchValueError(f"{cls}: stride 's' must be 1 or 2, got {stride}", position=pos("s"), token="s")
-    kernel = integer("k")
+    kernel = fields.integer("k")
     _check_kernel(kernel, cls, pos("k"))
-    groups = integer("g") if "g" in values else 1
-    act = _str_value("act", values["act"], source, cls) if "act" in values else None
+    groups = fields.integer("g") if "g" in fields.values else 1
+    act = fields.string("act") if "act" in fields.values else None
     if act is not None and act not in ACTIVATIONS:
         raise ArchValueError(
             f"{cls}: unknown activation {act!r}; TinyNAS knows: {', '.join(ACTIVATIONS)}",
             position=pos("act"),
             token="act",
         )
-    padding = integer("p") if "p" in values else None
+    padding = fields.integer("p") if "p" in fields.values else None
+    return _CommonValues(c_in, c_out, stride, kernel, groups, act, padding)
 
+
+def _conv_block(fields: _BlockDict, common: _CommonValues) -> tuple[TinyConv, list[tuple[str, Any]]]:
+    """ConvKXBNRELU and its bit widths: any padding up to 'same', groups dividing both widths."""
+    cls, kernel, groups, padding = fields.cls, common.kernel, common.groups, common.padding
+    c_in, c_out = common.in_channels, common.out_channels
+    if padding is not None and not 0 <= padding <= (kernel - 1) // 2:
+        raise ArchValueError(
+            f"{cls}: padding 'p' must be in [0, (k-1)//2] = [0, {(kernel - 1) // 2}], got {padding}",
+            position=fields.pos("p"),
+            token="p",
+        )
+    if groups < 1 or c_in % groups or c_out % groups:
+        raise ArchValueError(
+            f"{cls}: groups 'g' must be a positive divisor of in ({c_in}) and out ({c_out}), got {groups}",
+            position=fields.pos("g"),
+            token="g",
+        )
+    return TinyConv(**common.block_fields(), padding=padding), _bit_widths(fields, None)
+
+
+def _res_block(fields: _BlockDict, common: _CommonValues) -> tuple[TinyRes, list[tuple[str, Any]]]:
+    """A super-block and its TinyNAS bookkeeping keys: 'same' padding only, groups dividing in, btn and out."""
+    cls, kernel, groups, pos = fields.cls, common.kernel, common.groups, fields.pos
+    num_inner, bottleneck = fields.integer("L"), fields.integer("btn")
+    _check_range(num_inner, 1, MAX_INNER, f"{cls}: inner-block count 'L'", pos("L"), "L")
+    CHANNELS.check(bottleneck, f"{cls}: bottleneck width 'btn'", position=pos("btn"), token="btn")
+    _check_range(bottleneck, 1, MAX_CHANNELS, f"{cls}: bottleneck width 'btn'", pos("btn"), "btn")
+    if common.padding is not None and common.padding != (kernel - 1) // 2:
+        raise ArchValueError(
+            f"{cls}: padding 'p' must be (k-1)//2 = {(kernel - 1) // 2} (another padding changes the feature "
+            f"size and breaks the residual add); remove 'p'",
+            position=pos("p"),
+            token="p",
+        )
+    # TinyNAS groups every main-path conv except the depthwise one (which has groups = btn).
+    grouped = (common.in_channels, bottleneck, common.out_channels)
+    if groups < 1 or any(c % groups for c in grouped):
+        raise ArchValueError(
+            f"{cls}: groups 'g' must be a positive divisor of in, btn and out ({', '.join(map(str, grouped))}), "
+            f"got {groups}",
+            position=pos("g"),
+            token="g",
+        )
+    block = TinyRes(**common.block_fields(), kind=cls, bottleneck=bottleneck, num_inner=num_inner)
+    return block, _res_info(fields) + _bit_widths(fields, block.depth)  # depth: the inner convs, convs x L
+
+
+def _res_info(fields: _BlockDict) -> list[tuple[str, Any]]:
+    """The super-block keys TinyNAS writes back without changing the float network, checked for type and range."""
+    cls, values, pos = fields.cls, fields.values, fields.pos
     extras: list[tuple[str, Any]] = []
-    # Optional semantic keys written at their default are kept for re-emission (they vanish from the spec).
-    if is_conv:
-        if padding is not None and not 0 <= padding <= (kernel - 1) // 2:
+    if "inner_class" in values:
+        inner_class = SUPER_CLASSES[cls][0]
+        written = fields.string("inner_class")
+        if written != inner_class:
             raise ArchValueError(
-                f"{cls}: padding 'p' must be in [0, (k-1)//2] = [0, {(kernel - 1) // 2}], got {padding}",
-                position=pos("p"),
-                token="p",
+                f"{cls}: 'inner_class' must be {inner_class!r} (TinyNAS writes it back), got {written!r}; "
+                "fix or remove it",
+                position=pos("inner_class"),
+                token="inner_class",
             )
-        if groups < 1 or c_in % groups or c_out % groups:
-            raise ArchValueError(
-                f"{cls}: groups 'g' must be a positive divisor of in ({c_in}) and out ({c_out}), got {groups}",
-                position=pos("g"),
-                token="g",
+        extras.append(("inner_class", written))
+    if "force_resproj" in values:
+        ok, flag = _scalar(values["force_resproj"])
+        if not ok or not isinstance(flag, bool):
+            raise ArchSyntaxError(
+                f"{cls}: 'force_resproj' must be True or False, got {_describe(values['force_resproj'])}",
+                position=pos("force_resproj"),
+                token="force_resproj",
             )
-        block: TinyBlock = TinyConv(
-            in_channels=c_in, out_channels=c_out, stride=stride, kernel=kernel, groups=groups, padding=padding, act=act
-        )
-        explicit_defaults = {"g": groups == 1, "p": padding == (kernel - 1) // 2, "act": act == "relu"}
-        if "nbitsA" in values or "nbitsW" in values:
-            _need_both(values, source, cls, where)
-            for key in ("nbitsA", "nbitsW"):
-                extras.append((key, _bits_value(key, values[key], source, cls, None)))
-    else:
-        inner_class, convs, default_act = SUPER_CLASSES[cls]
-        num_inner, bottleneck = integer("L"), integer("btn")
-        _check_range(num_inner, 1, MAX_INNER, f"{cls}: inner-block count 'L'", pos("L"), "L")
-        CHANNELS.check(bottleneck, f"{cls}: bottleneck width 'btn'", position=pos("btn"), token="btn")
-        _check_range(bottleneck, 1, MAX_CHANNELS, f"{cls}: bottleneck width 'btn'", pos("btn"), "btn")
-        if padding is not None and padding != (kernel - 1) // 2:
-            raise ArchValueError(
-                f"{cls}: padding 'p' must be (k-1)//2 = {(kernel - 1) // 2} (another padding changes the feature "
-                f"size and breaks the residual add); remove 'p'",
-                position=pos("p"),
-                token="p",
-            )
-        # TinyNAS groups every main-path conv except the depthwise one (which has groups = btn).
-        grouped = (c_in, bottleneck, c_out)
-        if groups < 1 or any(c % groups for c in grouped):
-            raise ArchValueError(
-                f"{cls}: groups 'g' must be a positive divisor of in, btn and out ({', '.join(map(str, grouped))}), "
-                f"got {groups}",
-                position=pos("g"),
-                token="g",
-            )
-        block = TinyRes(
-            in_channels=c_in,
-            out_channels=c_out,
-            stride=stride,
-            kind=cls,
-            kernel=kernel,
-            bottleneck=bottleneck,
-            num_inner=num_inner,
-            groups=groups,
-            act=act,
-        )
-        explicit_defaults = {"g": groups == 1, "p": True, "act": act == default_act}
-        if "inner_class" in values:
-            written = _str_value("inner_class", values["inner_class"], source, cls)
-            if written != inner_class:
-                raise ArchValueError(
-                    f"{cls}: 'inner_class' must be {inner_class!r} (TinyNAS writes it back), got {written!r}; "
-                    "fix or remove it",
-                    position=pos("inner_class"),
-                    token="inner_class",
-                )
-            extras.append(("inner_class", written))
-        if "force_resproj" in values:
-            ok, flag = _scalar(values["force_resproj"])
-            if not ok or not isinstance(flag, bool):
-                raise ArchSyntaxError(
-                    f"{cls}: 'force_resproj' must be True or False, got {_describe(values['force_resproj'])}",
-                    position=pos("force_resproj"),
-                    token="force_resproj",
-                )
-            extras.append(("force_resproj", flag))
-        if "force_resproj_skip" in values:
-            skip = integer("force_resproj_skip")
-            where_skip = pos("force_resproj_skip")
-            _check_range(skip, 1, MAX_INNER, f"{cls}: 'force_resproj_skip'", where_skip, "force_resproj_skip")
-            extras.append(("force_resproj_skip", skip))
-        if "nbitsA" in values or "nbitsW" in values:
-            _need_both(values, source, cls, where)
-            for key in ("nbitsA", "nbitsW"):
-                extras.append((key, _bits_value(key, values[key], source, cls, convs * num_inner)))
-    for key in _OPTIONAL_KEYS:
-        if key in values and explicit_defaults[key]:
-            extras.append((key, {"g": groups, "p": padding, "act": act}[key]))
-    return block, tuple(sorted(extras, key=lambda kv: _EXTRA_ORDER.index(kv[0])))
+        extras.append(("force_resproj", flag))
+    if "force_resproj_skip" in values:
+        skip = fields.integer("force_resproj_skip")
+        where_skip = pos("force_resproj_skip")
+        _check_range(skip, 1, MAX_INNER, f"{cls}: 'force_resproj_skip'", where_skip, "force_resproj_skip")
+        extras.append(("force_resproj_skip", skip))
+    return extras
 
 
-_EXTRA_ORDER = ("g", "p", "act", *_RES_INFO_KEYS)
-
-
-def _need_both(values: dict[str, ast.expr], source: _Source, cls: str, where: int | None) -> None:
+def _bit_widths(fields: _BlockDict, length: int | None) -> list[tuple[str, Any]]:
+    """nbitsA and nbitsW, both or neither: ints for a conv (length None), else one per inner conv."""
+    values = fields.values
+    if "nbitsA" not in values and "nbitsW" not in values:
+        return []
     missing = [key for key in ("nbitsA", "nbitsW") if key not in values]
     if missing:
         raise ArchSyntaxError(
-            f"{cls}: quantised blocks need both 'nbitsA' and 'nbitsW'; add {missing[0]!r} or remove the other",
-            position=where,
+            f"{fields.cls}: quantised blocks need both 'nbitsA' and 'nbitsW'; add {missing[0]!r} or remove the other",
+            position=fields.where,
             token=missing[0],
         )
+    return [(key, _bits_value(key, values[key], fields.source, fields.cls, length)) for key in ("nbitsA", "nbitsW")]
+
+
+def _written_defaults(fields: _BlockDict, common: _CommonValues) -> list[tuple[str, Any]]:
+    """Optional keys written at their default: the spec drops them, the extras keep them for re-emission."""
+    default_act = "relu" if fields.cls == CONV_CLASS else SUPER_CLASSES[fields.cls][2]
+    # A super-block's 'p' is always at its default: _res_block refuses any other padding.
+    written = {"g": common.groups, "p": common.padding, "act": common.act}
+    default = {"g": 1, "p": (common.kernel - 1) // 2, "act": default_act}
+    return [(key, written[key]) for key in _OPTIONAL_KEYS if key in fields.values and written[key] == default[key]]
 
 
 def _spec_from_list(node: ast.List, source: _Source, *, rechain: bool) -> ArchSpec:
@@ -707,37 +765,24 @@ def _literal(value: Any) -> str:
 
 def block_dict(block: BlockSpec) -> dict[str, Any]:
     """Canonical TinyNAS dict of one block (optional keys only where they differ from the default)."""
-    if isinstance(block, TinyConv):
-        out: dict[str, Any] = {
-            "class": CONV_CLASS,
-            "in": block.in_channels,
-            "out": block.out_channels,
-            "s": block.stride,
-            "k": block.kernel,
-        }
-        if block.groups != 1:
-            out["g"] = block.groups
-        if block.padding is not None:
-            out["p"] = block.padding
-        if block.act is not None:
-            out["act"] = block.act
-        return out
+    if not isinstance(block, TinyConv | TinyRes):
+        raise TypeError(f"{type(block).__name__} is not a {DIALECT} block")
+    out: dict[str, Any] = {
+        "class": CONV_CLASS if isinstance(block, TinyConv) else block.kind,
+        "in": block.in_channels,
+        "out": block.out_channels,
+        "s": block.stride,
+        "k": block.kernel,
+    }
     if isinstance(block, TinyRes):
-        out = {
-            "class": block.kind,
-            "in": block.in_channels,
-            "out": block.out_channels,
-            "s": block.stride,
-            "k": block.kernel,
-            "L": block.num_inner,
-            "btn": block.bottleneck,
-        }
-        if block.groups != 1:
-            out["g"] = block.groups
-        if block.act is not None:
-            out["act"] = block.act
-        return out
-    raise TypeError(f"{type(block).__name__} is not a {DIALECT} block")
+        out.update(L=block.num_inner, btn=block.bottleneck)
+    if block.groups != 1:
+        out["g"] = block.groups
+    if isinstance(block, TinyConv) and block.padding is not None:
+        out["p"] = block.padding
+    if block.act is not None:
+        out["act"] = block.act
+    return out
 
 
 def _format_block(block: BlockSpec, extras: tuple[tuple[str, Any], ...]) -> str:

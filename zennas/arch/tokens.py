@@ -8,11 +8,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from zennas.arch.limits import BLOCKS, check_text_size
+from zennas.arch.limits import BLOCKS, check_text_size, check_total_depth
 from zennas.errors import ArchSyntaxError, ArchValueError
 
 if TYPE_CHECKING:
-    from zennas.arch.ir import ArchSpec
+    from zennas.arch.ir import ArchSpec, BlockSpec
 
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _INT = re.compile(r"[+-]?[0-9]+")
@@ -34,18 +34,14 @@ class RawToken:
         """Argument `index` as an int, or an error naming the token and position."""
         text = self.args[index]
         if not _INT.fullmatch(text):
-            raise ArchSyntaxError(
-                f"{self.name}: {what} must be an integer, got {text!r}",
-                position=self.arg_positions[index],
-                token=self.name,
-            )
+            raise self._arg_error(ArchSyntaxError, index, f"{what} must be an integer, got {text!r}")
         digits = len(text.lstrip("+-").lstrip("0"))
         if digits > _MAX_DIGITS:  # int() of thousands of digits is slow, then refused by Python itself
-            raise ArchValueError(
-                f"{self.name}: {what} {text!r} has {digits:,} digits, far beyond any limit zennas can count "
+            raise self._arg_error(
+                ArchValueError,
+                index,
+                f"{what} {text!r} has {digits:,} digits, far beyond any limit zennas can count "
                 f"and build (every architecture number has at most {_MAX_DIGITS} digits)",
-                position=self.arg_positions[index],
-                token=self.name,
             )
         return int(text)
 
@@ -53,20 +49,20 @@ class RawToken:
         """Argument `index` as a finite float, or an error naming the token and position."""
         text = self.args[index]
         if not _FLOAT.fullmatch(text):
-            raise ArchSyntaxError(
-                f"{self.name}: {what} must be a number, got {text!r}",
-                position=self.arg_positions[index],
-                token=self.name,
-            )
+            raise self._arg_error(ArchSyntaxError, index, f"{what} must be a number, got {text!r}")
         value = float(text)
         if not math.isfinite(value):  # '1e400' is a valid spelling of a float that overflows to inf
-            raise ArchValueError(
-                f"{self.name}: {what} {text!r} overflows a float to infinity; write a finite number "
+            raise self._arg_error(
+                ArchValueError,
+                index,
+                f"{what} {text!r} overflows a float to infinity; write a finite number "
                 "(published values are small ratios such as 0.25 or 6.0)",
-                position=self.arg_positions[index],
-                token=self.name,
             )
         return value
+
+    def _arg_error(self, kind: type[ArchSyntaxError], index: int, message: str) -> ArchSyntaxError:
+        """An error of `kind` prefixed by the token name, pointing at argument `index`."""
+        return kind(f"{self.name}: {message}", position=self.arg_positions[index], token=self.name)
 
     def expect_arity(self, names: tuple[str, ...]) -> None:
         """Raise unless the token has exactly one argument per entry of `names`."""
@@ -116,6 +112,18 @@ def tokenize(text: str) -> list[RawToken]:
         tokens.append(RawToken(name, label, tuple(args), start, tuple(positions)))
         i = close + 1
     return tokens
+
+
+def parse_blocks(
+    text: str, block_from_token: Callable[[RawToken], BlockSpec]
+) -> tuple[tuple[BlockSpec, ...], tuple[int, ...], tuple[str | None, ...]]:
+    """Blocks, positions and labels of a token-stream text: the reading both token dialects share."""
+    check_no_stray_close(text)
+    tokens = tokenize(text)
+    blocks = tuple(block_from_token(tok) for tok in tokens)
+    positions = tuple(tok.position for tok in tokens)
+    check_total_depth([block.depth for block in blocks], positions, what="sub_layers")
+    return blocks, positions, tuple(tok.label for tok in tokens)
 
 
 def _matching_paren(s: str, open_index: int) -> int:

@@ -12,8 +12,8 @@ from dataclasses import dataclass, replace
 from zennas.arch import register_dialect
 from zennas.arch.ir import ArchSpec, BlockSpec, check_channel_chain, check_choice, check_positive
 from zennas.arch.ir import rechain as rechain_blocks
-from zennas.arch.limits import CHANNELS, DEPTH, check_total_depth
-from zennas.arch.tokens import RawToken, check_no_stray_close, format_tokens, looks_like_tokens, tokenize
+from zennas.arch.limits import CHANNELS, DEPTH
+from zennas.arch.tokens import RawToken, format_tokens, looks_like_tokens, parse_blocks
 from zennas.errors import ArchSyntaxError, UnknownTokenError
 
 DIALECT = "zennas-v1"
@@ -164,16 +164,11 @@ class ZenNASDialect:
     description = "ZenNAS / ZenNet strings: SuperConvK3BNRELU(3,32,2,1)SuperResK1K5K1(32,64,2,16,3)..."
 
     def parse(self, text: str, *, rechain: bool = False) -> ArchSpec:
-        check_no_stray_close(text)
-        tokens = tokenize(text)
-        blocks = tuple(_block_from_token(tok) for tok in tokens)
-        positions = tuple(tok.position for tok in tokens)
-        check_total_depth([block.depth for block in blocks], positions, what="sub_layers")
+        blocks, positions, labels = parse_blocks(text, _block_from_token)
         if rechain:
             blocks = rechain_blocks(blocks)
         else:
             check_channel_chain(blocks, positions)
-        labels = tuple(tok.label for tok in tokens)
         source = labels if any(label is not None for label in labels) and not rechain else None
         return ArchSpec(DIALECT, blocks, source)
 
