@@ -16,6 +16,16 @@ from typing import Generic, TypeVar, overload
 from zennas.errors import ConfigError
 
 T = TypeVar("T")
+# Every dialect family, one module of that name in each of zennas.arch, counting, blocks and spaces:
+# adding a dialect adds its name here, and each layer's registry then imports <package>.<name>.
+FAMILIES = ("binas", "genet", "nb201", "tinynas", "zennas")
+
+
+def family_modules(package: str) -> tuple[str, ...]:
+    """The dialect-family modules of `package` (e.g. "zennas.counting"): what its registries import."""
+    return tuple(f"{package}.{family}" for family in FAMILIES)
+
+
 _NO_ENTRY = object()  # register(name) without an entry: the decorator form
 
 

@@ -11,7 +11,7 @@ from typing import Protocol
 from zennas.arch.ir import ArchSpec, BlockSpec
 from zennas.arch.limits import check_text_size
 from zennas.errors import ArchSyntaxError, UnknownDialectError, UnknownTokenError, excerpt
-from zennas.registry import Registry
+from zennas.registry import Registry, family_modules
 
 
 class Dialect(Protocol):
@@ -36,13 +36,7 @@ class Dialect(Protocol):
 # The built-in dialect modules register themselves when the first lookup imports them.
 DIALECTS: Registry[Dialect] = Registry(
     "dialect",
-    (
-        "zennas.arch.binas",
-        "zennas.arch.genet",
-        "zennas.arch.nb201",
-        "zennas.arch.tinynas",
-        "zennas.arch.zennas",
-    ),
+    family_modules("zennas.arch"),
     error=UnknownDialectError,
 )
 

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 from zennas.arch import ArchSpec
 from zennas.arch.limits import check_num_classes
-from zennas.registry import Registry
+from zennas.registry import Registry, family_modules
 
 if TYPE_CHECKING:
     from torch import nn
@@ -43,13 +43,7 @@ class BuildOptions:
 Builder = Callable[[ArchSpec, BuildOptions], "nn.Module"]
 BUILDERS: Registry[Builder] = Registry(
     "builder",
-    (
-        "zennas.blocks.binas",
-        "zennas.blocks.genet",
-        "zennas.blocks.nb201",
-        "zennas.blocks.tinynas",
-        "zennas.blocks.zennas",
-    ),
+    family_modules("zennas.blocks"),
     unknown="no builder for dialect {name!r}",
     duplicate="a builder for {name!r} is already registered",
 )

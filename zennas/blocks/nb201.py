@@ -14,9 +14,8 @@ from zennas.arch import ArchSpec
 from zennas.arch.nb201 import CELLS_PER_STAGE, DIALECT, EDGES, NUM_NODES, WIDTH, cell_of
 from zennas.blocks.base import BuildOptions, register_builder
 from zennas.blocks.network import ClassifierHead, Network
+from zennas.counting.nb201 import STAGE_WIDTHS
 from zennas.errors import ConfigError
-
-STAGE_WIDTHS = (WIDTH, 2 * WIDTH, 4 * WIDTH)
 
 
 def _bn(channels: int, bn: bool) -> list[nn.Module]:

@@ -12,12 +12,16 @@ import torch
 from torch import nn
 
 from zennas.arch import ArchSpec
-from zennas.arch.tinynas import InnerBlock, TinyConv, TinyRes, inner_blocks, se_width
+from zennas.arch.tinynas import InnerBlock, TinyConv, TinyRes, inner_blocks
 from zennas.blocks.base import BuildOptions, register_builder
 from zennas.blocks.network import ClassifierHead, Network
+from zennas.counting import LayerRecord
+from zennas.counting.tinynas import conv_layer, inner_layers
 from zennas.errors import ConfigError
 
 BN_EPS = 1e-5
+# The input side the counting records are asked for: modules do not depend on it (only the records' sides do).
+LAYOUT_SIDE = 1
 
 
 def activation(name: str) -> nn.Module:
@@ -46,17 +50,32 @@ def conv_bn(
     return layers
 
 
-class TinySE(nn.Module):
-    """TinyNAS SE: pool -> 1x1 (c->m) + BN -> SiLU -> 1x1 (m->c) + BN -> sigmoid -> scale the input."""
+def record_conv_bn(record: LayerRecord, *, bn: bool) -> list[nn.Module]:
+    """The conv of a counting record, then its BN unless `bn` is False: the layout comes from counting."""
+    return conv_bn(
+        record.c_in,
+        record.c_out,
+        record.kernel,
+        record.stride,
+        groups=record.groups,
+        padding=record.padding,
+        bn=bn and record.bn,
+    )
 
-    def __init__(self, channels: int, *, bn: bool = True):
+
+class TinySE(nn.Module):
+    """TinyNAS SE: pool -> 1x1 (c->m) + BN -> SiLU -> 1x1 (m->c) + BN -> sigmoid -> scale the input.
+
+    Built from its two counting records, the squeeze (c -> m) and the excite (m -> c) conv.
+    """
+
+    def __init__(self, squeeze: LayerRecord, excite: LayerRecord, *, bn: bool = True):
         super().__init__()
-        mid = se_width(channels)
         self.gate = nn.Sequential(
             nn.AdaptiveAvgPool2d(1),
-            *conv_bn(channels, mid, 1, bn=bn),
+            *record_conv_bn(squeeze, bn=bn),
             nn.SiLU(),  # fixed in TinyNAS, whatever the block's act
-            *conv_bn(mid, channels, 1, bn=bn),
+            *record_conv_bn(excite, bn=bn),
             nn.Sigmoid(),
         )
 
@@ -69,16 +88,8 @@ class ConvKXBNAct(nn.Module):
 
     def __init__(self, block: TinyConv, options: BuildOptions):
         super().__init__()
-        layers = conv_bn(
-            block.in_channels,
-            block.out_channels,
-            block.kernel,
-            block.stride,
-            groups=block.groups,
-            padding=block.pad,
-            bn=options.bn,
-        )
-        self.layers = nn.Sequential(*layers, activation(block.activation))
+        conv = conv_layer(block, LAYOUT_SIDE)
+        self.layers = nn.Sequential(*record_conv_bn(conv, bn=options.bn), activation(block.activation))
         # Only a reduced padding can make the output empty; check then, so the error says what to do.
         self.min_side = block.kernel - 2 * block.pad if block.pad < (block.kernel - 1) // 2 else 0
 
@@ -91,9 +102,28 @@ class ConvKXBNAct(nn.Module):
         return self.layers(x)
 
 
+def inner_body(records: list[LayerRecord], act: str, *, bn: bool) -> list[nn.Module]:
+    """The main path of an inner block from its counting records: conv-BN-act ... conv-BN, SE where it stands.
+
+    No act follows the last conv (the block's act follows the add); an SE's two records make one TinySE.
+    """
+    main = [record for record in records if record.role == "main"]
+    layers: list[nn.Module] = []
+    pending = iter(records)
+    for record in pending:
+        if record.role == "se":  # the squeeze conv; its excite conv is the next record
+            layers.append(TinySE(record, next(pending), bn=bn))
+        elif record.role == "main":
+            layers += record_conv_bn(record, bn=bn)
+            if record is not main[-1]:  # the block's act comes after the add instead
+                layers.append(activation(act))
+    return layers
+
+
 class TinyResInner(nn.Module):
     """One TinyNAS residual inner block (ResK1KXK1, ResK1KX, ResKXKX, ResK1DWK1, ResK1DWSEK1).
 
+    Its convs are the records of `zennas.counting.tinynas.inner_layers`, the one spelling of the layout.
     body: the main-path convs with BN and act, no act after the last conv; SE after the depthwise
     act of ResK1DWSEK1. shortcut: AvgPool(2, 2) for stride 2, then a 1x1 projection + BN where the
     block has one; None when the block has no residual (depthwise blocks with in != out, or
@@ -102,52 +132,19 @@ class TinyResInner(nn.Module):
 
     def __init__(self, inner: InnerBlock, options: BuildOptions):
         super().__init__()
-        c, o, b, k, s, g, bn = (
-            inner.in_channels,
-            inner.out_channels,
-            inner.bottleneck,
-            inner.kernel,
-            inner.stride,
-            inner.groups,
-            options.bn,
-        )
-        act = inner.act
-        if inner.kind == "ResK1KXK1":
-            layers = [
-                *conv_bn(c, b, 1, groups=g, bn=bn),
-                activation(act),
-                *conv_bn(b, b, k, s, groups=g, bn=bn),
-                activation(act),
-                *conv_bn(b, o, 1, groups=g, bn=bn),
-            ]
-        elif inner.kind == "ResK1KX":
-            layers = [*conv_bn(c, b, 1, groups=g, bn=bn), activation(act), *conv_bn(b, o, k, s, groups=g, bn=bn)]
-        elif inner.kind == "ResKXKX":
-            # The stride sits on the second conv.
-            layers = [*conv_bn(c, b, k, groups=g, bn=bn), activation(act), *conv_bn(b, o, k, s, groups=g, bn=bn)]
-        elif inner.depthwise:
-            layers = [
-                *conv_bn(c, b, 1, groups=g, bn=bn),
-                activation(act),
-                *conv_bn(b, b, k, s, groups=b, bn=bn),
-                activation(act),
-            ]
-            if inner.has_se and options.use_se is not False:
-                layers.append(TinySE(b, bn=bn))
-            layers += conv_bn(b, o, 1, groups=g, bn=bn)
-        else:
-            raise ConfigError(f"unknown TinyNAS inner block {inner.kind!r}")
-        self.body = nn.Sequential(*layers)
+        records = inner_layers(inner, LAYOUT_SIDE, options.use_se is not False)
+        self.body = nn.Sequential(*inner_body(records, inner.act, bn=options.bn))
         self.residual = options.residual and inner.residual
         self.shortcut: nn.Module | None = None
         if self.residual:
             shortcut: list[nn.Module] = []
-            if s == 2:
+            if inner.pooled:
                 shortcut.append(nn.AvgPool2d(2, 2, ceil_mode=True))
-            if inner.projection:
-                shortcut += conv_bn(c, o, 1, bn=bn)
+            for record in records:
+                if record.role == "shortcut":  # the projection
+                    shortcut += record_conv_bn(record, bn=options.bn)
             self.shortcut = nn.Sequential(*shortcut)  # empty Sequential = identity
-        self.act = activation(act)
+        self.act = activation(inner.act)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.body(x)  # [B, out, ceil(H/s), ceil(W/s)]

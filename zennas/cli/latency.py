@@ -232,7 +232,7 @@ def latency_predict_command(
 @num_classes_option(None, default=1000, show_default=True)
 @batch_size_option(TABLE_BATCH_HELP)
 @seed_option()
-@rounds_options(5, 10, "networks", "measurement")
+@rounds_options(5, 10, "networks", "a measurement")
 @click.option("--chunk", type=POSITIVE, default=64, show_default=True,
               help="Networks measured together, round by round (at most 250M parameters per chunk).")  # fmt: skip
 @click.option("--threads", type=POSITIVE, help="CPU threads of the engine (default: the table's).")
@@ -320,7 +320,7 @@ def latency_validate_command(
 @click.option("--samples", type=POSITIVE, default=300, show_default=True,
               help="Space members whose operators (snapped to the channel grid) define the table's grid.")  # fmt: skip
 @click.option("--limit", type=POSITIVE, help="Measure at most the first N grid operators.")
-@rounds_options(10, 3, "operators", "entry")
+@rounds_options(10, 3, "operators", "an entry")
 @click.option(
     "--chunk",
     type=POSITIVE,

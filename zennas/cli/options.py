@@ -104,11 +104,11 @@ def arch_options(num_classes_help: str = "Classifier outputs; 0 = backbone only.
 
 def rounds_options(runs: int, rounds: int, what: str, measurement: str) -> Callable[[F], F]:
     """--runs and --rounds of an interleaved measurement: `rounds` passes over each chunk of `what`,
-    `runs` timed runs of each member per pass; a `measurement` is the median of all of them."""
+    `runs` timed runs of each member per pass; `measurement` (with its article) is the median of them all."""
     return options(
         click.option("--runs", type=POSITIVE, default=runs, show_default=True, help="Timed runs per round."),
         click.option("--rounds", type=POSITIVE, default=rounds, show_default=True,
-                     help=f"Interleaved rounds over each chunk of {what} (a {measurement}: median of runs x rounds)."),
+                     help=f"Interleaved rounds over each chunk of {what} ({measurement}: median of runs x rounds)."),
     )  # fmt: skip
 
 

@@ -12,10 +12,10 @@ entropy proxies read: a dialect's conv layout is written once, in its counting m
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from zennas.arch import ArchSpec
 from zennas.arch.limits import (
@@ -26,7 +26,7 @@ from zennas.arch.limits import (
     check_total_depth,
 )
 from zennas.errors import ConfigError
-from zennas.registry import Registry
+from zennas.registry import Registry, family_modules
 
 
 def conv_out(size: int, kernel: int, stride: int, padding: int | None = None) -> int:
@@ -44,11 +44,6 @@ def conv_params(c_in: int, c_out: int, kernel: int, groups: int = 1, bias: bool 
 def conv_macs(c_in: int, c_out: int, kernel: int, out_size: int, groups: int = 1) -> int:
     """Multiply-accumulates of a k x k convolution on an out_size x out_size output."""
     return c_in * c_out * kernel * kernel // groups * out_size * out_size
-
-
-def linear_head(channels: int, num_classes: int) -> tuple[int, int]:
-    """(params, MACs) of global pooling + Linear(channels, num_classes, bias); (0, 0) for no head."""
-    return channels * num_classes + num_classes, channels * num_classes
 
 
 class LayerRecord(NamedTuple):
@@ -101,6 +96,14 @@ class LayerRecord(NamedTuple):
         return conv_macs(self.c_in, self.c_out, self.kernel, self.out_side, self.groups)
 
 
+def totals(records: Iterable[LayerRecord]) -> tuple[int, int]:
+    """(params, MACs) of `records`: a counter's figures are these sums over the dialect's lowering."""
+    params = macs = 0
+    for record in records:
+        params, macs = params + record.params, macs + record.macs
+    return params, macs
+
+
 @lru_cache(maxsize=4096)
 def head_layers(channels: int, num_classes: int, side: int = 0) -> tuple[LayerRecord, ...]:
     """The Linear(channels, num_classes, bias) after global pooling of a `side` map; none when num_classes == 0."""
@@ -113,13 +116,7 @@ LayerGroups = tuple[tuple[LayerRecord, ...], ...]
 LayerGrouper = Callable[..., LayerGroups]
 LAYER_GROUPS: Registry[LayerGrouper] = Registry(
     "layer lowering",
-    (
-        "zennas.counting.binas",
-        "zennas.counting.genet",
-        "zennas.counting.nb201",
-        "zennas.counting.tinynas",
-        "zennas.counting.zennas",
-    ),
+    family_modules("zennas.counting"),
     unknown="no layer lowering for dialect {name!r}",
     duplicate="a layer lowering for {name!r} is already registered",
 )
@@ -139,6 +136,18 @@ def register_layer_groups(dialect: str) -> Callable[[LayerGrouper], LayerGrouper
 def layer_groups(spec: ArchSpec, resolution: int, *, num_classes: int = 0, use_se: bool | None = None) -> LayerGroups:
     """`spec`'s layers grouped by block, then the head (see register_layer_groups)."""
     return LAYER_GROUPS.get(spec.dialect)(spec, resolution, num_classes=num_classes, use_se=use_se)
+
+
+BlockGrouper = Callable[[Any, int], tuple[tuple[LayerRecord, ...], int]]  # (block, input side) -> (layers, output side)
+
+
+def chained(blocks: Iterable[Any], side: int, group_of: BlockGrouper) -> tuple[list[tuple[LayerRecord, ...]], int]:
+    """Each block's layers at the side the block before it leaves, and the side the last one leaves."""
+    groups = []
+    for block in blocks:
+        records, side = group_of(block, side)
+        groups.append(records)
+    return groups, side
 
 
 @dataclass(frozen=True)
@@ -188,16 +197,16 @@ class ModelComplexity:
         cls,
         spec: ArchSpec,
         blocks: list[BlockCount] | tuple[BlockCount, ...],
+        head: tuple[int, int],
         *,
-        head_params: int,
-        head_macs: int,
         resolution: int,
         num_classes: int,
         use_se: bool,
         layers: int | None = None,
         **fields: object,
     ) -> ModelComplexity:
-        """Totals = per-block figures + head; the one place where a network's sums are formed."""
+        """Totals = per-block figures + the head's (params, MACs); the one place where a network's sums are formed."""
+        head_params, head_macs = head
         return cls(
             dialect=spec.dialect,
             params=sum(b.params for b in blocks) + head_params,
@@ -233,13 +242,7 @@ def stages_of(blocks: tuple[BlockCount, ...]) -> tuple[StageShape, ...]:
 Counter = Callable[..., ModelComplexity]
 COUNTERS: Registry[Counter] = Registry(
     "counter",
-    (
-        "zennas.counting.binas",
-        "zennas.counting.genet",
-        "zennas.counting.nb201",
-        "zennas.counting.tinynas",
-        "zennas.counting.zennas",
-    ),
+    family_modules("zennas.counting"),
     unknown="no analytic counter for dialect {name!r}",
     duplicate="a counter for {name!r} is already registered",
 )

@@ -28,11 +28,11 @@ from zennas.counting import (
     LayerGroups,
     LayerRecord,
     ModelComplexity,
-    conv_macs,
+    chained,
     conv_out,
-    conv_params,
     register_counter,
     register_layer_groups,
+    totals,
 )
 from zennas.errors import ConfigError
 
@@ -65,32 +65,6 @@ class Layer:
     relu: bool
     shortcut: bool  # identity add (before the `residual` build switch)
 
-    @property
-    def params(self) -> int:
-        """Learnable elements: convs, BN gamma/beta, SE convs with their biases."""
-        c_in, mid, c_out, k = self.in_channels, self.mid_channels, self.out_channels, self.kernel
-        if self.kind == "cn":
-            return conv_params(c_in, c_out, k) + 2 * c_out
-        total = conv_params(mid, mid, k, groups=mid) + 2 * mid  # depthwise + BN
-        if self.kind == "ir":
-            total += conv_params(c_in, mid, 1) + 2 * mid  # expansion + BN
-        if self.se_channels:
-            total += conv_params(mid, self.se_channels, 1, bias=True) + conv_params(self.se_channels, mid, 1, bias=True)
-        return total + conv_params(mid, c_out, 1) + 2 * c_out  # projection + BN
-
-    def macs(self, in_side: int) -> int:
-        """Conv multiply-accumulates on an `in_side` x `in_side` input."""
-        out_side = self.out_side(in_side)
-        c_in, mid, c_out, k = self.in_channels, self.mid_channels, self.out_channels, self.kernel
-        if self.kind == "cn":
-            return conv_macs(c_in, c_out, k, out_side)
-        total = conv_macs(mid, mid, k, out_side, groups=mid)
-        if self.kind == "ir":
-            total += conv_macs(c_in, mid, 1, in_side)
-        if self.se_channels:
-            total += 2 * mid * self.se_channels  # both SE convs act on the pooled 1x1 map
-        return total + conv_macs(mid, c_out, 1, out_side)
-
     def out_side(self, in_side: int) -> int:
         """Output side: only the k x k conv strides (timm pads k // 2 for odd k)."""
         return conv_out(in_side, self.kernel, self.stride)
@@ -121,19 +95,13 @@ def unroll(block: BinasBlock, use_se: bool | None = None) -> tuple[Layer, ...]:
     return tuple(layers)
 
 
-def stem_counts(width: int, resolution: int) -> tuple[int, int, int]:
-    """(params, MACs, out side) of the stem: conv 3x3 s2 (3 -> width) + BN."""
-    side = conv_out(resolution, STEM_KERNEL, STEM_STRIDE)
-    params = conv_params(3, width, STEM_KERNEL) + 2 * width
-    return params, conv_macs(3, width, STEM_KERNEL, side), side
-
-
-def head_counts(channels: int, num_classes: int) -> tuple[int, int]:
-    """(params, MACs) of the head: 1x1 conv with bias to 1280 + Linear; nothing when num_classes == 0."""
-    if num_classes == 0:
-        return 0, 0
-    params = conv_params(channels, HEAD_WIDTH, 1, bias=True) + HEAD_WIDTH * num_classes + num_classes
-    return params, channels * HEAD_WIDTH + HEAD_WIDTH * num_classes
+def _peak(layers: tuple[Layer, ...], side: int) -> int:
+    """Values (per image) of the widest map these repeats hold: a repeat's expanded (or depthwise) input."""
+    peak = 0
+    for layer in layers:
+        peak = max(peak, layer.mid_channels * side**2)
+        side = layer.out_side(side)
+    return peak
 
 
 @register_counter("binas")
@@ -147,31 +115,20 @@ def count_binas(
         raise ConfigError(f"use_se must be None, True or False, got {use_se!r}")
     check_spec(spec)
     width = stem_width(spec)
-    params, macs, side = stem_counts(width, resolution)
-    stride = STEM_STRIDE
-    counts = [BlockCount("stem", params, macs, width, side, stride)]
+    stem = _stem_group(width, resolution)
+    side, stride = stem[0].out_side, STEM_STRIDE
+    counts = [BlockCount("stem", *totals(stem), width, side, stride)]
     any_se = False
     for block in spec.blocks:
         assert isinstance(block, BinasBlock)  # guaranteed by check_spec; narrows the type
-        params = macs = peak = 0
-        for layer in unroll(block, use_se):
-            peak = max(peak, layer.mid_channels * side**2)  # the expanded (or depthwise) input width
-            params += layer.params
-            macs += layer.macs(side)
-            side = layer.out_side(side)
-            any_se = any_se or layer.se_channels > 0
+        layers = unroll(block, use_se)
+        peak = _peak(layers, side)
+        records, side = block_group(block, side, use_se)
+        any_se = any_se or any(layer.se_channels > 0 for layer in layers)
         stride *= block.stride
-        counts.append(BlockCount(block.name, params, macs, block.out_channels, side, stride, peak))
-    head_params, head_macs = head_counts(spec.blocks[-1].out_channels, num_classes)
-    return ModelComplexity.summed(
-        spec,
-        counts,
-        head_params=head_params,
-        head_macs=head_macs,
-        resolution=resolution,
-        num_classes=num_classes,
-        use_se=any_se,
-    )
+        counts.append(BlockCount(block.name, *totals(records), block.out_channels, side, stride, peak))
+    head = totals(_head_group(spec.blocks[-1].out_channels, num_classes, side))
+    return ModelComplexity.summed(spec, counts, head, resolution=resolution, num_classes=num_classes, use_se=any_se)
 
 
 def block_layers(layer: Layer, side: int, index: int = 0) -> list[LayerRecord]:
@@ -212,6 +169,7 @@ def block_group(block: BinasBlock, side: int, use_se: bool | None) -> tuple[tupl
 
 @lru_cache(maxsize=4096)
 def _stem_group(width: int, resolution: int) -> tuple[LayerRecord, ...]:
+    """Conv 3x3 stride 2 (3 -> width) + BN + hard-swish."""
     return (LayerRecord("conv", 3, width, STEM_KERNEL, STEM_STRIDE, resolution, bn=True, act="hswish"),)
 
 
@@ -230,11 +188,8 @@ def _head_group(channels: int, num_classes: int, side: int) -> tuple[LayerRecord
 def layer_groups(spec: ArchSpec, resolution: int, *, num_classes: int = 0, use_se: bool | None = None) -> LayerGroups:
     """The stem, the layers of every block string, then the head (see zennas.counting.register_layer_groups)."""
     stem = _stem_group(stem_width(spec), resolution)
-    groups, side = [stem], stem[0].out_side
-    for block in spec.blocks:
-        records, side = block_group(block, side, use_se)
-        groups.append(records)
-    return (*groups, _head_group(spec.blocks[-1].out_channels, num_classes, side))
+    groups, side = chained(spec.blocks, stem[0].out_side, lambda block, side: block_group(block, side, use_se))
+    return (stem, *groups, _head_group(spec.blocks[-1].out_channels, num_classes, side))
 
 
 def layers(spec: ArchSpec, resolution: int, *, num_classes: int = 0, use_se: bool | None = None) -> list[LayerRecord]:

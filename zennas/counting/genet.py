@@ -15,10 +15,11 @@ from zennas.counting import (
     LayerGroups,
     LayerRecord,
     ModelComplexity,
+    chained,
     head_layers,
-    linear_head,
     register_counter,
     register_layer_groups,
+    totals,
 )
 from zennas.counting.units import Conv, Unit, unit_layers, unit_macs, unit_params, units_peak
 from zennas.errors import ConfigError
@@ -75,16 +76,8 @@ def count_genet(
             side, peak = units[-1].out_side, units_peak(units)
         stride *= block.stride
         blocks.append(BlockCount(block.name, params, macs, block.out_channels, side, stride, peak))
-    head_params, head_macs = linear_head(spec.blocks[-1].out_channels, num_classes)
-    return ModelComplexity.summed(
-        spec,
-        blocks,
-        head_params=head_params,
-        head_macs=head_macs,
-        resolution=resolution,
-        num_classes=num_classes,
-        use_se=False,
-    )
+    head = totals(head_layers(spec.blocks[-1].out_channels, num_classes))
+    return ModelComplexity.summed(spec, blocks, head, resolution=resolution, num_classes=num_classes, use_se=False)
 
 
 @lru_cache(maxsize=200_000)
@@ -107,11 +100,7 @@ def layer_groups(spec: ArchSpec, resolution: int, *, num_classes: int = 0, use_s
     """The layers of every token, then the head (see zennas.counting.register_layer_groups)."""
     if use_se:
         raise ConfigError("GENet networks have no SE modules; drop use_se")
-    side = resolution
-    groups = []
-    for block in spec.blocks:
-        records, side = block_group(block, side)
-        groups.append(records)
+    groups, side = chained(spec.blocks, resolution, block_group)
     return (*groups, head_layers(spec.blocks[-1].out_channels, num_classes, side))
 
 

@@ -8,6 +8,8 @@ which is how NAS-Bench-201 / NATS-Bench print their figures.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 from zennas.arch import ArchSpec
 from zennas.arch.nb201 import CELLS_PER_STAGE, DIALECT, LAYERS, WIDTH, cell_of
 from zennas.counting import (
@@ -15,13 +17,10 @@ from zennas.counting import (
     LayerGroups,
     LayerRecord,
     ModelComplexity,
-    conv_macs,
-    conv_out,
-    conv_params,
     head_layers,
-    linear_head,
     register_counter,
     register_layer_groups,
+    totals,
 )
 from zennas.errors import ConfigError
 
@@ -31,27 +30,31 @@ STAGE_WIDTHS = (WIDTH, 2 * WIDTH, 4 * WIDTH)  # 16, 32, 64
 _CONV_KERNEL = {"nor_conv_1x1": 1, "nor_conv_3x3": 3}
 
 
-def _cell(ops: tuple[str, ...], channels: int, side: int, bn: bool) -> tuple[int, int]:
-    """(params, MACs) of one cell at `channels` and spatial side `side` (stride 1, 'same' padding)."""
-    params = macs = 0
-    for op in ops:
-        kernel = _CONV_KERNEL.get(op)
-        if kernel is None:  # none, skip and avg-pool have no weights and no MACs
-            continue
-        params += conv_params(channels, channels, kernel) + (2 * channels if bn else 0)
-        macs += conv_macs(channels, channels, kernel, side)
-    return params, macs
+NB201Block = tuple[str, int, int, int, tuple[LayerRecord, ...]]  # (name, channels, output side, stride, layers)
 
 
-def _reduction(c_in: int, c_out: int, side: int, bn: bool, residual: bool) -> tuple[int, int, int]:
-    """(params, MACs, output side) of a ResNet reduction block: two 3x3 convs + pool/1x1 shortcut."""
-    out = conv_out(side, 3, 2)
-    params = conv_params(c_in, c_out, 3) + conv_params(c_out, c_out, 3) + (4 * c_out if bn else 0)
-    macs = conv_macs(c_in, c_out, 3, out) + conv_macs(c_out, c_out, 3, out)
-    if residual:  # AvgPool 2x2/2 then 1x1 conv, no BN on the shortcut
-        params += conv_params(c_in, c_out, 1)
-        macs += conv_macs(c_in, c_out, 1, side // 2)
-    return params, macs, out
+def _blocks(ops: tuple[str, ...], resolution: int, *, bn: bool = True, residual: bool = True) -> Iterator[NB201Block]:
+    """Stem, cells and ResNet reductions, then the last activation, with the layers each one builds.
+
+    The one spelling of the TinyNetwork layout: `count_nb201` sums it, `layer_groups` lists it.
+    """
+    side, stride = resolution, 1
+    yield "stem", WIDTH, side, stride, (LayerRecord("conv", 3, WIDTH, 3, 1, side, bn=bn),)
+    for stage, channels in enumerate(STAGE_WIDTHS):
+        if stage > 0:  # ResNet reduction: two 3x3 convs, then AvgPool 2x2/2 -> 1x1 conv (no BN) as shortcut
+            prev = STAGE_WIDTHS[stage - 1]
+            first = LayerRecord("conv", prev, channels, 3, 2, side, bn=bn)
+            second = LayerRecord("conv", channels, channels, 3, 1, first.out_side, bn=bn, residual=residual)
+            shortcut = (LayerRecord("conv", prev, channels, in_side=side // 2, role="shortcut"),) if residual else ()
+            side, stride = first.out_side, stride * 2
+            yield "reduction", channels, side, stride, (first, second, *shortcut)
+        # none, skip and avg-pool have no weights and no MACs
+        cell = tuple(LayerRecord("conv", channels, channels, _CONV_KERNEL[op], 1, side, bn=bn) for op in ops
+                     if op in _CONV_KERNEL)  # fmt: skip
+        for _ in range(CELLS_PER_STAGE):
+            yield "cell", channels, side, stride, cell
+    last = STAGE_WIDTHS[-1]
+    yield "lastact", last, side, stride, (LayerRecord("bn", last, last, in_side=side),) if bn else ()
 
 
 @register_counter(DIALECT)
@@ -83,22 +86,11 @@ def count_nb201(
         # side the two disagree by one pixel and the sum fails.
         raise ConfigError(f"NB201 networks need a resolution divisible by 4 (e.g. 32 or 16), got {resolution}")
 
-    blocks: list[BlockCount] = []
-    side, stride = resolution, 1
-    stem_params = conv_params(3, WIDTH, 3) + (2 * WIDTH if bn else 0)
-    blocks.append(BlockCount("stem", stem_params, conv_macs(3, WIDTH, 3, side), WIDTH, side, stride))
-    for stage, channels in enumerate(STAGE_WIDTHS):
-        if stage > 0:
-            prev = STAGE_WIDTHS[stage - 1]
-            params, macs, side = _reduction(prev, channels, side, bn, residual)
-            stride *= 2
-            blocks.append(BlockCount("reduction", params, macs, channels, side, stride))
-        params, macs = _cell(cell.ops, channels, side, bn)
-        blocks.extend(BlockCount("cell", params, macs, channels, side, stride) for _ in range(CELLS_PER_STAGE))
-    last = STAGE_WIDTHS[-1]
-    blocks.append(BlockCount("lastact", 2 * last if bn else 0, 0, last, side, stride))
-
-    head_params, head_macs = linear_head(last, num_classes)
+    blocks = [
+        BlockCount(name, *totals(records), channels, side, stride)
+        for name, channels, side, stride, records in _blocks(cell.ops, resolution, bn=bn, residual=residual)
+    ]
+    head_params, head_macs = totals(head_layers(STAGE_WIDTHS[-1], num_classes))
     params = sum(b.params for b in blocks) + head_params
     conv_total = sum(b.macs for b in blocks)
     # The benchmark charges the classifier's bias as one FLOP per output.
@@ -106,8 +98,7 @@ def count_nb201(
     return ModelComplexity.summed(
         spec,
         blocks,
-        head_params=head_params,
-        head_macs=head_macs,
+        (head_params, head_macs),
         resolution=resolution,
         num_classes=num_classes,
         use_se=False,
@@ -123,20 +114,9 @@ def layer_groups(spec: ArchSpec, resolution: int, *, num_classes: int = 0, use_s
     ops = cell_of(spec).ops
     if use_se:
         raise ConfigError("NAS-Bench-201 networks have no SE blocks; use use_se=None or False")
-    side = resolution
-    groups: list[tuple[LayerRecord, ...]] = [(LayerRecord("conv", 3, WIDTH, 3, 1, side, bn=True),)]  # the stem
-    for stage, channels in enumerate(STAGE_WIDTHS):
-        if stage > 0:  # ResNet reduction: two 3x3 convs, then AvgPool 2x2/2 -> 1x1 conv (no BN) as shortcut
-            prev = STAGE_WIDTHS[stage - 1]
-            first = LayerRecord("conv", prev, channels, 3, 2, side, bn=True)
-            second = LayerRecord("conv", channels, channels, 3, 1, first.out_side, bn=True, residual=True)
-            groups.append((first, second, LayerRecord("conv", prev, channels, in_side=side // 2, role="shortcut")))
-            side = first.out_side
-        cell = tuple(LayerRecord("conv", channels, channels, _CONV_KERNEL[op], 1, side, bn=True) for op in ops
-                     if op in _CONV_KERNEL)  # fmt: skip
-        groups += [cell] * CELLS_PER_STAGE
-    last = STAGE_WIDTHS[-1]
-    return (*groups, (LayerRecord("bn", last, last, in_side=side),), head_layers(last, num_classes, side))  # lastact
+    blocks = list(_blocks(ops, resolution))
+    side = blocks[-1][2]
+    return (*(records for *_, records in blocks), head_layers(STAGE_WIDTHS[-1], num_classes, side))
 
 
 def layers(spec: ArchSpec, resolution: int, *, num_classes: int = 0, use_se: bool | None = None) -> list[LayerRecord]:

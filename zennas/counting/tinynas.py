@@ -20,23 +20,19 @@ from zennas.counting import (
     LayerGroups,
     LayerRecord,
     ModelComplexity,
-    conv_macs,
-    conv_out,
-    conv_params,
     head_layers,
-    linear_head,
     register_counter,
     register_layer_groups,
+    totals,
 )
 from zennas.errors import ConfigError
 
 
 def _inner_counts(records: list[LayerRecord]) -> tuple[int, int, int, int, int]:
     """(params, macs, bn params, se params, se macs) of one inner block's layers."""
-    se = [r for r in records if r.role == "se"]
-    se_params, se_macs = sum(r.params for r in se), sum(r.macs for r in se)
+    se_params, se_macs = totals(r for r in records if r.role == "se")
     bn = sum(2 * r.c_out for r in records if r.role != "se")  # the SE's own BNs count as SE params
-    return sum(r.params for r in records), sum(r.macs for r in records), bn, se_params, se_macs
+    return *totals(records), bn, se_params, se_macs
 
 
 def _bits(extras: dict[str, Any], index: int | None, convs: int) -> tuple[tuple[int, int], ...] | None:
@@ -49,12 +45,12 @@ def _bits(extras: dict[str, Any], index: int | None, convs: int) -> tuple[tuple[
     return tuple(zip(a[index * convs : (index + 1) * convs], w[index * convs : (index + 1) * convs], strict=True))
 
 
-def _tn_conv(c_in: int, c_out: int, k: int, g: int, r_out: Fraction, bits: tuple[int, int] | None):
+def _tn_conv(conv: LayerRecord, r_out: Fraction, bits: tuple[int, int] | None):
     """TinyNAS ConvKXBN (flops, model_size): the conv term scaled by bit widths, plus 2 per BN output."""
-    weights = Fraction(c_in * c_out * k * k, g)
+    weights = Fraction(conv.c_in * conv.c_out * conv.kernel * conv.kernel, conv.groups)
     flop_scale = Fraction(1) if bits is None else Fraction(bits[0] * bits[1], 64)
     size_scale = Fraction(1) if bits is None else Fraction(bits[1], 8)
-    return (weights * flop_scale + 2 * c_out) * r_out * r_out, weights * size_scale + 2 * c_out
+    return (weights * flop_scale + 2 * conv.c_out) * r_out * r_out, weights * size_scale + 2 * conv.c_out
 
 
 def _tn_inner(inner: InnerBlock, records: list[LayerRecord], r: Fraction, bits: tuple[tuple[int, int], ...] | None):
@@ -68,12 +64,12 @@ def _tn_inner(inner: InnerBlock, records: list[LayerRecord], r: Fraction, bits: 
     side = r
     for i, conv in enumerate(rec for rec in records if rec.role == "main"):
         side = side / conv.stride
-        f, m = _tn_conv(conv.c_in, conv.c_out, conv.kernel, conv.groups, side, None if bits is None else bits[i])
+        f, m = _tn_conv(conv, side, None if bits is None else bits[i])
         flops, size = flops + f + conv.c_out * side * side, size + m
     if inner.pooled:
         flops += c * r * r  # one op per input element of the avg-pool
-    if inner.projection:
-        f, m = _tn_conv(c, o, 1, 1, side, None if bits is None else bits[0])
+    if inner.projection:  # the shortcut's 1x1 conv, the last record
+        f, m = _tn_conv(records[-1], side, None if bits is None else bits[0])
         flops, size = flops + f + o * side * side, size + m  # + the add, counted only with a projection
     size += sum(rec.params for rec in records if rec.role == "se")  # TinyNAS counts SE weights but not SE FLOPs
     return flops, size
@@ -88,12 +84,7 @@ def _side_error(index: int, block: TinyConv, side: int, resolution: int) -> Conf
 
 @register_counter("tinynas")
 def count_tinynas(
-    spec: ArchSpec,
-    *,
-    resolution: int,
-    num_classes: int,
-    use_se: bool | None = None,
-    convention: str = "correct",
+    spec: ArchSpec, *, resolution: int, num_classes: int, use_se: bool | None = None, convention: str = "correct"
 ) -> ModelComplexity:
     """Exact params/MACs/shapes of a TinyNAS network; convention="tinynas" adds TinyNAS flops/model_size."""
     if convention not in ("correct", "tinynas"):
@@ -112,16 +103,14 @@ def count_tinynas(
         extras = dict(extras_of[index])
         peak = 0
         if isinstance(block, TinyConv):
-            out_side = conv_out(side, block.kernel, block.stride, block.pad)
+            (conv,), out_side = block_group(block, side, se_on)
             if out_side < 1:
                 raise _side_error(index, block, side, resolution)
-            c_in, c_out, k, g = block.in_channels, block.out_channels, block.kernel, block.groups
-            b_params = conv_params(c_in, c_out, k, g) + 2 * c_out
-            b_macs = conv_macs(c_in, c_out, k, out_side, g)
-            bn_params += 2 * c_out
+            b_params, b_macs = conv.params, conv.macs
+            bn_params += 2 * conv.c_out
             bits = _bits(extras, None, 1)
-            f, m = _tn_conv(c_in, c_out, k, g, r / block.stride, None if bits is None else bits[0])
-            tn_flops += f + c_out * (r / block.stride) ** 2  # + the activation
+            f, m = _tn_conv(conv, r / block.stride, None if bits is None else bits[0])
+            tn_flops += f + conv.c_out * (r / block.stride) ** 2  # + the activation
             tn_size += m
         elif isinstance(block, TinyRes):
             b_params = b_macs = 0
@@ -130,7 +119,7 @@ def count_tinynas(
             for i, inner in enumerate(inner_blocks(block)):
                 # The widest map: the first conv's btn channels at the inner block's input side.
                 peak = max(peak, inner.bottleneck * out_side**2)
-                records = _inner_layers(inner, out_side, se_on, i)
+                records = inner_layers(inner, out_side, se_on, i)
                 p, mc, bn, sp, sm = _inner_counts(records)
                 out_side = records[-1].out_side
                 b_params, b_macs = b_params + p, b_macs + mc
@@ -144,15 +133,13 @@ def count_tinynas(
         stride *= block.stride
         r /= block.stride
         counts.append(BlockCount(block.name, b_params, b_macs, block.out_channels, side, stride, peak))
-    channels = spec.blocks[-1].out_channels
-    head_params, head_macs = linear_head(channels, num_classes)
+    head = totals(head_layers(spec.blocks[-1].out_channels, num_classes))
     has_se = se_on and any(isinstance(b, TinyRes) and b.kind == "SuperResK1DWSEK1" for b in spec.blocks)
     tinynas = convention == "tinynas"
     return ModelComplexity.summed(
         spec,
         counts,
-        head_params=head_params,
-        head_macs=head_macs,
+        head,
         resolution=resolution,
         num_classes=num_classes,
         use_se=has_se,
@@ -164,7 +151,7 @@ def count_tinynas(
     )
 
 
-def _inner_layers(inner: InnerBlock, side: int, use_se: bool, index: int = 0) -> list[LayerRecord]:
+def inner_layers(inner: InnerBlock, side: int, use_se: bool, index: int = 0) -> list[LayerRecord]:
     """One inner block's layers as `zennas.blocks.tinynas.TinyResInner` builds them (every conv with BN).
 
     The one spelling of the TinyNAS inner-block layout: counts, latency operators and the entropy
@@ -198,18 +185,23 @@ def _inner_layers(inner: InnerBlock, side: int, use_se: bool, index: int = 0) ->
     return out
 
 
+def conv_layer(block: TinyConv, side: int) -> LayerRecord:
+    """The layer of a ConvKXBNRELU block (its own padding, with BN) at input side `side`."""
+    return LayerRecord(
+        "conv", block.in_channels, block.out_channels, block.kernel, block.stride, side, block.groups,
+        bn=True, padding=block.pad,
+    )  # fmt: skip
+
+
 @lru_cache(maxsize=200_000)
 def block_group(block: TinyConv | TinyRes, side: int, use_se: bool) -> tuple[tuple[LayerRecord, ...], int]:
     """(layers, output side) of one block at input side `side` (a stem/plain conv, or every inner block)."""
     if isinstance(block, TinyConv):
-        conv = LayerRecord(
-            "conv", block.in_channels, block.out_channels, block.kernel, block.stride, side, block.groups,
-            bn=True, padding=block.pad,
-        )  # fmt: skip
+        conv = conv_layer(block, side)
         return (conv,), conv.out_side
     records: list[LayerRecord] = []
     for index, inner in enumerate(inner_blocks(block)):
-        records += _inner_layers(inner, side, use_se, index)
+        records += inner_layers(inner, side, use_se, index)
         side = records[-1].out_side
     return tuple(records), side
 
@@ -237,4 +229,4 @@ def layers(spec: ArchSpec, resolution: int, *, num_classes: int = 0, use_se: boo
     return [record for group in groups for record in group]
 
 
-__all__ = ["block_group", "count_tinynas", "layer_groups", "layers"]
+__all__ = ["block_group", "conv_layer", "count_tinynas", "inner_layers", "layer_groups", "layers"]

@@ -16,11 +16,12 @@ from zennas.counting import (
     LayerGroups,
     LayerRecord,
     ModelComplexity,
+    chained,
     conv_out,
     head_layers,
-    linear_head,
     register_counter,
     register_layer_groups,
+    totals,
 )
 from zennas.counting.units import Conv, Unit, se_mid, unit_layers, unit_macs, unit_params, units_peak
 from zennas.errors import ConfigError
@@ -148,15 +149,13 @@ def count_zennas(
         stride *= block.stride
         blocks.append(BlockCount(block.name, params, macs, block.out_channels, side, stride, peak))
     c_last = spec.blocks[-1].out_channels
-    head_params, head_macs = linear_head(c_last, num_classes)
     if num_classes:
         repo_flops += c_last * num_classes
         repo_params += c_last * num_classes + 1  # the repo counts the bias vector as one parameter
     return ModelComplexity.summed(
         spec,
         blocks,
-        head_params=head_params,
-        head_macs=head_macs,
+        totals(head_layers(c_last, num_classes)),
         resolution=resolution,
         num_classes=num_classes,
         use_se=se,
@@ -179,11 +178,7 @@ def block_group(block: ZenConv | ZenRes, side: int, se: bool) -> tuple[tuple[Lay
 def layer_groups(spec: ArchSpec, resolution: int, *, num_classes: int = 0, use_se: bool | None = None) -> LayerGroups:
     """The layers of every super-block, then the head (see zennas.counting.register_layer_groups)."""
     se = _se_flag(use_se)
-    side = resolution
-    groups = []
-    for block in spec.blocks:
-        records, side = block_group(block, side, se)
-        groups.append(records)
+    groups, side = chained(spec.blocks, resolution, lambda block, side: block_group(block, side, se))
     return (*groups, head_layers(spec.blocks[-1].out_channels, num_classes, side))
 
 

@@ -16,8 +16,8 @@ from typing import Any
 import numpy as np
 
 from zennas.arch import ArchSpec
-from zennas.errors import SearchSpaceError
-from zennas.registry import Registry
+from zennas.errors import ConfigError, SearchSpaceError
+from zennas.registry import Registry, family_modules
 
 
 class SearchSpace(ABC):
@@ -60,6 +60,15 @@ class SearchSpace(ABC):
     def initial(self) -> tuple[ArchSpec, ...]:
         """Seed architectures (members) to start a search from."""
 
+    def _require_member(self, arch: ArchSpec) -> None:
+        """Raise SearchSpaceError unless `arch`, about to be mutated, is a member."""
+        reason = self.why_not(arch)
+        if reason is not None:
+            raise SearchSpaceError(
+                f"cannot mutate: the architecture is not in search space {self.name!r}: {reason}; "
+                "start from space.initial() or space.sample(rng)"
+            )
+
     def _finish(self, child: ArchSpec, action: str) -> ArchSpec:
         """Return `child` if it is a member; otherwise a sampler/mutator produced a non-member: a bug."""
         reason = self.why_not(child)
@@ -74,16 +83,16 @@ class SearchSpace(ABC):
         return f"<SearchSpace {self.name} ({self.dialect})>"
 
 
+def check_rng(rng: object, example: str) -> None:
+    """Raise ConfigError unless `rng` is a numpy Generator; `example` shows how to make one."""
+    if not isinstance(rng, np.random.Generator):
+        raise ConfigError(f"rng must be a numpy.random.Generator ({example}), got {type(rng).__name__}")
+
+
 SpaceFactory = Callable[[str, dict[str, Any]], SearchSpace]
 FAMILIES: Registry[SpaceFactory] = Registry(
     "search-space family",
-    (
-        "zennas.spaces.binas",
-        "zennas.spaces.genet",
-        "zennas.spaces.nb201",
-        "zennas.spaces.tinynas",
-        "zennas.spaces.zennas",
-    ),
+    family_modules("zennas.spaces"),
     error=SearchSpaceError,
 )
 

@@ -16,8 +16,10 @@ import numpy as np
 
 from zennas.arch import ArchSpec
 from zennas.arch.binas import BinasLayout, StageChoice
-from zennas.errors import ConfigError, SearchSpaceError
-from zennas.spaces import SearchSpace, register_family
+from zennas.errors import SearchSpaceError
+from zennas.spaces import SearchSpace, check_rng, register_family
+
+_RNG_EXAMPLE = "np.random.default_rng(seed)"  # how a wrong rng's error says to make one
 
 
 def _int_list(definition: dict[str, Any], key: str, *, odd: bool = False) -> tuple[int, ...]:
@@ -92,13 +94,6 @@ def layout_from_definition(definition: dict[str, Any]) -> BinasLayout:
     )
 
 
-def _check_rng(rng: Any) -> None:
-    if not isinstance(rng, np.random.Generator):
-        raise ConfigError(
-            f"rng must be a numpy.random.Generator (np.random.default_rng(seed)), got {type(rng).__name__}"
-        )
-
-
 @register_family("binas")
 class BinasSpace(SearchSpace):
     """MobileNetV3-like stages of inverted-residual blocks with searched depth, expansion, kernel and SE."""
@@ -131,7 +126,7 @@ class BinasSpace(SearchSpace):
 
     def sample(self, rng: np.random.Generator) -> ArchSpec:
         """Depth uniform per stage, then each block's configuration uniform."""
-        _check_rng(rng)
+        check_rng(rng, _RNG_EXAMPLE)
         layout = self.layout
         depths, configs = [], []
         for _ in layout.stages:
@@ -142,7 +137,7 @@ class BinasSpace(SearchSpace):
 
     def mutate(self, arch: ArchSpec, rng: np.random.Generator) -> ArchSpec:
         """Change one uniformly chosen decision of member `arch` to a different value."""
-        _check_rng(rng)
+        check_rng(rng, _RNG_EXAMPLE)
         layout = self.layout
         depths, configs = layout.decisions(arch)  # SearchSpaceError naming the reason for a non-member
         factors = (layout.expansions, layout.kernels, layout.se_ratios)

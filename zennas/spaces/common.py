@@ -1,4 +1,4 @@
-"""What the TOML-driven spaces of ZenNAS and GENet share: definition handling, presets, seeds, draws.
+"""What the TOML-driven spaces of ZenNAS and GENet share: definition handling, presets, seeds, membership, draws.
 
 REFERENCE.md 1.1, 1.2, 1.4 and 5.2. The family classes (`zennas.spaces.zennas`,
 `zennas.spaces.genet`) subclass `TomlSpace`; randomness is always an injected numpy Generator.
@@ -7,7 +7,8 @@ REFERENCE.md 1.1, 1.2, 1.4 and 5.2. The family classes (`zennas.spaces.zennas`,
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping, Sequence
+from abc import abstractmethod
+from collections.abc import Callable, Mapping, Sequence
 from functools import lru_cache
 from types import MappingProxyType
 from typing import Any, Self, TypeVar
@@ -15,6 +16,7 @@ from typing import Any, Self, TypeVar
 import numpy as np
 
 from zennas.arch import ArchSpec, parse
+from zennas.arch.ir import check_channel_chain
 from zennas.arch.limits import CHANNELS
 from zennas.arch.zennas import smart_round
 from zennas.errors import ArchSyntaxError, ChannelMismatchError, SearchSpaceError
@@ -32,6 +34,26 @@ KNOWN_CONSTRAINTS = frozenset(
         "budget_flops",  # ZenNAS repository get_FLOPs convention, without SE (REFERENCE 2.2)
         "budget_model_size",  # ZenNAS repository get_model_size convention (REFERENCE 2.2)
         "budget_latency_ms_per_image",  # the scripts pass seconds (1e-4 s = 0.1 ms)
+    }
+)
+
+
+# Top-level keys of every ZenNAS and GENet definition; each family adds its own to `allowed_keys`.
+SHARED_KEYS = frozenset(
+    {
+        "family",
+        "dialect",
+        "description",
+        "notes",
+        "width_multipliers",
+        "width_base",
+        "min_width",
+        "max_width",
+        "depth_step",
+        "seeds",
+        "use_seeds",
+        "constraints",
+        "presets",
     }
 )
 
@@ -83,10 +105,18 @@ def merge_definition(base: dict[str, Any], changes: Mapping[str, Any]) -> dict[s
 
 
 class TomlSpace(SearchSpace):
-    """Shared machinery: key validation, presets, option overrides and seeds from the TOML definition."""
+    """Shared machinery: key validation, presets, option overrides and seeds from the TOML definition.
 
-    allowed_keys: frozenset[str] = frozenset()
+    A family names itself and its dialect, lists its keys and reads them in `_read_family_keys`;
+    the seeds are loaded after that, since membership needs every setting.
+    """
+
+    family: str = ""
+    family_dialect: str = ""  # the one dialect the family's spaces hold
+    allowed_keys: frozenset[str] = SHARED_KEYS
     max_attempts = 1000  # bound of every rejection loop (sample); exhausting it is a SearchSpaceError
+    max_width_hint = ""  # appended to the reason a width exceeds max_width
+    layers_meaning = "sum of sub_layers"  # what the family's `arch.layers` counts, for the max_layers reason
 
     def __init__(
         self,
@@ -127,6 +157,16 @@ class TomlSpace(SearchSpace):
         if max_layers is not None and (not isinstance(max_layers, int) or max_layers < 1):
             raise SearchSpaceError(f"search space {self.name!r}: max_layers must be a positive integer")
         self.max_layers: int | None = max_layers
+        if self.dialect != self.family_dialect:
+            raise SearchSpaceError(
+                f"search space {self.name!r}: family {self.family!r} needs dialect {self.family_dialect!r}"
+            )
+        self._read_family_keys()
+        self._seeds = self._load_seeds()
+
+    @abstractmethod
+    def _read_family_keys(self) -> None:
+        """Read and check the family's own keys of `self.definition` into attributes."""
 
     # -- options -------------------------------------------------------------------------------
 
@@ -225,6 +265,45 @@ class TomlSpace(SearchSpace):
         """Seed architectures in definition order (published start strings / published networks)."""
         return tuple(self._seeds.values())
 
+    # -- membership ----------------------------------------------------------------------------
+
+    def why_not(self, arch: ArchSpec) -> str | None:
+        """None if `arch` is a member, else the first reason it is not."""
+        if not isinstance(arch, ArchSpec):
+            return f"expected an ArchSpec, got {type(arch).__name__}; parse the string with zennas.arch.parse first"
+        if arch.dialect != self.dialect:
+            return f"it is in dialect {arch.dialect!r} but this space holds {self.dialect!r} architectures"
+        problem = self._layout_problem(arch)
+        return problem if problem is not None else self._chain_problem(arch)
+
+    @abstractmethod
+    def _layout_problem(self, arch: ArchSpec) -> str | None:
+        """Why `arch`, of this space's dialect, breaks the family's layout or widths; None if it does not."""
+
+    def _width_problem(self, value: int, what: str, multiple: int) -> str | None:
+        """None if `value` is an allowed width (a multiple of `multiple` within the bounds), else why not."""
+        if value % multiple:
+            return f"{what} {value} is not a multiple of {multiple}"
+        if value < self.min_width:
+            return f"{what} {value} is below this space's min_width {self.min_width}"
+        if value > CHANNELS.maximum:
+            return f"{what} {value} exceeds the {CHANNELS.maximum:,}-channel limit zennas can count and build"
+        if self.max_width is not None and value > self.max_width:
+            return f"{what} {value} exceeds this space's max_width {self.max_width}{self.max_width_hint}"
+        return None
+
+    def _chain_problem(self, arch: ArchSpec) -> str | None:
+        """None if `arch`'s channels chain and it is within max_layers, else why not: membership's last checks."""
+        try:
+            check_channel_chain(arch.blocks)
+        except ChannelMismatchError as error:
+            return str(error)
+        if self.max_layers is not None and arch.layers > self.max_layers:
+            return f"it has {arch.layers} layers ({self.layers_meaning}) but max_layers is {self.max_layers}"
+        return None
+
+    # -- mutation and sampling -----------------------------------------------------------------
+
     def _widths(self, width: int) -> tuple[int, ...]:
         return width_choices(width, self.width_multipliers, self.width_base, self.min_width, self.max_width)
 
@@ -233,13 +312,24 @@ class TomlSpace(SearchSpace):
         self._require_member(arch)
         return self._mutate_at(arch, choice(rng, self.mutable_indices(arch)), rng)
 
-    def _require_member(self, arch: ArchSpec) -> None:
-        reason = self.why_not(arch)
-        if reason is not None:
-            raise SearchSpaceError(
-                f"cannot mutate: the architecture is not in search space {self.name!r}: {reason}; "
-                "start from space.initial() or space.sample(rng)"
-            )
+    def _sample_within_layers(self, draw: Callable[[], ArchSpec]) -> ArchSpec:
+        """The first of at most max_attempts draws within max_layers (rejection sampling), checked for membership."""
+        for _ in range(self.max_attempts):
+            candidate = draw()
+            if self.max_layers is None or candidate.layers <= self.max_layers:
+                return self._finish(candidate, "sample")
+        raise SearchSpaceError(
+            f"sample() found no member of {self.name!r} within max_layers={self.max_layers} in "
+            f"{self.max_attempts} attempts; raise max_layers"
+        )
 
 
-__all__ = ["KNOWN_CONSTRAINTS", "TomlSpace", "choice", "depth_choices", "merge_definition", "width_choices"]
+__all__ = [
+    "KNOWN_CONSTRAINTS",
+    "SHARED_KEYS",
+    "TomlSpace",
+    "choice",
+    "depth_choices",
+    "merge_definition",
+    "width_choices",
+]

@@ -6,9 +6,8 @@ ConvKX / SuperRes* tokens. Every result is checked for membership.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import replace
-from typing import Any
 
 import numpy as np
 
@@ -16,11 +15,10 @@ from zennas.arch import ArchSpec
 from zennas.arch.genet import KERNELS as GENET_KERNELS
 from zennas.arch.genet import SUPER_KINDS as GENET_KINDS
 from zennas.arch.genet import GenBN, GenConv, GenPool, GenReLU, GenSuperRes
-from zennas.arch.ir import check_channel_chain, rechain
-from zennas.arch.limits import CHANNELS
-from zennas.errors import ChannelMismatchError, SearchSpaceError
+from zennas.arch.ir import BlockSpec, rechain
+from zennas.errors import SearchSpaceError
 from zennas.spaces import register_family
-from zennas.spaces.common import TomlSpace, choice, depth_choices
+from zennas.spaces.common import SHARED_KEYS, TomlSpace, choice, depth_choices
 
 
 @register_family("genet")
@@ -33,42 +31,20 @@ class GENetSpace(TomlSpace):
     """
 
     family = "genet"
-    allowed_keys = frozenset(
-        {
-            "family",
-            "dialect",
-            "description",
-            "notes",
-            "kinds",
-            "expansions",
-            "kernels",
-            "stem_kernel",
-            "stem_stride",
-            "width_multipliers",
-            "width_base",
-            "width_multiple",
-            "min_width",
-            "max_width",
-            "depth_step",
-            "max_sub_layers",
-            "seeds",
-            "use_seeds",
-            "constraints",
-            "presets",
-        }
-    )
+    family_dialect = "genet"
+    layers_meaning = "convs + sum of sub_layers"
+    allowed_keys = SHARED_KEYS | {
+        "kinds",
+        "expansions",
+        "kernels",
+        "stem_kernel",
+        "stem_stride",
+        "width_multiple",
+        "max_sub_layers",
+    }
 
-    def __init__(
-        self,
-        name: str,
-        definition: dict[str, Any],
-        *,
-        preset: str | None = None,
-        overrides: Mapping[str, Any] | None = None,
-    ):
-        super().__init__(name, definition, preset=preset, overrides=overrides)
-        if self.dialect != "genet":
-            raise SearchSpaceError(f"search space {self.name!r}: family 'genet' needs dialect 'genet'")
+    def _read_family_keys(self) -> None:
+        """Kinds in stage order, expansions per kind, kernels, the stem, widths and depths."""
         self.kinds: tuple[str, ...] = tuple(self._get("kinds", list))
         if not self.kinds or not set(self.kinds) <= set(GENET_KINDS):
             raise SearchSpaceError(
@@ -98,7 +74,6 @@ class GENetSpace(TomlSpace):
         self.max_width: int | None = self._positive_int("max_width", None)
         self.depth_step: int = self._positive_int("depth_step", 2)
         self.max_sub_layers: int = self._positive_int("max_sub_layers")
-        self._seeds = self._load_seeds()
 
     # -- structure --------------------------------------------------------------------------------
 
@@ -121,23 +96,8 @@ class GENetSpace(TomlSpace):
         )
         return ArchSpec("genet", blocks)
 
-    def _width_problem(self, value: int, what: str) -> str | None:
-        if value % self.width_multiple:
-            return f"{what} {value} is not a multiple of {self.width_multiple}"
-        if value < self.min_width:
-            return f"{what} {value} is below this space's min_width {self.min_width}"
-        if value > CHANNELS.maximum:
-            return f"{what} {value} exceeds the {CHANNELS.maximum:,}-channel limit zennas can count and build"
-        if self.max_width is not None and value > self.max_width:
-            return f"{what} {value} exceeds this space's max_width {self.max_width}"
-        return None
-
-    def why_not(self, arch: ArchSpec) -> str | None:
-        """None if `arch` is a member, else the first reason it is not."""
-        if not isinstance(arch, ArchSpec):
-            return f"expected an ArchSpec, got {type(arch).__name__}; parse the string with zennas.arch.parse first"
-        if arch.dialect != self.dialect:
-            return f"it is in dialect {arch.dialect!r} but this space holds {self.dialect!r} architectures"
+    def _layout_problem(self, arch: ArchSpec) -> str | None:
+        """Why `arch`, a GENet architecture, breaks this space's layout, kinds or widths; None if it does not."""
         blocks = arch.blocks
         layout = "ConvKX BN RELU, super-blocks, ConvKX(c,h,1,1) BN RELU AdaptiveAvgPool"
         if len(blocks) < 8:
@@ -184,15 +144,10 @@ class GENetSpace(TomlSpace):
         if not supers:
             return f"it has no super-blocks; layout: {layout}"
         for index, block in enumerate(blocks):
-            problem = self._width_problem(block.out_channels, f"token {index} ({block.name}): out channels")
+            what = f"token {index} ({block.name}): out channels"
+            problem = self._width_problem(block.out_channels, what, self.width_multiple)
             if problem is not None:
                 return problem
-        try:
-            check_channel_chain(blocks)
-        except ChannelMismatchError as error:
-            return str(error)
-        if self.max_layers is not None and arch.layers > self.max_layers:
-            return f"it has {arch.layers} layers (convs + sum of sub_layers) but max_layers is {self.max_layers}"
         return None
 
     # -- mutation ---------------------------------------------------------------------------------
@@ -250,28 +205,25 @@ class GENetSpace(TomlSpace):
                 f"cannot sample from search space {self.name!r}: the seed needs at least {minimum} layers but "
                 f"max_layers is {self.max_layers}; raise max_layers"
             )
-        for _ in range(self.max_attempts):
-            new_stem = replace(stem, out_channels=choice(rng, self._widths(stem.out_channels)))
-            supers = []
-            for block in skeleton:
-                assert isinstance(block, GenSuperRes)
-                supers.append(
-                    replace(
-                        block,
-                        kernel=choice(rng, self.kernels),
-                        out_channels=choice(rng, self._widths(block.out_channels)),
-                        expansion=choice(rng, self.expansions[block.kind]),
-                        sub_layers=int(rng.integers(1, self.max_sub_layers + 1)),
-                    )
+        return self._sample_within_layers(lambda: self._draw(stem, skeleton, head, rng))
+
+    def _draw(self, stem: GenConv, skeleton: Sequence[BlockSpec], head: GenConv, rng: np.random.Generator) -> ArchSpec:
+        """One draw on a seed's skeleton (stem, super-blocks, head), not yet checked against max_layers."""
+        new_stem = replace(stem, out_channels=choice(rng, self._widths(stem.out_channels)))
+        supers = []
+        for block in skeleton:
+            assert isinstance(block, GenSuperRes)
+            supers.append(
+                replace(
+                    block,
+                    kernel=choice(rng, self.kernels),
+                    out_channels=choice(rng, self._widths(block.out_channels)),
+                    expansion=choice(rng, self.expansions[block.kind]),
+                    sub_layers=int(rng.integers(1, self.max_sub_layers + 1)),
                 )
-            new_head = replace(head, out_channels=choice(rng, self._widths(head.out_channels)))
-            candidate = self._assemble(new_stem, supers, new_head)
-            if self.max_layers is None or candidate.layers <= self.max_layers:
-                return self._finish(candidate, "sample")
-        raise SearchSpaceError(
-            f"sample() found no member of {self.name!r} within max_layers={self.max_layers} in "
-            f"{self.max_attempts} attempts; raise max_layers"
-        )
+            )
+        new_head = replace(head, out_channels=choice(rng, self._widths(head.out_channels)))
+        return self._assemble(new_stem, supers, new_head)
 
 
 __all__ = ["GENetSpace"]

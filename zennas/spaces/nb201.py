@@ -14,15 +14,10 @@ import numpy as np
 
 from zennas.arch import ArchSpec
 from zennas.arch.nb201 import DIALECT, EDGES, OPS, NB201Cell, all_cells, from_ops, parse_ops
-from zennas.errors import ArchSyntaxError, ConfigError, SearchSpaceError
-from zennas.spaces import SearchSpace, register_family
+from zennas.errors import ArchSyntaxError, SearchSpaceError
+from zennas.spaces import SearchSpace, check_rng, register_family
 
-
-def _check_rng(rng: np.random.Generator) -> None:
-    if not isinstance(rng, np.random.Generator):
-        raise ConfigError(
-            f"rng must be a numpy.random.Generator (e.g. numpy.random.default_rng(0)), got {type(rng).__name__}"
-        )
+_RNG_EXAMPLE = "e.g. numpy.random.default_rng(0)"  # how a wrong rng's error says to make one
 
 
 @register_family("nb201")
@@ -76,13 +71,13 @@ class NB201Space(SearchSpace):
 
     def sample(self, rng: np.random.Generator) -> ArchSpec:
         """A member drawn uniformly: each edge's op uniform and independent."""
-        _check_rng(rng)
+        check_rng(rng, _RNG_EXAMPLE)
         picks = rng.integers(0, len(self.ops), size=len(EDGES))
         return from_ops(self.ops[int(i)] for i in picks)
 
     def mutate(self, arch: ArchSpec, rng: np.random.Generator) -> ArchSpec:
         """`arch` with one uniformly chosen edge set to a uniformly chosen different op."""
-        _check_rng(rng)
+        check_rng(rng, _RNG_EXAMPLE)
         self.check(arch)
         if len(self.ops) < 2:
             raise SearchSpaceError(f"search space {self.name!r} allows a single op, so no cell can be mutated")

@@ -10,11 +10,10 @@ scales use exact decimal arithmetic, and the RNG is always the injected numpy Ge
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import replace
 from fractions import Fraction
 from types import MappingProxyType
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 
@@ -23,8 +22,7 @@ from zennas.arch.ir import check_channel_chain
 from zennas.arch.tinynas import SUPER_CLASSES, TinyConv, TinyRes
 from zennas.errors import ArchSyntaxError, SearchSpaceError
 from zennas.spaces import SearchSpace, register_family
-
-T = TypeVar("T")
+from zennas.spaces.common import choice
 
 # Constraint keys a definition may set. Only max_layers and resolution (kernel rule) shape membership;
 # the budgets are for the search's cost functions (TinyNAS conventions, count(..., convention="tinynas")).
@@ -71,18 +69,23 @@ ALLOWED_KEYS = frozenset(
 MAX_ATTEMPTS = 1000  # bound of every rejection loop; exhausting it is a SearchSpaceError
 
 
-def _choice(rng: np.random.Generator, options: Sequence[T]) -> T:
-    """One element of `options`, uniformly."""
-    if not options:
-        raise SearchSpaceError("internal error: empty candidate set; please report this with the architecture")
-    return options[int(rng.integers(len(options)))]
-
-
 def _decimal(value: Any, what: str) -> Fraction:
     """A TOML number as an exact decimal fraction (0.1 is 1/10, not the nearest binary float)."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise SearchSpaceError(f"{what} must be a number, got {value!r}")
     return Fraction(str(value))
+
+
+def _plain_conv(block: object, kernel: int, stride: int) -> bool:
+    """Whether `block` is a ConvKXBNRELU of this kernel and stride with default groups, padding and act."""
+    return (
+        isinstance(block, TinyConv)
+        and block.kernel == kernel
+        and block.stride == stride
+        and block.groups == 1
+        and block.padding is None
+        and block.act is None
+    )
 
 
 class _Definition:
@@ -288,15 +291,7 @@ class TinyNASSpace(SearchSpace):
                 f"{len(self.block_strides)} {self.block_class} blocks{head})"
             )
         stem = blocks[0]
-        if not (
-            isinstance(stem, TinyConv)
-            and stem.in_channels == 3
-            and stem.kernel == self.stem_kernel
-            and stem.stride == self.stem_stride
-            and stem.groups == 1
-            and stem.padding is None
-            and stem.act is None
-        ):
+        if not (_plain_conv(stem, self.stem_kernel, self.stem_stride) and stem.in_channels == 3):
             return (
                 f"block 0 must be the stem ConvKXBNRELU with in 3, k {self.stem_kernel}, s {self.stem_stride} "
                 "and default groups/padding/act"
@@ -333,15 +328,7 @@ class TinyNASSpace(SearchSpace):
                 return f"block {index}: bottleneck {block.bottleneck} must be {rule}"
         if self.head_width is not None:
             head = blocks[-1]
-            if not (
-                isinstance(head, TinyConv)
-                and head.kernel == self.head_kernel
-                and head.stride == 1
-                and head.out_channels == self.head_width
-                and head.groups == 1
-                and head.padding is None
-                and head.act is None
-            ):
+            if not (_plain_conv(head, self.head_kernel, 1) and head.out_channels == self.head_width):
                 return (
                     f"the last block must be the fixed head ConvKXBNRELU(k {self.head_kernel}, s 1, "
                     f"out {self.head_width})"
@@ -391,7 +378,7 @@ class TinyNASSpace(SearchSpace):
         """Super-block widths: uniform over non-decreasing sequences when monotone (stars and bars)."""
         n, values = len(self.block_strides), self._widths
         if not self.monotone_widths:
-            return [_choice(rng, values) for _ in range(n)]
+            return [choice(rng, values) for _ in range(n)]
         # n distinct sorted positions in range(m + n - 1), shifted by their rank, are a uniform multiset.
         picks = np.sort(rng.choice(len(values) + n - 1, size=n, replace=False))
         return [values[int(p) - i] for i, p in enumerate(picks)]
@@ -399,15 +386,15 @@ class TinyNASSpace(SearchSpace):
     def sample(self, rng: np.random.Generator) -> ArchSpec:
         """A random member: every choice uniform over its candidates, rejected (boundedly) if over budget."""
         for _ in range(MAX_ATTEMPTS):
-            stem = _choice(rng, self._stem_widths)
+            stem = choice(rng, self._stem_widths)
             widths = self._sample_widths(rng)
             if self.monotone_widths and stem > widths[0]:
                 continue
             blocks = []
             for i, width in enumerate(widths):
-                kernel = _choice(rng, self._kernels[i])
+                kernel = choice(rng, self._kernels[i])
                 depth = int(rng.integers(1, self._max_inner[i] + 1))
-                blocks.append((width, _choice(rng, self.btn_choices(width)), kernel, depth))
+                blocks.append((width, choice(rng, self.btn_choices(width)), kernel, depth))
             arch = self._assemble(stem, blocks)
             if self.max_layers is None or arch.layers <= self.max_layers:
                 return self._finish(arch, "sample")
@@ -457,12 +444,7 @@ class TinyNASSpace(SearchSpace):
         Each of the three draws is uniform over the options that change the network; the fixed head
         is never mutated. Input channels are re-chained afterwards.
         """
-        reason = self.why_not(arch)
-        if reason is not None:
-            raise SearchSpaceError(
-                f"cannot mutate: the architecture is not in search space {self.name!r}: {reason}; "
-                "start from space.initial() or space.sample(rng)"
-            )
+        self._require_member(arch)
         options: list[tuple[int, dict[str, list[int]]]] = []
         for index in range(1 + len(self.block_strides)):
             fields = {key: values for key, values in self._alternatives(arch, index).items() if values}
@@ -470,9 +452,9 @@ class TinyNASSpace(SearchSpace):
                 options.append((index, fields))
         if not options:
             raise SearchSpaceError(f"search space {self.name!r}: this member has no neighbour; widen the ranges")
-        index, fields = _choice(rng, options)
-        field = _choice(rng, sorted(fields))
-        value = _choice(rng, fields[field])
+        index, fields = choice(rng, options)
+        field = choice(rng, sorted(fields))
+        value = choice(rng, fields[field])
         blocks = list(arch.blocks)
         block = blocks[index]
         if index == 0:

@@ -9,15 +9,13 @@ may equal its parent (e.g. the multiplier 1 drawn for a stem); searches deduplic
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import replace
-from typing import Any
 
 import numpy as np
 
 from zennas.arch import ArchSpec
-from zennas.arch.ir import check_channel_chain, rechain
-from zennas.arch.limits import CHANNELS
+from zennas.arch.ir import rechain
 from zennas.arch.zennas import (
     IDW_EXPANSIONS,
     RES_KERNELS,
@@ -27,9 +25,9 @@ from zennas.arch.zennas import (
     split_deep_blocks,
     validate_block,
 )
-from zennas.errors import ArchSyntaxError, ChannelMismatchError, SearchSpaceError
+from zennas.errors import ArchSyntaxError, SearchSpaceError
 from zennas.spaces import register_family
-from zennas.spaces.common import KNOWN_CONSTRAINTS, TomlSpace, choice, depth_choices, width_choices
+from zennas.spaces.common import KNOWN_CONSTRAINTS, SHARED_KEYS, TomlSpace, choice, depth_choices, width_choices
 
 
 def _zen_res_types() -> dict[str, tuple[str, int, int]]:
@@ -75,40 +73,16 @@ class ZenNASSpace(TomlSpace):
     """
 
     family = "zennas"
+    family_dialect = "zennas-v1"
     budget_convention = "zennas"  # the presets' budgets are ZenNAS repository counts, without SE (REFERENCE 2.2)
-    allowed_keys = frozenset(
-        {
-            "family",
-            "dialect",
-            "description",
-            "notes",
-            "block_types",
-            "width_multipliers",
-            "width_base",
-            "min_width",
-            "max_width",
-            "depth_step",
-            "split_threshold",
-            "stem_strides",
-            "head_width",
-            "seeds",
-            "use_seeds",
-            "constraints",
-            "presets",
-        }
+    allowed_keys = SHARED_KEYS | {"block_types", "split_threshold", "stem_strides", "head_width"}
+    max_width_hint = (
+        " (the released XXBL bound; the released latency ZenNets exceed it, idstcv/ZenNAS#5); "
+        "use space.with_options(max_width=None) to lift it"
     )
 
-    def __init__(
-        self,
-        name: str,
-        definition: dict[str, Any],
-        *,
-        preset: str | None = None,
-        overrides: Mapping[str, Any] | None = None,
-    ):
-        super().__init__(name, definition, preset=preset, overrides=overrides)
-        if self.dialect != "zennas-v1":
-            raise SearchSpaceError(f"search space {self.name!r}: family 'zennas' needs dialect 'zennas-v1'")
+    def _read_family_keys(self) -> None:
+        """Block types, widths, depths and the stem and head rules."""
         types = self._get("block_types", list)
         unknown = [t for t in types if t not in ZEN_RES_TYPES]
         if unknown or not types:
@@ -136,31 +110,11 @@ class ZenNASSpace(TomlSpace):
         if not self.stem_strides or not set(self.stem_strides) <= {1, 2}:
             raise SearchSpaceError(f"search space {self.name!r}: stem_strides must be a non-empty subset of [1, 2]")
         self.head_width: int | None = self._positive_int("head_width", None)
-        self._seeds = self._load_seeds()
 
     # -- membership -------------------------------------------------------------------------------
 
-    def _width_problem(self, value: int, what: str) -> str | None:
-        if value % self.width_base:
-            return f"{what} {value} is not a multiple of {self.width_base}"
-        if value < self.min_width:
-            return f"{what} {value} is below this space's min_width {self.min_width}"
-        if value > CHANNELS.maximum:
-            return f"{what} {value} exceeds the {CHANNELS.maximum:,}-channel limit zennas can count and build"
-        if self.max_width is not None and value > self.max_width:
-            return (
-                f"{what} {value} exceeds this space's max_width {self.max_width} (the released XXBL bound; the "
-                "released latency ZenNets exceed it, idstcv/ZenNAS#5); use space.with_options(max_width=None) "
-                "to lift it"
-            )
-        return None
-
-    def why_not(self, arch: ArchSpec) -> str | None:
-        """None if `arch` is a member, else the first reason it is not."""
-        if not isinstance(arch, ArchSpec):
-            return f"expected an ArchSpec, got {type(arch).__name__}; parse the string with zennas.arch.parse first"
-        if arch.dialect != self.dialect:
-            return f"it is in dialect {arch.dialect!r} but this space holds {self.dialect!r} architectures"
+    def _layout_problem(self, arch: ArchSpec) -> str | None:
+        """Why `arch`, a ZenNAS architecture, breaks this space's layout, types or widths; None if it does not."""
         blocks = arch.blocks
         if len(blocks) < 3:
             return f"it has {len(blocks)} blocks; a member needs a stem, at least one residual super-block and a head"
@@ -176,6 +130,7 @@ class ZenNASSpace(TomlSpace):
                 f"the head has {head.out_channels} output channels but this space fixes it at {self.head_width} "
                 "(IDW_fixfc never changes the head)"
             )
+        base = self.width_base
         for index, block in enumerate(blocks):
             if not _plain_numbers_ok(block):
                 try:  # the dialect's own check words the reason
@@ -193,17 +148,11 @@ class ZenNASSpace(TomlSpace):
                         f"block {index} ({block.name}) has sub_layers {block.sub_layers} > {self.max_sub_layers}; "
                         f"split it with split_deep_blocks(arch, {self.split_threshold})"
                     )
-            problem = self._width_problem(block.out_channels, f"block {index} ({block.name}): out channels")
+            problem = self._width_problem(block.out_channels, f"block {index} ({block.name}): out channels", base)
             if problem is None and isinstance(block, ZenRes):
-                problem = self._width_problem(block.bottleneck, f"block {index} ({block.name}): bottleneck")
+                problem = self._width_problem(block.bottleneck, f"block {index} ({block.name}): bottleneck", base)
             if problem is not None:
                 return problem
-        try:
-            check_channel_chain(blocks)
-        except ChannelMismatchError as error:
-            return str(error)
-        if self.max_layers is not None and arch.layers > self.max_layers:
-            return f"it has {arch.layers} layers (sum of sub_layers) but max_layers is {self.max_layers}"
         return None
 
     # -- mutation ---------------------------------------------------------------------------------
@@ -268,35 +217,32 @@ class ZenNASSpace(TomlSpace):
                 f"cannot sample from search space {self.name!r}: the seed has {len(skeleton)} blocks but "
                 f"max_layers is {self.max_layers}; raise max_layers"
             )
-        for _ in range(self.max_attempts):
-            blocks: list[ZenConv | ZenRes] = []
-            for index, block in enumerate(skeleton):
-                if isinstance(block, ZenConv):
-                    fixed = index == len(skeleton) - 1 and self.head_width is not None
-                    width = block.out_channels if fixed else choice(rng, self._widths(block.out_channels))
-                    blocks.append(replace(block, out_channels=width))
-                else:
-                    assert isinstance(block, ZenRes)
-                    kind, kernel, expansion = ZEN_RES_TYPES[choice(rng, self.block_types)]
-                    blocks.append(
-                        ZenRes(
-                            in_channels=block.in_channels,
-                            out_channels=choice(rng, self._widths(block.out_channels)),
-                            stride=block.stride,
-                            kind=kind,
-                            kernel=kernel,
-                            bottleneck=choice(rng, self._widths(block.bottleneck)),
-                            sub_layers=int(rng.integers(1, self.max_sub_layers + 1)),
-                            expansion=expansion,
-                        )
+        return self._sample_within_layers(lambda: self._draw(skeleton, rng))
+
+    def _draw(self, skeleton: Sequence[ZenConv | ZenRes], rng: np.random.Generator) -> ArchSpec:
+        """One draw on a seed's skeleton, re-chained and split, not yet checked against max_layers."""
+        blocks: list[ZenConv | ZenRes] = []
+        for index, block in enumerate(skeleton):
+            if isinstance(block, ZenConv):
+                fixed = index == len(skeleton) - 1 and self.head_width is not None
+                width = block.out_channels if fixed else choice(rng, self._widths(block.out_channels))
+                blocks.append(replace(block, out_channels=width))
+            else:
+                assert isinstance(block, ZenRes)
+                kind, kernel, expansion = ZEN_RES_TYPES[choice(rng, self.block_types)]
+                blocks.append(
+                    ZenRes(
+                        in_channels=block.in_channels,
+                        out_channels=choice(rng, self._widths(block.out_channels)),
+                        stride=block.stride,
+                        kind=kind,
+                        kernel=kernel,
+                        bottleneck=choice(rng, self._widths(block.bottleneck)),
+                        sub_layers=int(rng.integers(1, self.max_sub_layers + 1)),
+                        expansion=expansion,
                     )
-            candidate = self._normalise(blocks)
-            if self.max_layers is None or candidate.layers <= self.max_layers:
-                return self._finish(candidate, "sample")
-        raise SearchSpaceError(
-            f"sample() found no member of {self.name!r} within max_layers={self.max_layers} in "
-            f"{self.max_attempts} attempts; raise max_layers"
-        )
+                )
+        return self._normalise(blocks)
 
 
 __all__ = ["KNOWN_CONSTRAINTS", "ZEN_RES_TYPES", "ZenNASSpace", "depth_choices", "smart_round", "width_choices"]
