@@ -35,7 +35,7 @@ ZenNet-CIFAR-1M is judged alongside. A variant is `name=OPTIONS`, e.g. `ratio16=
 
 mainjob: the README's main job (`zennas search --budget 1ms --gpu V100 --workers 2`) with a short
 time limit, against the same search without the funnel for a long one; both winners judged by the
-sampled Zen-Score (the search's objective: paper mode, batch 64, 224 px) over `--repeats` draws.
+sampled Zen-Score (paper mode, batch 64, 224 px) over `--repeats` draws.
 """
 
 from __future__ import annotations

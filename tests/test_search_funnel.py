@@ -243,3 +243,21 @@ def test_the_funnel_re_scores_its_best_by_default(tmp_path):
     assert all(len(r["values"]) == 4 for r in saved["rescored"])
     plain = CliRunner().invoke(main, [*args, "--no-funnel", "--out", str(tmp_path / "n")])
     assert json.loads((tmp_path / "n" / "result.json").read_text())["settings"]["rescore"] == 0, plain.output
+
+
+def test_a_cpu_search_scores_zen_at_batch_4_unless_told():
+    from zennas.proxies import get_proxy
+    from zennas.wiring import CPU_ZEN_BATCH, search_problem
+
+    assert CPU_ZEN_BATCH == 4 and get_proxy("zen").batch_size == 64  # the proxy's own default stays the paper's
+    batch = {
+        (proxy, device, given): search_problem(proxy=proxy, device=device, proxy_batch_size=given)[0].proxy_batch_size
+        for proxy, device, given in [("zen", "cpu", None), ("zen", "cpu", 16), ("zen=1,naswot=0.5", "cpu", None),
+                                     ("naswot", "cpu", None), ("zen", "cuda", None)]
+    }  # fmt: skip
+    assert batch == {
+        ("zen", "cpu", None): 4, ("zen", "cpu", 16): 16, ("zen=1,naswot=0.5", "cpu", None): None,
+        ("naswot", "cpu", None): None, ("zen", "cuda", None): None,
+    }  # fmt: skip
+    problem = search_problem(proxy="zen", device="cpu")[0]
+    assert "batch 4" in problem.screen_note  # the closed form screens at the batch that is scored

@@ -473,6 +473,13 @@ def resolve_constraints(space: Any, **given: Any) -> Constraints:
     return constraints.resolve_constraints(space, table_for_gpu=table_for_gpu, **given)
 
 
+# A CPU search scores Zen at batch 4, not Zen's own 64: the value barely moves with the batch (the main
+# job's winner: 280.35 at batch 4, 280.48 judged at 64) while a score costs a fraction, so 3 minutes of
+# `--budget 1ms --gpu V100 --workers 2` scored 64 children instead of 14 and found a network judged 280.0
+# instead of 170.7 (benchmarks/RESULTS.md, bench_search mainjob). A GPU keeps the proxy's own batch.
+CPU_ZEN_BATCH = 4
+
+
 def search_problem(
     space: str = "zennas-res", *, preset: str | None = None, proxy: str = "zen",
     proxy_options: Mapping[str, Any] | None = None, table: LatencyTable | None = None,
@@ -497,6 +504,8 @@ def search_problem(
         params=params, max_layers=max_layers, convention=convention, resolution=resolution, num_classes=num_classes,
     )  # fmt: skip
     terms = parse_proxy(proxy)
+    if proxy_batch_size is None and device == "cpu" and all(term.name == "zen" for term in terms):
+        proxy_batch_size = CPU_ZEN_BATCH
     # with_table: the search uses the loaded table itself, never one reopened by its header name.
     problem = Problem(
         space=space, preset=preset, proxy=terms, resolution=c.resolution, num_classes=c.num_classes,

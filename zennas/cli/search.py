@@ -63,7 +63,8 @@ from zennas.cli.options import (
               help="Score on Ray: --ray (local cluster) or --ray ADDRESS (needs zennas[ray]).")  # fmt: skip
 @click.option("--strategy", type=click.Choice(["evolution", "random", "milp"]), default="evolution", show_default=True)
 @click.option("--init", "init", help="Seed architecture (default: the space's first seed); must meet every budget.")
-@click.option("--proxy-batch-size", type=POSITIVE, help="Batch of the proxy's input (default: its own).")
+@click.option("--proxy-batch-size", type=POSITIVE,
+              help="Batch of the proxy's input (default: its own; for zen on the CPU, 4).")  # fmt: skip
 @click.option("--threads", type=POSITIVE, default=1, show_default=True, help="torch threads per scorer.")
 @device_option("cpu", "Where proxies run: cpu, cuda, cuda:1.")
 @click.option("--rescore", type=NON_NEGATIVE,
