@@ -226,7 +226,7 @@ def test_resume_refuses_other_settings_and_existing_out(tmp_path):
     _run(tmp_path, "a", res_problem(), iterations=16)
     with pytest.raises(ConfigError, match="already holds a search"):
         _run(tmp_path, "a", res_problem(), iterations=16)
-    with pytest.raises(ConfigError, match=r"other settings \(population\)"):
+    with pytest.raises(ConfigError, match=r"other settings \(population\); population: 16 then, 8 now;"):
         search(res_problem(), Settings(iterations=32, population=8, batch=8, checkpoint_every=16), tmp_path / "a",
                resume=True, plots=False)  # fmt: skip
     # How long a run goes is not a setting of its result: more iterations continue it (issue 14).

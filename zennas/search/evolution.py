@@ -249,6 +249,12 @@ def _is_rescored(value: Any) -> bool:
     )  # fmt: skip
 
 
+def _short(value: Any, width: int = 40) -> str:
+    """A setting's value for a one-line message: its repr, cut to `width` characters (None: the default)."""
+    text = "None (the default)" if value is None else repr(value)
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
 def _bad_state(where: str, what: str) -> ConfigError:
     return ConfigError(
         f"{where} is not a usable search checkpoint ({what}); restore the file the run wrote, or start the run "
@@ -394,9 +400,11 @@ class Evolution:
             changed = sorted(
                 k for k in set(data["problem"]) | set(problem) if data["problem"].get(k) != problem.get(k)
             ) + sorted(k for k in set(stored) | set(settings) if stored.get(k) != settings.get(k))  # fmt: skip
+            before, after = {**data["problem"], **stored}, {**problem, **settings}
+            values = "; ".join(f"{k}: {_short(before.get(k))} then, {_short(after.get(k))} now" for k in changed)
             raise ConfigError(
                 f"cannot resume: the run in {self.out} was started with other settings ({', '.join(changed)}); "
-                "resume it with the same settings or start the search in another folder"
+                f"{values}; resume it with the same settings or start the search in another folder"
             )
         state = State.from_dict(data, self.settings, repr(where))
         if self.settings.iterations is not None and self.settings.iterations < state.iteration:
