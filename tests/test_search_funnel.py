@@ -261,3 +261,18 @@ def test_a_cpu_search_scores_zen_at_batch_4_unless_told():
     }  # fmt: skip
     problem = search_problem(proxy="zen", device="cpu")[0]
     assert "batch 4" in problem.screen_note  # the closed form screens at the batch that is scored
+
+
+def test_a_resumed_search_keeps_the_batch_its_run_started_with(tmp_path):
+    from zennas.wiring import search_problem
+
+    def batch(stored, **given):
+        folder = tmp_path / f"run{len(list(tmp_path.iterdir()))}"
+        folder.mkdir()
+        if stored != "none":
+            (folder / "checkpoint.json").write_text(json.dumps({"problem": {"proxy_batch_size": stored}}))
+        return search_problem(proxy="zen", device="cpu", resuming=folder, **given)[0].proxy_batch_size
+
+    assert batch(None) is None  # a run from before the CPU default scored at the proxy's own batch
+    assert batch(16) == 16 and batch(None, proxy_batch_size=8) == 8  # a given batch is checked by the resume
+    assert batch("none") == 4 and batch("bad") == 4 and batch(-3) == 4  # no run, or no usable batch in it

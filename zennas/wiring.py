@@ -28,6 +28,7 @@ from typing import Any
 
 from zennas.arch import ArchSpec, parse
 from zennas.errors import ConfigError, LatencyError
+from zennas.io import json_field
 from zennas.latency import predict
 from zennas.latency.ops import network_op_groups
 from zennas.latency.shipped import open_table, shipped_tables, table_for_gpu
@@ -486,13 +487,15 @@ def search_problem(
     latency_ms_per_image: float | None = None, latency_batch_size: int | None = None, macs: int | None = None,
     params: int | None = None, max_layers: int | None = None, convention: str | None = None,
     resolution: int | None = None, num_classes: int | None = None, proxy_batch_size: int | None = None,
-    seed: int = 0, threads: int = 1, device: str = "cpu",
+    seed: int = 0, threads: int = 1, device: str = "cpu", resuming: str | Path | None = None,
 ) -> tuple[Problem, Constraints]:  # fmt: skip
     """(the Problem of a search, its Constraints): the preset's constraints unless a given value overrides one.
 
     `table` is a LatencyTable already opened (zennas.latency.shipped.open_table or table_for_gpu); the
     problem costs with that object. Without one, a latency budget the space or its preset states is
     costed by the shipped table of the GPU it was stated for (zennas.search.constraints).
+    `resuming`: the folder of a run to continue; without a given `proxy_batch_size` it keeps the run's own
+    (a run started before CPU_ZEN_BATCH scored Zen at the proxy's batch and goes on doing so).
     """
     sp = get_space(space)
     if preset is not None:
@@ -504,7 +507,11 @@ def search_problem(
         params=params, max_layers=max_layers, convention=convention, resolution=resolution, num_classes=num_classes,
     )  # fmt: skip
     terms = parse_proxy(proxy)
-    if proxy_batch_size is None and device == "cpu" and all(term.name == "zen" for term in terms):
+    stored = json_field(Path(resuming) / "checkpoint.json", "problem") if resuming is not None else None
+    kept = stored.get("proxy_batch_size", 0) if isinstance(stored, dict) else 0  # 0: no run, or no batch in it
+    if proxy_batch_size is None and (kept is None or (type(kept) is int and kept > 0)):
+        proxy_batch_size = kept
+    elif proxy_batch_size is None and device == "cpu" and all(term.name == "zen" for term in terms):
         proxy_batch_size = CPU_ZEN_BATCH
     # with_table: the search uses the loaded table itself, never one reopened by its header name.
     problem = Problem(

@@ -108,7 +108,7 @@ def search_command(
     }
     problem, constraints = search_problem(
         space, preset=preset, proxy=proxy, proxy_options=proxy_options(None, proxy_option_pairs), table=chosen, **given,
-        proxy_batch_size=proxy_batch_size, seed=seed, threads=threads, device=device,
+        proxy_batch_size=proxy_batch_size, seed=seed, threads=threads, device=device, resuming=out if resume else None,
     )  # fmt: skip
     out = out or time.strftime("runs/search-%Y%m%d-%H%M%S", time.gmtime())
     time_limit_s = parse_duration(time_limit) if time_limit is not None else None
