@@ -17,6 +17,7 @@ from typing import Any
 import click
 
 from zennas.cli.common import F
+from zennas.cli.options import options
 
 _BASIC_TYPES = {int: click.INT, float: click.FLOAT, str: click.STRING}
 
@@ -68,13 +69,6 @@ def config_options(
     if unknown:
         raise TypeError(f"{config.__name__} has no field {', '.join(sorted(unknown))}")
     hints = typing.get_type_hints(config)
-    made = [
-        field_option(f, _value_type(hints[f.name]), flags.get(f.name) or shared.get(f.name, Flag())) for f in fields
-    ]
-
-    def apply(fn: F) -> F:
-        for option in reversed(made):
-            fn = option(fn)
-        return fn
-
-    return apply
+    return options(
+        *(field_option(f, _value_type(hints[f.name]), flags.get(f.name) or shared.get(f.name, Flag())) for f in fields)
+    )
